@@ -1,0 +1,407 @@
+//! Layered settings: defaults < config file < environment (`VAMSA_MIGRATE_*`, `DATABASE_URL`) <
+//! command-line flags. Each layer is checked on its own, so an unknown key or a bad value is
+//! reported with the file (or variable) it came from.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the packaged service reads its settings; used only when it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/vamsa-migrate/config.toml";
+const ENV_PREFIX: &str = "VAMSA_MIGRATE";
+/// Names of `VAMSA_MIGRATE_*` variables that are not settings (they select the file).
+const ENV_NOT_SETTINGS: &[&str] = &["VAMSA_MIGRATE_CONFIG"];
+/// The file systemd's `LoadCredential=database_password:...` puts in `$CREDENTIALS_DIRECTORY`.
+const CREDENTIAL_NAME: &str = "database_password";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TransactionMode {
+    /// Each migration commits with its tracking row; earlier ones stay if a later one fails.
+    #[default]
+    PerMigration,
+    /// Drizzle's behaviour: the whole run in one transaction.
+    All,
+}
+
+impl FromStr for TransactionMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "per-migration" => Ok(TransactionMode::PerMigration),
+            "all" => Ok(TransactionMode::All),
+            other => Err(format!(
+                "unknown transaction mode {other:?}: expected \"per-migration\" or \"all\""
+            )),
+        }
+    }
+}
+
+/// Every setting, resolved.
+#[derive(Clone)]
+pub struct Settings {
+    pub database_url: Option<String>,
+    pub database_password_file: Option<PathBuf>,
+    pub migrations_dir: PathBuf,
+    pub migrations_schema: String,
+    pub migrations_table: String,
+    /// How long to wait for another run's advisory lock.
+    pub lock_wait: Duration,
+    /// `lock_timeout` for each migration's statements; zero disables it.
+    pub lock_timeout: Duration,
+    /// `statement_timeout` for each statement; `None` leaves the server's setting.
+    pub statement_timeout: Option<Duration>,
+    pub transaction: TransactionMode,
+    /// Where this came from, for messages ("defaults", a file path, ...).
+    pub sources: Vec<String>,
+}
+
+// A hand-written Debug, so that a URL with a password never reaches a log by accident.
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("database_url", &self.database_url.as_ref().map(|_| "<set>"))
+            .field("database_password_file", &self.database_password_file)
+            .field("migrations_dir", &self.migrations_dir)
+            .field("migrations_schema", &self.migrations_schema)
+            .field("migrations_table", &self.migrations_table)
+            .field("lock_wait", &self.lock_wait)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("transaction", &self.transaction)
+            .finish()
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            database_url: None,
+            database_password_file: None,
+            migrations_dir: PathBuf::from("drizzle"),
+            migrations_schema: "drizzle".into(),
+            migrations_table: "__drizzle_migrations".into(),
+            lock_wait: Duration::from_secs(300),
+            lock_timeout: Duration::from_secs(10),
+            statement_timeout: None,
+            transaction: TransactionMode::PerMigration,
+            sources: vec!["defaults".into()],
+        }
+    }
+}
+
+/// One layer of settings: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub database_url: Option<String>,
+    pub database_password_file: Option<PathBuf>,
+    pub migrations_dir: Option<PathBuf>,
+    pub migrations_schema: Option<String>,
+    pub migrations_table: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub lock_wait: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub lock_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
+    pub transaction: Option<TransactionMode>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("config file {path} does not exist")]
+    MissingFile { path: PathBuf },
+    #[error("database_password_file {path}: cannot read: {source}")]
+    PasswordFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database_url is not set: set it in {DEFAULT_CONFIG_FILE}, or in DATABASE_URL, or pass --database-url")]
+    NoDatabase,
+    #[error("database_url: {message}")]
+    BadDatabaseUrl { message: String },
+    #[error("{key}: {message}")]
+    BadValue { key: &'static str, message: String },
+}
+
+impl Settings {
+    /// Applies one layer over these settings.
+    pub fn apply(&mut self, layer: Layer, origin: &str) {
+        let before = self.sources.len();
+        macro_rules! set {
+            ($($field:ident),*) => {$(
+                if let Some(v) = layer.$field { self.$field = v; }
+            )*};
+        }
+        set!(
+            migrations_dir,
+            migrations_schema,
+            migrations_table,
+            lock_wait,
+            lock_timeout,
+            transaction
+        );
+        if layer.database_url.is_some() {
+            self.database_url = layer.database_url;
+        }
+        if layer.database_password_file.is_some() {
+            self.database_password_file = layer.database_password_file;
+        }
+        if let Some(t) = layer.statement_timeout {
+            self.statement_timeout = (!t.is_zero()).then_some(t);
+        }
+        if self.sources.len() == before {
+            self.sources.push(origin.to_string());
+        }
+    }
+
+    /// Loads defaults < file < environment. `file` is `--config`; without it the packaged
+    /// path is read when it exists.
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::default();
+        match file {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError::MissingFile {
+                    path: path.to_path_buf(),
+                })
+            }
+            Some(path) => settings.apply(read_file(path)?, &path.display().to_string()),
+            None => {
+                let path = Path::new(DEFAULT_CONFIG_FILE);
+                if path.exists() {
+                    settings.apply(read_file(path)?, DEFAULT_CONFIG_FILE);
+                }
+            }
+        }
+        if let Some(url) = env.get("DATABASE_URL") {
+            settings.database_url = Some(url.clone());
+            settings.sources.push("DATABASE_URL".into());
+        }
+        let layer = read_env(env)?;
+        settings.apply(layer, "environment (VAMSA_MIGRATE_*)");
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("migrations_schema", &self.migrations_schema),
+            ("migrations_table", &self.migrations_table),
+        ] {
+            if value.is_empty() || value.len() > 63 || value.contains('\0') {
+                return Err(ConfigError::BadValue {
+                    key,
+                    message: format!("{value:?} is not a valid PostgreSQL identifier (1-63 bytes)"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL connection settings, with the password from `database_password_file` or
+    /// systemd's credential when one is configured.
+    pub fn pg_config(
+        &self,
+        env: &HashMap<String, String>,
+    ) -> Result<tokio_postgres::Config, ConfigError> {
+        let url = self
+            .database_url
+            .as_deref()
+            .ok_or(ConfigError::NoDatabase)?;
+        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
+            // The parser's message never echoes the password, but the URL could; leave it out.
+            ConfigError::BadDatabaseUrl {
+                message: e.to_string(),
+            }
+        })?;
+        if config.get_application_name().is_none() {
+            config.application_name("vamsa-migrate");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let credential = env
+            .get("CREDENTIALS_DIRECTORY")
+            .map(|dir| Path::new(dir).join(CREDENTIAL_NAME))
+            .filter(|p| p.exists());
+        if let Some(path) = self.database_password_file.clone().or(credential) {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::PasswordFile { path, source })?;
+            config.password(text.trim_end_matches(['\n', '\r']));
+        }
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<Layer, ConfigError> {
+    let origin = path.display().to_string();
+    let source = config::File::from(path).format(config::FileFormat::Toml);
+    deserialize_layer(config::Config::builder().add_source(source), &origin)
+}
+
+fn read_env(env: &HashMap<String, String>) -> Result<Layer, ConfigError> {
+    let vars: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with(&format!("{ENV_PREFIX}_")) && !ENV_NOT_SETTINGS.contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let source = config::Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("_")
+        .source(Some(vars));
+    deserialize_layer(
+        config::Config::builder().add_source(source),
+        "environment (VAMSA_MIGRATE_*)",
+    )
+}
+
+fn deserialize_layer(
+    builder: config::ConfigBuilder<config::builder::DefaultState>,
+    origin: &str,
+) -> Result<Layer, ConfigError> {
+    let invalid = |e: config::ConfigError| ConfigError::Invalid {
+        origin: origin.to_string(),
+        message: e.to_string(),
+    };
+    builder
+        .build()
+        .map_err(invalid)?
+        .try_deserialize()
+        .map_err(invalid)
+}
+
+/// What to show of a connection: hosts, ports, database and user; never the password.
+pub fn describe_target(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match h {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_string()
+    } else {
+        hosts.join(",")
+    };
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{hosts}/{db}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "migrations_dir = \"/srv/a\"\nlock_timeout = \"3s\"\ndatabase_url = \"host=file\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            &env(&[
+                ("VAMSA_MIGRATE_LOCK_TIMEOUT", "7s"),
+                ("DATABASE_URL", "host=env"),
+                ("VAMSA_MIGRATE_CONFIG", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.migrations_dir, PathBuf::from("/srv/a"));
+        assert_eq!(s.lock_timeout, Duration::from_secs(7));
+        assert_eq!(s.database_url.as_deref(), Some("host=env"));
+        assert_eq!(s.lock_wait, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "lock_wiat = \"3s\"\n").unwrap();
+        let err = Settings::load(Some(&file), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lock_wiat"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let err = Settings::load(None, &env(&[("VAMSA_MIGRATE_TRANSACTION", "some")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("VAMSA_MIGRATE") && err.contains("some"),
+            "{err}"
+        );
+        let err = Settings::load(None, &env(&[("VAMSA_MIGRATE_LOCK_WAIT", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lock_wait"), "{err}");
+    }
+
+    #[test]
+    fn password_file_and_credentials_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("database_password"), "s3cret\n").unwrap();
+        let mut s = Settings {
+            database_url: Some("host=/run/postgresql user=vamsa dbname=vamsa".into()),
+            ..Settings::default()
+        };
+        let e = env(&[("CREDENTIALS_DIRECTORY", dir.path().to_str().unwrap())]);
+        assert_eq!(
+            s.pg_config(&e).unwrap().get_password(),
+            Some(&b"s3cret"[..])
+        );
+        std::fs::write(dir.path().join("other"), "two").unwrap();
+        s.database_password_file = Some(dir.path().join("other"));
+        assert_eq!(s.pg_config(&e).unwrap().get_password(), Some(&b"two"[..]));
+    }
+
+    #[test]
+    fn target_description_has_no_password() {
+        let c =
+            tokio_postgres::Config::from_str("postgres://u:hunter2@db.example:5433/vamsa").unwrap();
+        let d = describe_target(&c);
+        assert_eq!(d, "db.example:5433/vamsa");
+        assert!(!format!(
+            "{:?}",
+            Settings {
+                database_url: Some("postgres://u:hunter2@x/y".into()),
+                ..Settings::default()
+            }
+        )
+        .contains("hunter2"));
+    }
+}

@@ -1,0 +1,509 @@
+//! The database side: connecting, Drizzle's tracking table, the advisory lock that keeps runs
+//! from overlapping, and applying one migration atomically with its tracking row.
+
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tokio_postgres::{Client, Config, SimpleQueryMessage};
+
+use crate::config::describe_target;
+use crate::plan::AppliedRow;
+use crate::source::{Migration, Statement};
+
+/// Drizzle's tracking table, `"schema"."table"`.
+#[derive(Debug, Clone)]
+pub struct Tracking {
+    pub schema: String,
+    pub table: String,
+}
+
+impl Tracking {
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.table))
+    }
+
+    /// A fixed advisory-lock key per tracking table, so runs against different tables (or
+    /// different applications' tables) in one database never wait on each other.
+    pub fn lock_key(&self) -> i64 {
+        let digest = Sha256::digest(format!("vamsa-migrate\0{}\0{}", self.schema, self.table));
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        i64::from_be_bytes(bytes)
+    }
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A PostgreSQL error reduced to what a person needs.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PgFailure {
+    pub sqlstate: Option<String>,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+    /// 1-based character position in the statement, when PostgreSQL gave one.
+    pub position: Option<u32>,
+    /// The connection broke: the server never confirmed anything after this point.
+    pub connection_lost: bool,
+}
+
+impl PgFailure {
+    pub fn from_error(e: &tokio_postgres::Error) -> PgFailure {
+        match e.as_db_error() {
+            Some(db) => PgFailure {
+                sqlstate: Some(db.code().code().to_string()),
+                message: db.message().to_string(),
+                detail: db.detail().map(str::to_string),
+                hint: db.hint().map(str::to_string),
+                position: match db.position() {
+                    Some(tokio_postgres::error::ErrorPosition::Original(p)) => Some(*p),
+                    _ => None,
+                },
+                connection_lost: db.code().code().starts_with("08")
+                    || db.code().code().starts_with("57P"),
+            },
+            None => PgFailure {
+                sqlstate: None,
+                message: e.to_string(),
+                detail: None,
+                hint: None,
+                position: None,
+                connection_lost: e.is_closed() || std::error::Error::source(e).is_some(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for PgFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.sqlstate {
+            Some(code) => write!(f, "{} (SQLSTATE {code})", self.message)?,
+            None => write!(f, "{}", self.message)?,
+        }
+        if let Some(detail) = &self.detail {
+            write!(f, "\n  detail: {detail}")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\n  hint from PostgreSQL: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot connect to PostgreSQL at {target}: {failure}")]
+    Connect { target: String, failure: PgFailure },
+    #[error("{what}: {failure}")]
+    Query {
+        what: &'static str,
+        failure: PgFailure,
+    },
+    #[error("{target} is a read-only server (a standby?); migrations must run on the primary")]
+    ReadOnly { target: String },
+    #[error("another vamsa-migrate run held the migration lock for longer than lock_wait ({waited:?}){}", holder.map(|p| format!(" (PostgreSQL backend pid {p})")).unwrap_or_default())]
+    LockWait {
+        waited: Duration,
+        holder: Option<i32>,
+    },
+}
+
+impl DbError {
+    fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> DbError {
+        move |e| DbError::Query {
+            what,
+            failure: PgFailure::from_error(&e),
+        }
+    }
+}
+
+/// Opens a connection (TLS when `sslmode` asks for it) and drives it on the current runtime.
+/// Refuses a read-only server, so that with several hosts only a primary is ever migrated.
+pub async fn connect(config: &Config) -> Result<Client, DbError> {
+    let target = describe_target(config);
+    let connect_error = |e: tokio_postgres::Error| DbError::Connect {
+        target: target.clone(),
+        failure: PgFailure::from_error(&e),
+    };
+    let client = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => {
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(connect_error)?;
+            tokio::spawn(connection);
+            client
+        }
+        _ => {
+            let tls = tls_connector().map_err(|message| DbError::Connect {
+                target: target.clone(),
+                failure: PgFailure {
+                    sqlstate: None,
+                    message,
+                    detail: None,
+                    hint: None,
+                    position: None,
+                    connection_lost: false,
+                },
+            })?;
+            let (client, connection) = config.connect(tls).await.map_err(connect_error)?;
+            tokio::spawn(connection);
+            client
+        }
+    };
+    let read_only = client
+        .query_one(
+            "SELECT current_setting('transaction_read_only') = 'on'",
+            &[],
+        )
+        .await
+        .map_err(DbError::query("checking whether the server is read-only"))?;
+    if read_only.get::<_, bool>(0) {
+        return Err(DbError::ReadOnly { target });
+    }
+    Ok(client)
+}
+
+/// libpq's `sslmode=prefer`/`require` encrypt without verifying the certificate; we do the same
+/// (tokio-postgres does not offer verify-ca/verify-full).
+fn tls_connector() -> Result<postgres_openssl::MakeTlsConnector, String> {
+    let mut builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+        .map_err(|e| format!("cannot set up TLS: {e}"))?;
+    builder.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    Ok(postgres_openssl::MakeTlsConnector::new(builder.build()))
+}
+
+/// Reads the tracking rows; `None` when the table does not exist yet. Read-only, so a dry run
+/// or `status` never changes the database.
+pub async fn read_rows(
+    client: &Client,
+    tracking: &Tracking,
+) -> Result<Option<Vec<AppliedRow>>, DbError> {
+    let exists = client
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&tracking.qualified()],
+        )
+        .await
+        .map_err(DbError::query("looking for the tracking table"))?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(None);
+    }
+    // `to_jsonb(t)` reads our optional `applied_at` column whether or not this table has it
+    // (a table Drizzle created does not).
+    let sql = format!(
+        "SELECT id, hash, created_at, \
+         to_char((to_jsonb(t)->>'applied_at')::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
+         FROM {} t ORDER BY id",
+        tracking.qualified()
+    );
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(DbError::query("reading the tracking table"))?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|r| AppliedRow {
+                id: r.get(0),
+                hash: r.get(1),
+                created_at: r.get(2),
+                applied_at: r.get(3),
+            })
+            .collect(),
+    ))
+}
+
+/// Creates Drizzle's schema and table when missing, with the exact shape Drizzle creates plus
+/// an `applied_at` column Drizzle ignores. Existence is checked first: `CREATE SCHEMA IF NOT
+/// EXISTS` needs CREATE on the database even when the schema is there, which an app role that
+/// only owns its schema lacks.
+pub async fn ensure_table(client: &Client, tracking: &Tracking) -> Result<(), DbError> {
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), to_regclass($2) IS NOT NULL",
+            &[&tracking.schema, &tracking.qualified()],
+        )
+        .await
+        .map_err(DbError::query("looking for the tracking table"))?;
+    let (schema_exists, table_exists): (bool, bool) = (row.get(0), row.get(1));
+    if !schema_exists {
+        client
+            .batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(&tracking.schema)
+            ))
+            .await
+            .map_err(DbError::query("creating the tracking schema"))?;
+    }
+    if !table_exists {
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint, \
+                 applied_at timestamptz DEFAULT now())",
+                tracking.qualified()
+            ))
+            .await
+            .map_err(DbError::query("creating the tracking table"))?;
+    }
+    Ok(())
+}
+
+/// The session-level advisory lock that serialises runs. Released when the connection closes,
+/// so a killed process never leaves it behind.
+pub async fn acquire_lock(
+    client: &Client,
+    tracking: &Tracking,
+    wait: Duration,
+    mut on_wait: impl FnMut(Option<i32>),
+) -> Result<(), DbError> {
+    let key = tracking.lock_key();
+    let got: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(DbError::query("taking the migration lock"))?
+        .get(0);
+    if got {
+        return Ok(());
+    }
+    let holder = lock_holder(client, key).await;
+    on_wait(holder);
+    let started = Instant::now();
+    // lock_timeout bounds the wait inside the server: no polling, and the lock is granted the
+    // moment the other run's session ends.
+    let millis = wait.as_millis().clamp(1, i32::MAX as u128);
+    client
+        .batch_execute(&format!("SET lock_timeout = {millis}"))
+        .await
+        .map_err(DbError::query("taking the migration lock"))?;
+    let result = client
+        .query_one("SELECT pg_advisory_lock($1)", &[&key])
+        .await;
+    client
+        .batch_execute("RESET lock_timeout")
+        .await
+        .map_err(DbError::query("taking the migration lock"))?;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            Err(DbError::LockWait {
+                waited: started.elapsed(),
+                holder,
+            })
+        }
+        Err(e) => Err(DbError::query("taking the migration lock")(e)),
+    }
+}
+
+async fn lock_holder(client: &Client, key: i64) -> Option<i32> {
+    // Advisory locks on a bigint key are stored as two 32-bit halves in pg_locks.
+    client
+        .query_opt(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid \
+             AND objsubid = 1 LIMIT 1",
+            &[&key],
+        )
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.get(0))
+}
+
+pub async fn release_lock(client: &Client, tracking: &Tracking) -> Result<(), DbError> {
+    client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&tracking.lock_key()])
+        .await
+        .map_err(DbError::query("releasing the migration lock"))?;
+    Ok(())
+}
+
+/// Records a new hash for an applied migration whose file was edited on purpose.
+pub async fn accept_edit(
+    client: &Client,
+    tracking: &Tracking,
+    row_id: i32,
+    hash: &str,
+) -> Result<(), DbError> {
+    client
+        .execute(
+            &format!(
+                "UPDATE {} SET hash = $1 WHERE id = $2",
+                tracking.qualified()
+            ),
+            &[&hash, &row_id],
+        )
+        .await
+        .map_err(DbError::query("recording the edited migration's new hash"))?;
+    Ok(())
+}
+
+/// Timeouts applied to the statements of each migration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub lock_timeout: Duration,
+    pub statement_timeout: Option<Duration>,
+}
+
+impl Limits {
+    fn set_sql(&self, scope: &str) -> String {
+        format!(
+            "SET {scope} lock_timeout = {}; SET {scope} statement_timeout = {}",
+            self.lock_timeout.as_millis(),
+            self.statement_timeout.map_or(0, |t| t.as_millis()),
+        )
+    }
+}
+
+/// Where in a migration a failure happened.
+#[derive(Debug, Clone)]
+pub struct StatementFailure {
+    /// 1-based statement number, or `None` when the failure was outside the statements
+    /// (opening the transaction, writing the tracking row, COMMIT).
+    pub statement: Option<usize>,
+    pub failure: PgFailure,
+    /// Statements that ran and stayed (only in a `no-transaction` migration).
+    pub completed_outside_transaction: usize,
+    /// The failure hit COMMIT itself: if the connection broke there, the server may have
+    /// committed; the next run's plan tells.
+    pub during_commit: bool,
+}
+
+/// Runs a transaction's body, ensuring a ROLLBACK on failure.
+pub enum Txn {
+    /// This call opens and commits its own transaction.
+    Own,
+    /// The caller holds one transaction open around several migrations (`transaction = "all"`).
+    Outer,
+}
+
+/// Applies one migration and writes its tracking row. In the normal case both happen in one
+/// transaction: either the migration and its row are committed, or neither is.
+pub async fn apply_migration(
+    client: &Client,
+    tracking: &Tracking,
+    migration: &Migration,
+    limits: Limits,
+    txn: Txn,
+    synchronous_commit: bool,
+) -> Result<(), StatementFailure> {
+    let insert = format!(
+        "INSERT INTO {} (hash, created_at) VALUES ({}, {})",
+        tracking.qualified(),
+        quote_literal(&migration.hash),
+        migration.when
+    );
+    let fail = |statement, e: &tokio_postgres::Error, completed| StatementFailure {
+        statement,
+        failure: PgFailure::from_error(e),
+        completed_outside_transaction: completed,
+        during_commit: false,
+    };
+
+    if migration.no_transaction {
+        client
+            .batch_execute(&limits.set_sql("SESSION"))
+            .await
+            .map_err(|e| fail(None, &e, 0))?;
+        for (i, statement) in migration.statements.iter().enumerate() {
+            client
+                .batch_execute(&statement.sql)
+                .await
+                .map_err(|e| fail(Some(i + 1), &e, i))?;
+        }
+        let n = migration.statements.len();
+        client
+            .batch_execute(&format!(
+                "{insert}; RESET lock_timeout; RESET statement_timeout"
+            ))
+            .await
+            .map_err(|e| fail(None, &e, n))?;
+        return Ok(());
+    }
+
+    let own = matches!(txn, Txn::Own);
+    let mut begin = String::new();
+    if own {
+        begin.push_str("BEGIN; ");
+    }
+    begin.push_str(&limits.set_sql("LOCAL"));
+    if own && !synchronous_commit {
+        // Safe: see `engine::apply_all` on why only the last commit of a run must be flushed.
+        begin.push_str("; SET LOCAL synchronous_commit = off");
+    }
+    let result = async {
+        client
+            .batch_execute(&begin)
+            .await
+            .map_err(|e| fail(None, &e, 0))?;
+        for (i, statement) in migration.statements.iter().enumerate() {
+            client
+                .batch_execute(&statement.sql)
+                .await
+                .map_err(|e| fail(Some(i + 1), &e, 0))?;
+        }
+        client
+            .batch_execute(&insert)
+            .await
+            .map_err(|e| fail(None, &e, 0))
+    }
+    .await;
+    match result {
+        Ok(()) if own => client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(|e| StatementFailure {
+                during_commit: true,
+                ..fail(None, &e, 0)
+            }),
+        Ok(()) => Ok(()),
+        Err(failure) => {
+            if own {
+                // Best effort: if the connection is gone, the server rolls back by itself.
+                let _ = client.batch_execute("ROLLBACK").await;
+            }
+            Err(failure)
+        }
+    }
+}
+
+/// Opens or closes the single transaction of `transaction = "all"`.
+pub async fn batch_transaction(client: &Client, sql: &str) -> Result<(), PgFailure> {
+    client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| PgFailure::from_error(&e))
+}
+
+/// Forces every earlier asynchronous commit of this session to disk: a transaction that has
+/// an xid commits with a WAL flush, and the flush covers everything written before it.
+pub async fn flush_commits(client: &Client) -> Result<(), PgFailure> {
+    let messages = client
+        .simple_query("BEGIN; SET LOCAL synchronous_commit = on; SELECT txid_current(); COMMIT")
+        .await
+        .map_err(|e| PgFailure::from_error(&e))?;
+    debug_assert!(messages
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(_))));
+    Ok(())
+}
+
+/// The line of the file that a PostgreSQL error position points at.
+pub fn line_of_position(statement: &Statement, position: Option<u32>) -> usize {
+    match position {
+        Some(p) => {
+            let before: String = statement
+                .sql
+                .chars()
+                .take(p.saturating_sub(1) as usize)
+                .collect();
+            statement.sql_start_line + before.matches('\n').count()
+        }
+        None => statement.line,
+    }
+}

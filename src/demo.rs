@@ -1,0 +1,74 @@
+//! `vamsa-migrate demo`: the real code path against a throwaway PostgreSQL, with no set-up.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::cli::{self, MigrateArgs};
+use crate::config::Settings;
+use crate::pgcluster::TempCluster;
+use crate::report::Format;
+
+/// The bundled migrations: `./migrations` when run from a checkout, else the copy the build
+/// was made from, else the packaged copy.
+fn bundled_migrations() -> Option<PathBuf> {
+    [
+        PathBuf::from("migrations"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations"),
+        PathBuf::from("/usr/share/vamsa-migrate/demo-migrations"),
+    ]
+    .into_iter()
+    .find(|p| p.join("meta/_journal.json").exists())
+}
+
+pub async fn run() -> u8 {
+    let Some(dir) = bundled_migrations() else {
+        eprintln!(
+            "Error: the bundled migrations folder was not found (run from the source checkout)"
+        );
+        return cli::exit::FAILED;
+    };
+    println!("Starting a throwaway PostgreSQL cluster in a temporary directory...");
+    let cluster = match TempCluster::start().and_then(|c| c.create_database("vamsa").map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: cannot start a throwaway PostgreSQL: {e}");
+            return cli::exit::FAILED;
+        }
+    };
+    println!(
+        "PostgreSQL is up on 127.0.0.1:{} (binaries: {}); migrations: {}\n",
+        cluster.port(),
+        cluster.bin_dir().display(),
+        dir.display()
+    );
+    let settings = Settings {
+        database_url: Some(cluster.url("vamsa")),
+        migrations_dir: dir,
+        ..Settings::default()
+    };
+    // Only the demo's own values: the caller's DATABASE_URL or credentials must not leak in.
+    let env = HashMap::new();
+    let steps: [(&str, bool); 3] = [
+        ("migrate --dry-run", true),
+        ("migrate", false),
+        ("migrate --dry-run", true),
+    ];
+    for (title, dry_run) in steps {
+        println!("$ vamsa-migrate {title}");
+        let args = MigrateArgs {
+            dry_run,
+            format: Format::Human,
+            ..MigrateArgs::default()
+        };
+        let code = cli::migrate(&settings, &env, &args, false).await;
+        println!();
+        if code != cli::exit::OK {
+            return code;
+        }
+    }
+    println!("$ vamsa-migrate status");
+    let code = cli::status(&settings, &env, Format::Human).await;
+    println!("\nStopping and removing the throwaway cluster.");
+    drop(cluster);
+    code
+}

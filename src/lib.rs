@@ -1,0 +1,16 @@
+//! vamsa-migrate: applies Vamsa's Drizzle ORM migrations to PostgreSQL.
+//!
+//! Data flows one way: [`source`] reads the folder, [`plan`] decides, [`engine`] applies through
+//! [`db`], [`report`] shows it. The CLI ([`cli`]) drives the engine.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod engine;
+pub mod newfile;
+pub mod pgcluster;
+pub mod plan;
+pub mod report;
+pub mod source;
+pub mod summary;

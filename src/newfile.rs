@@ -1,0 +1,106 @@
+//! `vamsa-migrate new NAME`: the next numbered migration file and its journal entry.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NewError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: invalid journal: {message}")]
+    Journal { path: PathBuf, message: String },
+    #[error("{name:?} is not a usable migration name: use letters, digits and underscores")]
+    BadName { name: String },
+}
+
+/// Creates `<dir>/<NNNN>_<name>.sql` and appends its entry to the journal, which is rewritten
+/// atomically (temporary file, fsync, rename): a crash leaves the old or the new journal.
+pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NewError> {
+    let slug: String = name
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let slug = slug.trim_matches('_').to_string();
+    if slug.is_empty() {
+        return Err(NewError::BadName { name: name.into() });
+    }
+    let meta = dir.join("meta");
+    let journal_path = meta.join("_journal.json");
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| NewError::Io { path, source }
+    };
+    let mut journal: Value = match fs::read(&journal_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| NewError::Journal {
+            path: journal_path.clone(),
+            message: e.to_string(),
+        })?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(&meta).map_err(io_err(&meta))?;
+            json!({"version": "7", "dialect": "postgresql", "entries": []})
+        }
+        Err(e) => return Err(io_err(&journal_path)(e)),
+    };
+    let entries = journal
+        .get_mut("entries")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| NewError::Journal {
+            path: journal_path.clone(),
+            message: "no \"entries\" array".into(),
+        })?;
+    let idx = entries
+        .iter()
+        .filter_map(|e| e.get("idx").and_then(Value::as_u64))
+        .max()
+        .map_or(0, |m| m + 1);
+    let newest = entries
+        .iter()
+        .filter_map(|e| e.get("when").and_then(Value::as_i64))
+        .max()
+        .unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    // Never older than an existing entry, so Drizzle's own migrator will not skip it.
+    let when = now.max(newest + 1);
+    let tag = format!("{idx:04}_{slug}");
+    entries
+        .push(json!({"idx": idx, "version": "7", "when": when, "tag": tag, "breakpoints": true}));
+
+    let sql_path = dir.join(format!("{tag}.sql"));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&sql_path)
+        .map_err(io_err(&sql_path))?;
+    file.write_all(
+        b"-- Write the migration's SQL here. Separate statements with the marker\n\
+          -- --> statement-breakpoint\n\
+          -- An empty migration is refused, so this file must hold SQL before the next run.\n",
+    )
+    .map_err(io_err(&sql_path))?;
+
+    let mut text = serde_json::to_string_pretty(&journal).map_err(|e| NewError::Journal {
+        path: journal_path.clone(),
+        message: e.to_string(),
+    })?;
+    text.push('\n');
+    let mut tmp = tempfile::NamedTempFile::new_in(&meta).map_err(io_err(&meta))?;
+    tmp.write_all(text.as_bytes())
+        .map_err(io_err(&journal_path))?;
+    tmp.as_file().sync_all().map_err(io_err(&journal_path))?;
+    tmp.persist(&journal_path)
+        .map_err(|e| io_err(&journal_path)(e.error))?;
+    Ok(sql_path)
+}

@@ -1,0 +1,349 @@
+//! Reporting: turns engine events into the human lines of the user document, or JSON lines.
+
+use std::io::{self, IsTerminal, Write};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::engine::{ErrorReport, Event, Status};
+use crate::plan::State;
+
+/// Show a progress bar from this many pending migrations on (on a terminal only).
+const PROGRESS_FROM: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Human,
+    Json,
+}
+
+/// How the command was invoked, for the "Run '...' to apply." line.
+#[derive(Debug, Clone)]
+pub struct HumanOptions {
+    pub quiet: bool,
+    pub apply_command: String,
+    pub progress: bool,
+}
+
+impl Default for HumanOptions {
+    fn default() -> Self {
+        HumanOptions {
+            quiet: false,
+            apply_command: "vamsa-migrate migrate".into(),
+            progress: io::stdout().is_terminal(),
+        }
+    }
+}
+
+/// Prints events as they arrive.
+pub struct Reporter<W: Write> {
+    out: W,
+    format: Format,
+    options: HumanOptions,
+    pending: usize,
+    bar: Option<ProgressBar>,
+}
+
+impl<W: Write> Reporter<W> {
+    pub fn new(out: W, format: Format, options: HumanOptions) -> Self {
+        Reporter {
+            out,
+            format,
+            options,
+            pending: 0,
+            bar: None,
+        }
+    }
+
+    pub fn event(&mut self, event: &Event) {
+        // Output is best effort: a closed stdout (`| head`) must never abort a migration.
+        let _ = match self.format {
+            Format::Json => write_json_line(&mut self.out, event),
+            Format::Human => self.human(event),
+        };
+    }
+
+    fn line(&mut self, text: &str) -> io::Result<()> {
+        match &self.bar {
+            Some(bar) => {
+                bar.println(text);
+                Ok(())
+            }
+            None => writeln!(self.out, "{text}"),
+        }
+    }
+
+    fn human(&mut self, event: &Event) -> io::Result<()> {
+        let quiet = self.options.quiet;
+        match event {
+            Event::Warning { message } => {
+                if let Some(bar) = &self.bar {
+                    bar.suspend(|| eprintln!("warning: {message}"));
+                } else {
+                    eprintln!("warning: {message}");
+                }
+            }
+            Event::WaitingForLock {
+                holder_pid,
+                max_wait_ms,
+            } => {
+                let who = holder_pid
+                    .map(|p| format!(" (PostgreSQL backend pid {p} holds the migration lock)"))
+                    .unwrap_or_default();
+                eprintln!(
+                    "Waiting for another vamsa-migrate run to finish{who}; waiting up to {}...",
+                    humantime::format_duration(std::time::Duration::from_millis(*max_wait_ms))
+                );
+            }
+            Event::Pending {
+                migrations,
+                dry_run: true,
+            } => {
+                self.pending = migrations.len();
+                if migrations.is_empty() {
+                    writeln!(self.out, "No pending migrations. Database is up to date.")?;
+                    return Ok(());
+                }
+                writeln!(self.out, "Pending migrations:")?;
+                for m in migrations {
+                    let mut notes = Vec::new();
+                    if m.no_transaction {
+                        notes.push("runs outside a transaction".to_string());
+                    }
+                    if m.drizzle_would_skip {
+                        notes.push(
+                            "older than the newest applied migration: Drizzle's own migrator would skip it"
+                                .to_string(),
+                        );
+                    }
+                    if notes.is_empty() {
+                        writeln!(self.out, "  {}", m.migration)?;
+                    } else {
+                        writeln!(self.out, "  {} ({})", m.migration, notes.join("; "))?;
+                    }
+                    for s in &m.statements {
+                        writeln!(self.out, "    - {s}")?;
+                    }
+                }
+            }
+            Event::Pending {
+                migrations,
+                dry_run: false,
+            } => {
+                self.pending = migrations.len();
+                if migrations.is_empty() || quiet {
+                    return Ok(());
+                }
+                writeln!(self.out, "Running migrations...")?;
+                for m in migrations.iter().filter(|m| m.drizzle_would_skip) {
+                    writeln!(
+                        self.out,
+                        "Note: {} is older than the newest applied migration; Drizzle's own migrator \
+                         would have skipped it silently. Applying it in journal order.",
+                        m.migration
+                    )?;
+                }
+                if self.options.progress && migrations.len() >= PROGRESS_FROM {
+                    let bar = ProgressBar::new(migrations.len() as u64);
+                    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}") {
+                        bar.set_style(style);
+                    }
+                    self.bar = Some(bar);
+                }
+            }
+            Event::AcceptedEdit { migration } => {
+                self.line(&format!(
+                    "Accepted the edited {migration}: recorded its new hash."
+                ))?;
+            }
+            Event::Applied { migration, .. } => {
+                if !quiet {
+                    self.line(&format!("Applied: {migration}"))?;
+                }
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
+            Event::Done {
+                ok,
+                applied,
+                dry_run,
+                error,
+            } => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                match (ok, dry_run) {
+                    (true, true) if self.pending > 0 => writeln!(
+                        self.out,
+                        "\nNo changes were applied. Run '{}' to apply.",
+                        self.options.apply_command
+                    )?,
+                    (true, false) if quiet => {}
+                    (true, false) if *applied > 0 => writeln!(self.out, "Migration complete.")?,
+                    (true, false) => writeln!(self.out, "No pending migrations.")?,
+                    _ => {}
+                }
+                if let Some(error) = error {
+                    self.out.flush()?;
+                    eprint!("{}", render_error(error));
+                }
+            }
+        }
+        self.out.flush()
+    }
+}
+
+pub fn write_json_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// The error block shown to a person: what failed, why it probably failed, what to do.
+pub fn render_error(e: &ErrorReport) -> String {
+    let mut text = format!("Error: {}\n", e.message);
+    if let Some(cause) = &e.cause {
+        text.push_str(&format!("Likely cause: {cause}\n"));
+    }
+    text.push_str(&format!("Next step: {}\n", e.hint));
+    text
+}
+
+#[derive(Serialize)]
+struct StatusRow<'a> {
+    migration: &'a str,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied_at: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    migrations: Vec<StatusRow<'a>>,
+    missing_on_disk: Vec<MissingRow<'a>>,
+    applied: usize,
+    pending: usize,
+    drift: bool,
+    warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct MissingRow<'a> {
+    id: i32,
+    hash: &'a str,
+    created_at: Option<i64>,
+}
+
+fn status_rows<'a>(status: &'a Status<'_>) -> Vec<StatusRow<'a>> {
+    status
+        .plan
+        .items
+        .iter()
+        .map(|item| {
+            let (state, applied_at, note) = match &item.state {
+                State::Applied(row) => ("applied", row.applied_at.as_deref(), None),
+                State::Edited { row, .. } => (
+                    "edited",
+                    row.applied_at.as_deref(),
+                    Some(format!(
+                        "file changed since it was applied; accept with --accept-edited {}",
+                        item.migration.tag
+                    )),
+                ),
+                State::Pending {
+                    drizzle_would_skip: true,
+                } => (
+                    "pending",
+                    None,
+                    Some("older than the newest applied migration: Drizzle's own migrator would skip it".into()),
+                ),
+                State::Pending { .. } => ("pending", None, None),
+                State::OutOfOrder { .. } => (
+                    "out-of-order",
+                    None,
+                    Some("a later migration is applied; apply with --allow-out-of-order".into()),
+                ),
+            };
+            StatusRow {
+                migration: &item.migration.file_name,
+                state,
+                applied_at,
+                note,
+            }
+        })
+        .collect()
+}
+
+pub fn write_status(
+    out: &mut impl Write,
+    status: &Status<'_>,
+    warnings: &[String],
+    format: Format,
+) -> io::Result<()> {
+    let rows = status_rows(status);
+    let plan = &status.plan;
+    if format == Format::Json {
+        return write_json_line(
+            out,
+            &StatusJson {
+                migrations: rows,
+                missing_on_disk: plan
+                    .missing
+                    .iter()
+                    .map(|r| MissingRow {
+                        id: r.id,
+                        hash: &r.hash,
+                        created_at: r.created_at,
+                    })
+                    .collect(),
+                applied: plan.applied_count(),
+                pending: plan.pending_count(),
+                drift: plan.has_drift(),
+                warnings: warnings.to_vec(),
+            },
+        );
+    }
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let width = rows.iter().map(|r| r.migration.len()).max().unwrap_or(0);
+    for row in &rows {
+        let mut line = format!("  {:<12} {:<width$}", row.state, row.migration);
+        if let Some(at) = row.applied_at {
+            line.push_str(&format!("  {at} UTC"));
+        }
+        if let Some(note) = &row.note {
+            line.push_str(&format!("  ({note})"));
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    for r in &plan.missing {
+        writeln!(
+            out,
+            "  {:<12} row {} (created_at {}, hash {}): no such migration on disk",
+            "missing",
+            r.id,
+            r.created_at.map_or("NULL".into(), |c| c.to_string()),
+            &r.hash[..r.hash.len().min(12)]
+        )?;
+    }
+    let pending = plan.pending_count();
+    let mut summary = format!(
+        "{} migrations: {} applied, {} pending",
+        plan.items.len(),
+        plan.applied_count(),
+        pending
+    );
+    if plan.has_drift() {
+        summary.push_str(", drift found");
+    }
+    writeln!(out, "{summary}.")?;
+    if pending == 0 && !plan.has_drift() {
+        writeln!(out, "Database is up to date.")?;
+    }
+    Ok(())
+}

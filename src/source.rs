@@ -1,0 +1,462 @@
+//! Reading a Drizzle migrations folder from disk: `meta/_journal.json` plus one `.sql` file per
+//! journal entry. Everything here is read-only and validated before anything touches a database,
+//! so a bad folder is always reported with nothing changed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The separator Drizzle writes between statements; its migrator splits on exactly this text.
+pub const BREAKPOINT: &str = "--> statement-breakpoint";
+
+/// First line that opts a migration out of the surrounding transaction (for statements such as
+/// `CREATE INDEX CONCURRENTLY` that PostgreSQL refuses to run inside one).
+pub const NO_TRANSACTION_MARKER: &str = "-- vamsa-migrate: no-transaction";
+
+const JOURNAL: &str = "meta/_journal.json";
+
+/// One statement of a migration, exactly as Drizzle would send it to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// The text between breakpoints, untouched: Drizzle executes it as is.
+    pub sql: String,
+    /// 1-based line in the file where the statement's first non-blank character is.
+    pub line: usize,
+    /// 1-based line in the file where `sql` begins (PostgreSQL error positions count from here).
+    pub sql_start_line: usize,
+}
+
+/// A migration file together with its journal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    pub idx: u64,
+    pub tag: String,
+    /// The journal's `when` (milliseconds); Drizzle stores it as `created_at`.
+    pub when: i64,
+    /// `<tag>.sql`
+    pub file_name: String,
+    /// Lowercase hex SHA-256 of the file's text: the `hash` column Drizzle writes.
+    pub hash: String,
+    pub statements: Vec<Statement>,
+    pub no_transaction: bool,
+}
+
+/// Something odd about the folder that does not stop a run but that an admin should see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceWarning {
+    /// A `.sql` file on disk that no journal entry names.
+    NotInJournal { file_name: String },
+    /// An entry whose `when` is older than an earlier entry's (a migration merged from a branch).
+    WhenGoesBack {
+        file_name: String,
+        when: i64,
+        earlier_file: String,
+        earlier_when: i64,
+    },
+}
+
+impl fmt::Display for SourceWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceWarning::NotInJournal { file_name } => write!(
+                f,
+                "{file_name} is not in meta/_journal.json; it will not be applied"
+            ),
+            SourceWarning::WhenGoesBack {
+                file_name,
+                when,
+                earlier_file,
+                earlier_when,
+            } => write!(
+                f,
+                "{file_name} has an older \"when\" ({when}) than the earlier {earlier_file} \
+                 ({earlier_when}); migrations are applied in journal order"
+            ),
+        }
+    }
+}
+
+/// Why a migrations folder could not be read. Each variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{path}: no migrations journal; is migrations_dir the Drizzle folder (the one holding meta/_journal.json)?")]
+    NoJournal { path: PathBuf },
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}:{line}:{column}: invalid journal: {message}")]
+    InvalidJournal {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: journal entry {idx} ({tag}) names {file_name}, which does not exist")]
+    MissingFile {
+        path: PathBuf,
+        idx: u64,
+        tag: String,
+        file_name: String,
+    },
+    #[error("{path}: journal has two entries with idx {idx}")]
+    DuplicateIdx { path: PathBuf, idx: u64 },
+    #[error("{path}: journal has two entries with tag {tag:?}")]
+    DuplicateTag { path: PathBuf, tag: String },
+    #[error("{path}: journal entry {idx} has tag {tag:?}, which would name a file outside the migrations folder")]
+    UnsafeTag {
+        path: PathBuf,
+        idx: u64,
+        tag: String,
+    },
+    #[error("{path}: {file_name} resolves to {target}, outside the migrations folder")]
+    OutsideFolder {
+        path: PathBuf,
+        file_name: String,
+        target: PathBuf,
+    },
+    #[error("{path}:{line}: not valid UTF-8 (byte {byte}); save the file as UTF-8")]
+    NotUtf8 {
+        path: PathBuf,
+        line: usize,
+        byte: usize,
+    },
+    #[error("{path}: empty migration: it holds no SQL statement")]
+    Empty { path: PathBuf },
+}
+
+impl SourceError {
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            SourceError::NoJournal { path }
+            | SourceError::Io { path, .. }
+            | SourceError::InvalidJournal { path, .. }
+            | SourceError::MissingFile { path, .. }
+            | SourceError::DuplicateIdx { path, .. }
+            | SourceError::DuplicateTag { path, .. }
+            | SourceError::UnsafeTag { path, .. }
+            | SourceError::OutsideFolder { path, .. }
+            | SourceError::NotUtf8 { path, .. }
+            | SourceError::Empty { path } => path,
+        }
+    }
+}
+
+/// A whole migrations folder, validated, in journal order.
+#[derive(Debug, Clone)]
+pub struct MigrationSet {
+    pub dir: PathBuf,
+    pub migrations: Vec<Migration>,
+    pub warnings: Vec<SourceWarning>,
+}
+
+#[derive(Deserialize)]
+struct Journal {
+    entries: Vec<JournalEntry>,
+}
+
+#[derive(Deserialize)]
+struct JournalEntry {
+    idx: u64,
+    when: i64,
+    tag: String,
+}
+
+impl MigrationSet {
+    /// Reads and validates `dir`. Nothing is written anywhere.
+    pub fn load(dir: &Path) -> Result<MigrationSet, SourceError> {
+        let journal_path = dir.join(JOURNAL);
+        let journal_text = match fs::read(&journal_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SourceError::NoJournal { path: journal_path })
+            }
+            Err(source) => {
+                return Err(SourceError::Io {
+                    path: journal_path,
+                    source,
+                })
+            }
+        };
+        let journal: Journal =
+            serde_json::from_slice(&journal_text).map_err(|e| SourceError::InvalidJournal {
+                path: journal_path.clone(),
+                line: e.line(),
+                column: e.column(),
+                message: strip_serde_position(&e.to_string()),
+            })?;
+
+        // Canonical form of the folder, so that a symlinked file can be checked against it.
+        let canonical_dir = fs::canonicalize(dir).map_err(|source| SourceError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+
+        let mut seen_idx = BTreeSet::new();
+        let mut seen_tag = BTreeSet::new();
+        let mut migrations = Vec::with_capacity(journal.entries.len());
+        let mut warnings = Vec::new();
+        for entry in journal.entries {
+            if !seen_idx.insert(entry.idx) {
+                return Err(SourceError::DuplicateIdx {
+                    path: journal_path,
+                    idx: entry.idx,
+                });
+            }
+            if !is_safe_tag(&entry.tag) {
+                return Err(SourceError::UnsafeTag {
+                    path: journal_path,
+                    idx: entry.idx,
+                    tag: entry.tag,
+                });
+            }
+            if !seen_tag.insert(entry.tag.clone()) {
+                return Err(SourceError::DuplicateTag {
+                    path: journal_path,
+                    tag: entry.tag,
+                });
+            }
+            let file_name = format!("{}.sql", entry.tag);
+            let path = dir.join(&file_name);
+            let bytes =
+                read_migration_file(&path, &canonical_dir, &file_name, &journal_path, &entry)?;
+            let text = String::from_utf8(bytes).map_err(|e| {
+                let bytes = e.as_bytes();
+                let at = e.utf8_error().valid_up_to();
+                SourceError::NotUtf8 {
+                    path: path.clone(),
+                    line: 1 + bytes[..at].iter().filter(|b| **b == b'\n').count(),
+                    byte: at,
+                }
+            })?;
+            let statements = split_statements(&text);
+            if statements.is_empty() {
+                return Err(SourceError::Empty { path });
+            }
+            migrations.push(Migration {
+                idx: entry.idx,
+                no_transaction: has_no_transaction_marker(&text),
+                hash: drizzle_hash(&text),
+                tag: entry.tag,
+                when: entry.when,
+                file_name,
+                statements,
+            });
+        }
+
+        let mut newest: Option<&Migration> = None;
+        for m in &migrations {
+            match newest {
+                Some(prev) if m.when < prev.when => warnings.push(SourceWarning::WhenGoesBack {
+                    file_name: m.file_name.clone(),
+                    when: m.when,
+                    earlier_file: prev.file_name.clone(),
+                    earlier_when: prev.when,
+                }),
+                Some(prev) if prev.when >= m.when => {}
+                _ => newest = Some(m),
+            }
+        }
+
+        let named: HashMap<&str, ()> = migrations
+            .iter()
+            .map(|m| (m.file_name.as_str(), ()))
+            .collect();
+        let mut strays = Vec::new();
+        let listing = fs::read_dir(dir).map_err(|source| SourceError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        for item in listing {
+            let item = item.map_err(|source| SourceError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let name = item.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.ends_with(".sql") && !named.contains_key(name) {
+                strays.push(name.to_string());
+            }
+        }
+        strays.sort();
+        warnings.extend(
+            strays
+                .into_iter()
+                .map(|file_name| SourceWarning::NotInJournal { file_name }),
+        );
+
+        Ok(MigrationSet {
+            dir: dir.to_path_buf(),
+            migrations,
+            warnings,
+        })
+    }
+
+    pub fn get(&self, tag: &str) -> Option<&Migration> {
+        self.migrations.iter().find(|m| m.tag == tag)
+    }
+}
+
+fn read_migration_file(
+    path: &Path,
+    canonical_dir: &Path,
+    file_name: &str,
+    journal_path: &Path,
+    entry: &JournalEntry,
+) -> Result<Vec<u8>, SourceError> {
+    let target = match fs::canonicalize(path) {
+        Ok(target) => target,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SourceError::MissingFile {
+                path: journal_path.to_path_buf(),
+                idx: entry.idx,
+                tag: entry.tag.clone(),
+                file_name: file_name.to_string(),
+            })
+        }
+        Err(source) => {
+            return Err(SourceError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    // A symlink that leaves the folder could make a release apply SQL nobody reviewed with it.
+    if target.parent() != Some(canonical_dir) {
+        return Err(SourceError::OutsideFolder {
+            path: path.to_path_buf(),
+            file_name: file_name.to_string(),
+            target,
+        });
+    }
+    fs::read(path).map_err(|source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// A tag must be one plain file-name component, so `<tag>.sql` stays inside the folder.
+fn is_safe_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag != "."
+        && tag != ".."
+        && !tag.starts_with('.')
+        && !tag.contains(['/', '\\', '\0'])
+        && !tag.chars().any(char::is_control)
+}
+
+/// serde_json appends " at line L column C"; we report the position in our own format.
+fn strip_serde_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
+    }
+}
+
+/// The `hash` column Drizzle writes: SHA-256 over the file's whole text, lowercase hex.
+pub fn drizzle_hash(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+fn has_no_transaction_marker(text: &str) -> bool {
+    let first = text.strip_prefix('\u{feff}').unwrap_or(text).lines().next();
+    first.is_some_and(|line| line.trim_end() == NO_TRANSACTION_MARKER)
+}
+
+/// Splits like Drizzle's migrator does (on every breakpoint, whatever the journal's `breakpoints`
+/// flag says), dropping pieces that hold nothing but whitespace and `--` comments.
+pub fn split_statements(text: &str) -> Vec<Statement> {
+    let mut statements = Vec::new();
+    let mut line = 1;
+    for piece in text.split(BREAKPOINT) {
+        if let Some(offset) = first_code_offset(piece) {
+            let lead = &piece[..offset];
+            let blank_start = lead.rfind('\n').map_or(0, |i| i + 1);
+            let start_line = line + piece[..blank_start].matches('\n').count();
+            statements.push(Statement {
+                sql: piece.to_string(),
+                line: start_line,
+                sql_start_line: line,
+            });
+        }
+        line += piece.matches('\n').count();
+    }
+    statements
+}
+
+/// Byte offset of the first character that is neither whitespace nor inside a `--` comment.
+fn first_code_offset(piece: &str) -> Option<usize> {
+    let mut rest = piece;
+    let mut offset = 0;
+    loop {
+        let trimmed = rest.trim_start();
+        offset += rest.len() - trimmed.len();
+        if trimmed.is_empty() {
+            return None;
+        }
+        if let Some(comment) = trimmed.strip_prefix("--") {
+            let skip = comment.find('\n').map_or(comment.len(), |i| i + 1);
+            offset += 2 + skip;
+            rest = &comment[skip..];
+        } else {
+            return Some(offset);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_breakpoints_and_tracks_lines() {
+        let text = "CREATE TABLE a (\n id int\n);\n--> statement-breakpoint\n\n-- why\nCREATE INDEX i ON a(id);--> statement-breakpoint\nSELECT 1;\n";
+        let s = split_statements(text);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].line, 1);
+        assert_eq!(s[1].line, 7, "first line of code, after the comment");
+        assert_eq!(s[1].sql_start_line, 4, "the piece starts right after the marker");
+        assert_eq!(s[2].line, 8);
+        assert_eq!(s[1].sql, "\n\n-- why\nCREATE INDEX i ON a(id);");
+    }
+
+    #[test]
+    fn comment_only_pieces_are_not_statements() {
+        assert!(split_statements("-- nothing here\n\n--> statement-breakpoint\n  \n").is_empty());
+    }
+
+    #[test]
+    fn hash_matches_sha256sum() {
+        // printf 'SELECT 1;\n' | sha256sum
+        assert_eq!(
+            drizzle_hash("SELECT 1;\n"),
+            "b4e0497804e46e0a0b0b8c31975b062152d551bac49c3c2e80932567b4085dcd"
+        );
+    }
+
+    #[test]
+    fn unsafe_tags_are_refused() {
+        for tag in [
+            "", ".", "..", "../x", "a/b", "a\\b", ".hidden", "a\0b", "a\nb",
+        ] {
+            assert!(!is_safe_tag(tag), "{tag:?}");
+        }
+        for tag in ["0000_init", "0001_añadir_médias", "0002 spaced"] {
+            assert!(is_safe_tag(tag), "{tag:?}");
+        }
+    }
+
+    #[test]
+    fn marker_must_be_the_first_line() {
+        assert!(has_no_transaction_marker(
+            "-- vamsa-migrate: no-transaction\nCREATE INDEX CONCURRENTLY i ON t(x);"
+        ));
+        assert!(!has_no_transaction_marker(
+            "SELECT 1;\n-- vamsa-migrate: no-transaction\n"
+        ));
+    }
+}

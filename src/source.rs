@@ -186,7 +186,7 @@ impl MigrationSet {
             serde_json::from_slice(&journal_text).map_err(|e| SourceError::InvalidJournal {
                 path: journal_path.clone(),
                 line: e.line(),
-                column: e.column(),
+                column: e.column().max(1),
                 message: strip_serde_position(&e.to_string()),
             })?;
 
@@ -419,7 +419,10 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].line, 1);
         assert_eq!(s[1].line, 7, "first line of code, after the comment");
-        assert_eq!(s[1].sql_start_line, 4, "the piece starts right after the marker");
+        assert_eq!(
+            s[1].sql_start_line, 4,
+            "the piece starts right after the marker"
+        );
         assert_eq!(s[2].line, 8);
         assert_eq!(s[1].sql, "\n\n-- why\nCREATE INDEX i ON a(id);");
     }

@@ -74,6 +74,19 @@ pub enum Command {
     },
     /// Start a throwaway PostgreSQL, apply the bundled migrations, show the output, clean up.
     Demo,
+    /// Run as a service: apply at start-up, watch the folder, serve the trigger socket.
+    Daemon,
+    /// Ask the running daemon to apply (the deploy hook). Exit 0 ok, 1 failed, 69 not running.
+    Trigger {
+        /// Ask for a dry run instead.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up waiting after this long (e.g. 10m); the daemon's run is not cancelled.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -120,6 +133,10 @@ impl Cli {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Daemon = cli.command {
+        // The daemon sets up its own logging (the journal) and runtime.
+        return ExitCode::from(crate::daemon::main(cli.config));
+    }
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -172,6 +189,12 @@ async fn run(cli: Cli) -> u8 {
             }
         },
         Command::Demo => crate::demo::run().await,
+        Command::Daemon => exit::FAILED,
+        Command::Trigger {
+            dry_run,
+            timeout,
+            format,
+        } => crate::trigger::run(&settings.daemon.socket_path, *dry_run, *timeout, *format).await,
     }
 }
 

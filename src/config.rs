@@ -13,8 +13,8 @@ use serde::Deserialize;
 /// Where the packaged service reads its settings; used only when it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/vamsa-migrate/config.toml";
 const ENV_PREFIX: &str = "VAMSA_MIGRATE";
-/// Names of `VAMSA_MIGRATE_*` variables that are not settings (they select the file).
-const ENV_NOT_SETTINGS: &[&str] = &["VAMSA_MIGRATE_CONFIG"];
+/// Names of `VAMSA_MIGRATE_*` variables that are not settings (the file to read; the log filter).
+const ENV_NOT_SETTINGS: &[&str] = &["VAMSA_MIGRATE_CONFIG", "VAMSA_MIGRATE_LOG"];
 /// The file systemd's `LoadCredential=database_password:...` puts in `$CREDENTIALS_DIRECTORY`.
 const CREDENTIAL_NAME: &str = "database_password";
 
@@ -41,6 +41,29 @@ impl FromStr for TransactionMode {
     }
 }
 
+/// When the daemon applies migrations it finds pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApplyPolicy {
+    /// Wait for the deploy hook (`vamsa-migrate trigger`).
+    #[default]
+    OnTrigger,
+    /// Apply once the folder has settled after a change.
+    OnChange,
+    /// Only report what is pending.
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogTarget {
+    /// The journal when stderr is connected to it (`JOURNAL_STREAM`), else stderr.
+    #[default]
+    Auto,
+    Journald,
+    Stderr,
+}
+
 /// Every setting, resolved.
 #[derive(Clone)]
 pub struct Settings {
@@ -56,8 +79,50 @@ pub struct Settings {
     /// `statement_timeout` for each statement; `None` leaves the server's setting.
     pub statement_timeout: Option<Duration>,
     pub transaction: TransactionMode,
+    pub daemon: DaemonSettings,
     /// Where this came from, for messages ("defaults", a file path, ...).
     pub sources: Vec<String>,
+}
+
+/// Settings only the daemon (and the `trigger` client) read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonSettings {
+    pub socket_path: PathBuf,
+    /// Group owning the socket when the daemon binds it itself (socket activation sets its own).
+    pub socket_group: Option<String>,
+    /// Users, besides root and the service user, that may send `apply`.
+    pub allowed_users: Vec<String>,
+    pub allowed_groups: Vec<String>,
+    pub apply_on_start: bool,
+    pub apply: ApplyPolicy,
+    /// Quiet time after the last change in the folder before it is read.
+    pub settle: Duration,
+    /// How long a migration in progress may finish after SIGTERM before it is cancelled.
+    pub stop_grace: Duration,
+    pub exit_on_start_failure: bool,
+    /// Cap of the exponential backoff between connection attempts.
+    pub db_retry_max: Duration,
+    pub log_target: LogTarget,
+    pub log_level: String,
+}
+
+impl Default for DaemonSettings {
+    fn default() -> Self {
+        DaemonSettings {
+            socket_path: PathBuf::from("/run/vamsa-migrate/trigger.sock"),
+            socket_group: None,
+            allowed_users: Vec::new(),
+            allowed_groups: Vec::new(),
+            apply_on_start: true,
+            apply: ApplyPolicy::OnTrigger,
+            settle: Duration::from_millis(500),
+            stop_grace: Duration::from_secs(30),
+            exit_on_start_failure: true,
+            db_retry_max: Duration::from_secs(30),
+            log_target: LogTarget::Auto,
+            log_level: "info".into(),
+        }
+    }
 }
 
 // A hand-written Debug, so that a URL with a password never reaches a log by accident.
@@ -73,6 +138,7 @@ impl fmt::Debug for Settings {
             .field("lock_timeout", &self.lock_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("transaction", &self.transaction)
+            .field("daemon", &self.daemon)
             .finish()
     }
 }
@@ -89,6 +155,7 @@ impl Default for Settings {
             lock_timeout: Duration::from_secs(10),
             statement_timeout: None,
             transaction: TransactionMode::PerMigration,
+            daemon: DaemonSettings::default(),
             sources: vec!["defaults".into()],
         }
     }
@@ -110,6 +177,42 @@ pub struct Layer {
     #[serde(default, with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
     pub transaction: Option<TransactionMode>,
+    pub socket_path: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    #[serde(default, deserialize_with = "string_list")]
+    pub allowed_users: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "string_list")]
+    pub allowed_groups: Option<Vec<String>>,
+    pub apply_on_start: Option<bool>,
+    pub apply: Option<ApplyPolicy>,
+    #[serde(default, with = "humantime_serde")]
+    pub settle: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub stop_grace: Option<Duration>,
+    pub exit_on_start_failure: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub db_retry_max: Option<Duration>,
+    pub log_target: Option<LogTarget>,
+    pub log_level: Option<String>,
+}
+
+/// A list given as a TOML array or, from the environment, as `a,b,c`.
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Many(Vec<String>),
+        One(String),
+    }
+    Ok(Some(match List::deserialize(d)? {
+        List::Many(v) => v,
+        List::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect(),
+    }))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +251,28 @@ impl Settings {
             lock_timeout,
             transaction
         );
+        let d = &mut self.daemon;
+        macro_rules! set_daemon {
+            ($($field:ident),*) => {$(
+                if let Some(v) = layer.$field { d.$field = v; }
+            )*};
+        }
+        set_daemon!(
+            socket_path,
+            allowed_users,
+            allowed_groups,
+            apply_on_start,
+            apply,
+            settle,
+            stop_grace,
+            exit_on_start_failure,
+            db_retry_max,
+            log_target,
+            log_level
+        );
+        if layer.socket_group.is_some() {
+            d.socket_group = layer.socket_group;
+        }
         if layer.database_url.is_some() {
             self.database_url = layer.database_url;
         }
@@ -369,6 +494,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("lock_wait"), "{err}");
+    }
+
+    #[test]
+    fn daemon_keys_and_lists_from_the_environment() {
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("VAMSA_MIGRATE_ALLOWED_USERS", "deploy, ci"),
+                ("VAMSA_MIGRATE_APPLY", "on-change"),
+                ("VAMSA_MIGRATE_SETTLE", "200ms"),
+                ("VAMSA_MIGRATE_APPLY_ON_START", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.daemon.allowed_users, ["deploy", "ci"]);
+        assert_eq!(s.daemon.apply, ApplyPolicy::OnChange);
+        assert_eq!(s.daemon.settle, Duration::from_millis(200));
+        assert!(!s.daemon.apply_on_start);
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub enum DbError {
     },
     #[error("{target} is a read-only server (a standby?); migrations must run on the primary")]
     ReadOnly { target: String },
-    #[error("another vamsa-migrate run held the migration lock for longer than lock_wait ({waited:?}){}", holder.map(|p| format!(" (PostgreSQL backend pid {p})")).unwrap_or_default())]
+    #[error("another vamsa-migrate run held the migration lock for longer than lock_wait ({}){}", humantime::format_duration(Duration::from_secs(waited.as_secs().max(1))), holder.map(|p| format!(" (PostgreSQL backend pid {p})")).unwrap_or_default())]
     LockWait {
         waited: Duration,
         holder: Option<i32>,
@@ -352,11 +352,12 @@ pub struct Limits {
 
 impl Limits {
     fn set_sql(&self, scope: &str) -> String {
-        format!(
-            "SET {scope} lock_timeout = {}; SET {scope} statement_timeout = {}",
-            self.lock_timeout.as_millis(),
-            self.statement_timeout.map_or(0, |t| t.as_millis()),
-        )
+        let mut sql = format!("SET {scope} lock_timeout = {}", self.lock_timeout.as_millis());
+        // Without a configured statement_timeout the server's (or role's) own setting applies.
+        if let Some(t) = self.statement_timeout {
+            sql.push_str(&format!("; SET {scope} statement_timeout = {}", t.as_millis()));
+        }
+        sql
     }
 }
 
@@ -505,5 +506,23 @@ pub fn line_of_position(statement: &Statement, position: Option<u32>) -> usize {
             statement.sql_start_line + before.matches('\n').count()
         }
         None => statement.line,
+    }
+}
+
+/// Asks the server to cancel the query running on another connection (PostgreSQL's cancel
+/// request); the cancelled statement fails and its transaction rolls back.
+pub async fn cancel(token: &tokio_postgres::CancelToken, config: &Config) {
+    let result = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => token.cancel_query(tokio_postgres::NoTls).await,
+        _ => match tls_connector() {
+            Ok(tls) => token.cancel_query(tls).await,
+            Err(e) => {
+                tracing::warn!("cannot cancel: {e}");
+                return;
+            }
+        },
+    };
+    if let Err(e) = result {
+        tracing::warn!("cancel request failed: {e}");
     }
 }

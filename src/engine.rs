@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, Config};
 
 use crate::config::{Settings, TransactionMode};
@@ -14,7 +14,7 @@ use crate::summary::summarize;
 
 /// Progress of a run, in the order it happens. Serialised as the JSON lines of `--format json`
 /// and of the daemon's trigger socket.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     Warning {
@@ -40,12 +40,20 @@ pub enum Event {
         ok: bool,
         applied: usize,
         dry_run: bool,
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<ErrorReport>,
+    },
+    /// The daemon's answer to `ping`.
+    Pong {
+        busy: bool,
+    },
+    /// The daemon's answer to `status`: the same object as `status --format json`.
+    Status {
+        status: serde_json::Value,
     },
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingMigration {
     pub migration: String,
     pub statements: Vec<String>,
@@ -66,12 +74,15 @@ impl PendingMigration {
 }
 
 /// Everything a person (or a script) needs to act on a failure.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorReport {
     pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The migration file that failed, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sqlstate: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
     pub hint: String,
 }
@@ -106,6 +117,8 @@ pub enum EngineError {
     Drift(Vec<Blocker>),
     #[error("{}", apply_headline(.0))]
     Apply(Box<ApplyError>),
+    #[error("{file} must run outside a transaction (-- vamsa-migrate: no-transaction), but transaction = \"all\" runs the whole run in one")]
+    NeedsOwnTransaction { file: String },
 }
 
 fn apply_headline(e: &ApplyError) -> String {
@@ -124,7 +137,7 @@ impl EngineError {
     /// The process exit code documented in the README.
     pub fn exit_code(&self) -> i32 {
         match self {
-            EngineError::Source(_) | EngineError::Config(_) => 2,
+            EngineError::Source(_) | EngineError::Config(_) | EngineError::NeedsOwnTransaction { .. } => 2,
             EngineError::Drift(_) => 4,
             EngineError::Db(_) | EngineError::Apply(_) => 1,
         }
@@ -160,6 +173,7 @@ impl EngineError {
             EngineError::Source(_) => "Fix the file named above (or pull a complete release); nothing was changed in the database.".into(),
             EngineError::Config(_) => "Fix the setting named above; nothing was changed in the database.".into(),
             EngineError::Drift(_) => "Nothing was applied. See `vamsa-migrate status` for the full picture.".into(),
+            EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
             EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
             EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
             EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
@@ -170,6 +184,10 @@ impl EngineError {
     pub fn report(&self) -> ErrorReport {
         ErrorReport {
             message: self.to_string(),
+            migration: match self {
+                EngineError::Apply(e) => Some(e.file.clone()),
+                _ => None,
+            },
             sqlstate: self.sqlstate().map(str::to_string),
             cause: self.cause(),
             hint: self.hint(),
@@ -226,7 +244,7 @@ fn next_step(e: &ApplyError) -> String {
         }
     };
     let action = match code {
-        "55P03" => "Run again at a quieter time, or raise lock_timeout (or lock_retries).",
+        "55P03" => "Run again at a quieter time, or raise lock_timeout.",
         "53100" => "Free space on the database server, then run `vamsa-migrate migrate` again.",
         "42501" => "Grant the permission (or set database_url to the owner role), then run `vamsa-migrate migrate` again.",
         _ if e.failure.connection_lost => "Once PostgreSQL is reachable, run `vamsa-migrate migrate` again: it continues from the last committed migration.",
@@ -427,6 +445,9 @@ impl<'a> Engine<'a> {
             statement_timeout: self.settings.statement_timeout,
         };
         let all = self.settings.transaction == TransactionMode::All;
+        if let Some(m) = to_apply.iter().find(|m| all && m.no_transaction) {
+            return Err(EngineError::NeedsOwnTransaction { file: m.file_name.clone() });
+        }
         if all && !to_apply.is_empty() {
             db::batch_transaction(client, "BEGIN")
                 .await

@@ -5,12 +5,15 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod demo;
 pub mod engine;
+pub mod logging;
 pub mod newfile;
 pub mod pgcluster;
 pub mod plan;
 pub mod report;
 pub mod source;
 pub mod summary;
+pub mod trigger;

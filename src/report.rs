@@ -31,7 +31,9 @@ impl Default for HumanOptions {
         HumanOptions {
             quiet: false,
             apply_command: "vamsa-migrate migrate".into(),
-            progress: io::stdout().is_terminal(),
+            // The bar draws on stderr: only when both streams are a terminal, so that
+            // `2>log` never swallows the `Applied:` lines.
+            progress: io::stdout().is_terminal() && io::stderr().is_terminal(),
         }
     }
 }
@@ -67,8 +69,8 @@ impl<W: Write> Reporter<W> {
     fn line(&mut self, text: &str) -> io::Result<()> {
         match &self.bar {
             Some(bar) => {
-                bar.println(text);
-                Ok(())
+                let out = &mut self.out;
+                bar.suspend(|| writeln!(out, "{text}"))
             }
             None => writeln!(self.out, "{text}"),
         }
@@ -165,6 +167,8 @@ impl<W: Write> Reporter<W> {
                     bar.inc(1);
                 }
             }
+            Event::Pong { busy } => writeln!(self.out, "pong (busy: {busy})")?,
+            Event::Status { status } => writeln!(self.out, "{status}")?,
             Event::Done {
                 ok,
                 applied,
@@ -278,19 +282,11 @@ fn status_rows<'a>(status: &'a Status<'_>) -> Vec<StatusRow<'a>> {
         .collect()
 }
 
-pub fn write_status(
-    out: &mut impl Write,
-    status: &Status<'_>,
-    warnings: &[String],
-    format: Format,
-) -> io::Result<()> {
-    let rows = status_rows(status);
+/// The JSON object of `status --format json` (and of the daemon's `status` reply).
+pub fn status_json(status: &Status<'_>, warnings: &[String]) -> serde_json::Value {
     let plan = &status.plan;
-    if format == Format::Json {
-        return write_json_line(
-            out,
-            &StatusJson {
-                migrations: rows,
+    serde_json::to_value(StatusJson {
+                migrations: status_rows(status),
                 missing_on_disk: plan
                     .missing
                     .iter()
@@ -304,9 +300,21 @@ pub fn write_status(
                 pending: plan.pending_count(),
                 drift: plan.has_drift(),
                 warnings: warnings.to_vec(),
-            },
-        );
+            })
+    .unwrap_or_default()
+}
+
+pub fn write_status(
+    out: &mut impl Write,
+    status: &Status<'_>,
+    warnings: &[String],
+    format: Format,
+) -> io::Result<()> {
+    if format == Format::Json {
+        return write_json_line(out, &status_json(status, warnings));
     }
+    let rows = status_rows(status);
+    let plan = &status.plan;
     for w in warnings {
         eprintln!("warning: {w}");
     }

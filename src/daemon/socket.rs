@@ -1,0 +1,294 @@
+//! The trigger socket: a Unix stream socket speaking newline-delimited JSON. A request is one
+//! line such as `{"command":"apply"}`; the reply is event lines ending with one `done` event.
+//! Clients are untrusted: every read and write is bounded in size and time, and nothing a
+//! client does can reach a run in progress except through the job queue.
+
+use std::io;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use crate::config::DaemonSettings;
+use crate::daemon::runner::{Job, JobKind, Shared};
+use crate::engine::{ErrorReport, Event};
+
+/// Longest request line accepted.
+pub const MAX_LINE: usize = 64 * 1024;
+/// How long a client may take to send its request line.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to read one reply line.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more get an immediate refusal.
+const MAX_CONNECTIONS: usize = 256;
+
+/// The listening socket and, when we created the file ourselves, its path (removed on exit).
+pub struct TriggerSocket {
+    pub listener: UnixListener,
+    pub bound_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("socket activation: {0}")]
+    Activation(io::Error),
+    #[error("another vamsa-migrate daemon is already listening on {0}")]
+    InUse(PathBuf),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("socket_group {0:?} does not exist")]
+    NoSuchGroup(String),
+}
+
+/// Takes the socket from systemd (`LISTEN_FDS`) or binds `socket_path` itself.
+pub fn acquire(settings: &DaemonSettings) -> Result<TriggerSocket, SocketError> {
+    let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
+        .map_err(SocketError::Activation)?
+        .collect();
+    // Our unit passes one socket; with several, prefer the one named "trigger".
+    let chosen = fds
+        .iter()
+        .find(|(_, name)| name == "trigger")
+        .or(fds.first())
+        .map(|(fd, _)| *fd);
+    if let Some(fd) = chosen {
+        // SAFETY: systemd passed us this descriptor (LISTEN_PID matched) and nothing else owns it.
+        let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) };
+        std_listener
+            .set_nonblocking(true)
+            .map_err(SocketError::Activation)?;
+        let listener = UnixListener::from_std(std_listener).map_err(SocketError::Activation)?;
+        return Ok(TriggerSocket {
+            listener,
+            bound_path: None,
+        });
+    }
+    bind(&settings.socket_path, settings.socket_group.as_deref())
+}
+
+fn bind(path: &Path, group: Option<&str>) -> Result<TriggerSocket, SocketError> {
+    let io_err = |source| SocketError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err)?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale file from a crash refuses and can go.
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
+            Err(_) => std::fs::remove_file(path).map_err(io_err)?,
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
+    if let Some(group) = group {
+        let gid = crate::daemon::peer::group_id(group).ok_or_else(|| SocketError::NoSuchGroup(group.into()))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
+    }
+    Ok(TriggerSocket {
+        listener,
+        bound_path: Some(path.to_path_buf()),
+    })
+}
+
+#[derive(Deserialize)]
+struct Request {
+    command: String,
+}
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: UnixListener, shared: Rc<Shared>, jobs: mpsc::UnboundedSender<Job>) {
+    let active = Rc::new(std::cell::Cell::new(0usize));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!("trigger socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if active.get() >= MAX_CONNECTIONS {
+            tokio::task::spawn_local(async move {
+                let mut stream = stream;
+                let _ = write_event(&mut stream, &refusal("too many connections to the trigger socket; try again")).await;
+            });
+            continue;
+        }
+        active.set(active.get() + 1);
+        let shared = shared.clone();
+        let jobs = jobs.clone();
+        let active = active.clone();
+        tokio::task::spawn_local(async move {
+            handle(stream, &shared, &jobs).await;
+            active.set(active.get() - 1);
+        });
+    }
+}
+
+fn refusal(message: &str) -> Event {
+    Event::Done {
+        ok: false,
+        applied: 0,
+        dry_run: false,
+        error: Some(ErrorReport {
+            migration: None,
+            message: message.into(),
+            sqlstate: None,
+            cause: None,
+            hint: "Send one JSON line such as {\"command\":\"apply\"} (commands: apply, dry-run, status, ping).".into(),
+        }),
+    }
+}
+
+async fn write_event(stream: &mut (impl AsyncWriteExt + Unpin), event: &Event) -> io::Result<()> {
+    let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
+    line.push(b'\n');
+    match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read")),
+    }
+}
+
+enum Line {
+    Request(String),
+    Eof,
+    TooLong,
+    TimedOut,
+    Broken,
+}
+
+async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Line {
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            let available = match reader.fill_buf().await {
+                Ok(b) => b,
+                Err(_) => return Line::Broken,
+            };
+            if available.is_empty() {
+                return if buf.is_empty() { Line::Eof } else { Line::Request(String::from_utf8_lossy(&buf).into_owned()) };
+            }
+            let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (&available[..i], Some(i + 1)),
+                None => (available, None),
+            };
+            if buf.len() + chunk.len() > MAX_LINE {
+                return Line::TooLong;
+            }
+            buf.extend_from_slice(chunk);
+            let used = done.unwrap_or(chunk.len());
+            reader.consume(used);
+            if done.is_some() {
+                return Line::Request(String::from_utf8_lossy(&buf).into_owned());
+            }
+        }
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, read)
+        .await
+        .unwrap_or(Line::TimedOut)
+}
+
+async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSender<Job>) {
+    let cred = stream.peer_cred().ok();
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let line = match read_line(&mut reader).await {
+            Line::Request(line) => line,
+            Line::Eof | Line::Broken => return,
+            Line::TooLong => {
+                let _ = write_event(&mut write, &refusal(&format!("request line longer than {} KiB", MAX_LINE / 1024))).await;
+                return;
+            }
+            Line::TimedOut => {
+                let _ = write_event(&mut write, &refusal("timed out waiting for a request line")).await;
+                return;
+            }
+        };
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let request: Request = match serde_json::from_str(line) {
+            Ok(r) => r,
+            Err(e) => {
+                if write_event(&mut write, &refusal(&format!("not a JSON request: {e}"))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let kind = match request.command.as_str() {
+            "ping" => {
+                let pong = Event::Pong { busy: shared.busy.get() };
+                let done = Event::Done { ok: true, applied: 0, dry_run: false, error: None };
+                if write_event(&mut write, &pong).await.is_err() || write_event(&mut write, &done).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            "apply" => JobKind::Apply,
+            "dry-run" => JobKind::DryRun,
+            "status" => JobKind::Status,
+            other => {
+                if write_event(&mut write, &refusal(&format!("unknown command {other:?}"))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let who = cred.map_or("an unknown peer".to_string(), |c| {
+            format!("uid {} (pid {})", c.uid(), c.pid().map_or("?".into(), |p| p.to_string()))
+        });
+        if kind == JobKind::Apply {
+            let allowed = cred.is_some_and(|c| crate::daemon::peer::may_apply(&c, &shared.settings.borrow().daemon));
+            if !allowed {
+                tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
+                let refused = Event::Done {
+                    ok: false,
+                    applied: 0,
+                    dry_run: false,
+                    error: Some(ErrorReport {
+                        migration: None,
+                        message: format!("permission denied: {who} may not apply migrations"),
+                        sqlstate: None,
+                        cause: None,
+                        hint: "Run the trigger as root or the vamsa-migrate user, or add the user or its group to allowed_users / allowed_groups.".into(),
+                    }),
+                };
+                let _ = write_event(&mut write, &refused).await;
+                return;
+            }
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let job = Job {
+            kind,
+            origin: format!("trigger from {who}"),
+            reply: Some(tx),
+        };
+        if jobs.send(job).is_err() {
+            let _ = write_event(&mut write, &refusal("vamsa-migrate is stopping")).await;
+            return;
+        }
+        let mut client_gone = false;
+        while let Some(event) = rx.recv().await {
+            // A client that went away does not stop the run: keep draining its events.
+            if !client_gone && write_event(&mut write, &event).await.is_err() {
+                client_gone = true;
+            }
+        }
+        if client_gone {
+            return;
+        }
+    }
+}

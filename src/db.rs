@@ -352,10 +352,16 @@ pub struct Limits {
 
 impl Limits {
     fn set_sql(&self, scope: &str) -> String {
-        let mut sql = format!("SET {scope} lock_timeout = {}", self.lock_timeout.as_millis());
+        let mut sql = format!(
+            "SET {scope} lock_timeout = {}",
+            self.lock_timeout.as_millis()
+        );
         // Without a configured statement_timeout the server's (or role's) own setting applies.
         if let Some(t) = self.statement_timeout {
-            sql.push_str(&format!("; SET {scope} statement_timeout = {}", t.as_millis()));
+            sql.push_str(&format!(
+                "; SET {scope} statement_timeout = {}",
+                t.as_millis()
+            ));
         }
         sql
     }

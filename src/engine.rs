@@ -137,7 +137,9 @@ impl EngineError {
     /// The process exit code documented in the README.
     pub fn exit_code(&self) -> i32 {
         match self {
-            EngineError::Source(_) | EngineError::Config(_) | EngineError::NeedsOwnTransaction { .. } => 2,
+            EngineError::Source(_)
+            | EngineError::Config(_)
+            | EngineError::NeedsOwnTransaction { .. } => 2,
             EngineError::Drift(_) => 4,
             EngineError::Db(_) | EngineError::Apply(_) => 1,
         }
@@ -446,7 +448,9 @@ impl<'a> Engine<'a> {
         };
         let all = self.settings.transaction == TransactionMode::All;
         if let Some(m) = to_apply.iter().find(|m| all && m.no_transaction) {
-            return Err(EngineError::NeedsOwnTransaction { file: m.file_name.clone() });
+            return Err(EngineError::NeedsOwnTransaction {
+                file: m.file_name.clone(),
+            });
         }
         if all && !to_apply.is_empty() {
             db::batch_transaction(client, "BEGIN")

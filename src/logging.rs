@@ -1,7 +1,7 @@
 //! Logging set-up: the journal (with structured fields such as `MIGRATION` and `SQLSTATE`) when
 //! running under systemd, readable text on stderr otherwise.
 
-use std::io;
+use std::io::{self, IsTerminal};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -12,8 +12,8 @@ use crate::config::LogTarget;
 /// Installs the global subscriber once. `JOURNAL_STREAM` is set by systemd when stderr is
 /// connected to the journal; that is what `auto` follows.
 pub fn init(target: LogTarget, level: &str) {
-    let filter = EnvFilter::try_from_env("VAMSA_MIGRATE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(level));
+    let filter =
+        EnvFilter::try_from_env("VAMSA_MIGRATE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     let journald = match target {
         LogTarget::Stderr => None,
         LogTarget::Journald => journald_layer(),
@@ -24,7 +24,11 @@ pub fn init(target: LogTarget, level: &str) {
     let _ = match journald {
         Some(layer) => registry.with(layer).try_init(),
         None => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(io::stderr().is_terminal())
+                    .with_writer(io::stderr),
+            )
             .try_init(),
     };
 }

@@ -286,21 +286,21 @@ fn status_rows<'a>(status: &'a Status<'_>) -> Vec<StatusRow<'a>> {
 pub fn status_json(status: &Status<'_>, warnings: &[String]) -> serde_json::Value {
     let plan = &status.plan;
     serde_json::to_value(StatusJson {
-                migrations: status_rows(status),
-                missing_on_disk: plan
-                    .missing
-                    .iter()
-                    .map(|r| MissingRow {
-                        id: r.id,
-                        hash: &r.hash,
-                        created_at: r.created_at,
-                    })
-                    .collect(),
-                applied: plan.applied_count(),
-                pending: plan.pending_count(),
-                drift: plan.has_drift(),
-                warnings: warnings.to_vec(),
+        migrations: status_rows(status),
+        missing_on_disk: plan
+            .missing
+            .iter()
+            .map(|r| MissingRow {
+                id: r.id,
+                hash: &r.hash,
+                created_at: r.created_at,
             })
+            .collect(),
+        applied: plan.applied_count(),
+        pending: plan.pending_count(),
+        drift: plan.has_drift(),
+        warnings: warnings.to_vec(),
+    })
     .unwrap_or_default()
 }
 

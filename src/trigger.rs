@@ -84,7 +84,12 @@ async fn converse(stream: UnixStream, dry_run: bool, format: Format) -> u8 {
             }
         };
         let done = match &event {
-            Event::Done { ok, error, .. } => Some((*ok, error.as_ref().map(|e| e.message.starts_with("permission denied")))),
+            Event::Done { ok, error, .. } => Some((
+                *ok,
+                error
+                    .as_ref()
+                    .map(|e| e.message.starts_with("permission denied")),
+            )),
             _ => None,
         };
         if format == Format::Human {

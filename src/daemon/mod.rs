@@ -41,7 +41,10 @@ pub fn main(config: Option<PathBuf>) -> u8 {
         }
     };
     crate::logging::init(settings.daemon.log_target, &settings.daemon.log_level);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -91,21 +94,36 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
         }
     }
 
-    let kind = if settings.daemon.apply_on_start { JobKind::Apply } else { JobKind::FolderChanged };
+    // Watch before the start-up run, so a change made during it is not missed.
+    let (changed_tx, mut changed) = mpsc::unbounded_channel();
+    let mut watch = start_watch(&settings.migrations_dir, &changed_tx);
+
+    let kind = if settings.daemon.apply_on_start {
+        JobKind::Apply
+    } else {
+        JobKind::FolderChanged
+    };
     let (ok, error) = run_and_wait(&jobs, kind, "start-up").await;
     shared.starting.set(false);
     if !ok && settings.daemon.exit_on_start_failure {
-        notifier.status(&format!("Start-up migration failed: {}", error.unwrap_or_default()));
-        tracing::error!("start-up migration failed; exiting so that units requiring vamsa-migrate do not start");
+        notifier.status(&format!(
+            "Start-up migration failed: {}",
+            error.unwrap_or_default()
+        ));
+        tracing::error!(
+            "start-up migration failed; exiting so that units requiring vamsa-migrate do not start"
+        );
         return exit::START_FAILED;
     }
     let status = current_status(&shared).await;
-    notifier.ready(&status);
     tracing::info!("ready: {status}");
+    notifier.ready(&status);
 
-    let server = tokio::task::spawn_local(socket::serve(trigger.listener, shared.clone(), jobs.clone()));
-    let (changed_tx, mut changed) = mpsc::unbounded_channel();
-    let mut watch = start_watch(&shared.settings.borrow().migrations_dir, &changed_tx);
+    let server = tokio::task::spawn_local(socket::serve(
+        trigger.listener,
+        shared.clone(),
+        jobs.clone(),
+    ));
     let mut settle_deadline: Option<Instant> = None;
     let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
 
@@ -166,7 +184,10 @@ fn start_watch(dir: &Path, tx: &mpsc::UnboundedSender<()>) -> Option<watch::Fold
     match watch::watch(dir, tx.clone()) {
         Ok(w) => Some(w),
         Err(e) => {
-            tracing::warn!("cannot watch {}: {e}; changes are noticed on trigger only", dir.display());
+            tracing::warn!(
+                "cannot watch {}: {e}; changes are noticed on trigger only",
+                dir.display()
+            );
             None
         }
     }
@@ -184,7 +205,9 @@ fn folder_settled(shared: &Shared, jobs: &mpsc::UnboundedSender<Job>) {
                 reply: None,
             });
         }
-        Err(e) => tracing::info!("migrations folder changed but is not consistent yet ({e}); waiting for more changes"),
+        Err(e) => tracing::info!(
+            "migrations folder changed but is not consistent yet ({e}); waiting for more changes"
+        ),
     }
 }
 
@@ -200,10 +223,15 @@ async fn wait_for_database(shared: &Shared) -> bool {
         }
     };
     let target = describe_target(&pg);
-    let connect_timeout = pg.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
+    let connect_timeout = pg
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10));
     let mut delay = Duration::from_millis(250);
     for attempt in 1u64.. {
-        shared.notifier.extend_timeout(connect_timeout + delay + Duration::from_secs(5));
+        shared
+            .notifier
+            .extend_timeout(connect_timeout + delay + Duration::from_secs(5));
         match shared.client().await {
             Ok(_) => return true,
             Err(e) => {
@@ -212,7 +240,9 @@ async fn wait_for_database(shared: &Shared) -> bool {
                 tracing::warn!(ATTEMPT = attempt, "{text}: {e}");
             }
         }
-        shared.notifier.extend_timeout(delay + connect_timeout + Duration::from_secs(5));
+        shared
+            .notifier
+            .extend_timeout(delay + connect_timeout + Duration::from_secs(5));
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(settings.daemon.db_retry_max.max(Duration::from_millis(250)));
     }
@@ -220,9 +250,20 @@ async fn wait_for_database(shared: &Shared) -> bool {
 }
 
 /// Queues a job and waits for its `done`; returns whether it succeeded and its error text.
-async fn run_and_wait(jobs: &mpsc::UnboundedSender<Job>, kind: JobKind, origin: &str) -> (bool, Option<String>) {
+async fn run_and_wait(
+    jobs: &mpsc::UnboundedSender<Job>,
+    kind: JobKind,
+    origin: &str,
+) -> (bool, Option<String>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if jobs.send(Job { kind, origin: origin.into(), reply: Some(tx) }).is_err() {
+    if jobs
+        .send(Job {
+            kind,
+            origin: origin.into(),
+            reply: Some(tx),
+        })
+        .is_err()
+    {
         return (false, Some("the runner stopped".into()));
     }
     let mut result = (true, None);
@@ -259,7 +300,9 @@ async fn reload(shared: &Shared, config: Option<&Path>) {
             if new.daemon.socket_path != old.daemon.socket_path {
                 tracing::warn!("socket_path changed; the new path takes effect after a restart");
             }
-            if new.database_url != old.database_url || new.database_password_file != old.database_password_file {
+            if new.database_url != old.database_url
+                || new.database_password_file != old.database_password_file
+            {
                 *shared.client.borrow_mut() = None;
             }
             *shared.settings.borrow_mut() = new;
@@ -281,9 +324,16 @@ async fn stop(shared: &Shared) {
         tracing::info!("stopping");
         return;
     }
-    shared.notifier.stopping("Stopping: waiting for the migration in progress");
-    shared.notifier.extend_timeout(grace + Duration::from_secs(15));
-    tracing::info!("stopping: waiting up to {} for the migration in progress", humantime::format_duration(grace));
+    shared
+        .notifier
+        .stopping("Stopping: waiting for the migration in progress");
+    shared
+        .notifier
+        .extend_timeout(grace + Duration::from_secs(15));
+    tracing::info!(
+        "stopping: waiting up to {} for the migration in progress",
+        humantime::format_duration(grace)
+    );
     if wait_idle(shared, grace).await {
         return;
     }

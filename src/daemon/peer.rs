@@ -13,7 +13,11 @@ pub fn may_apply(cred: &UCred, settings: &DaemonSettings) -> bool {
     if cred.uid() == 0 || cred.uid() == me {
         return true;
     }
-    if settings.allowed_users.iter().any(|u| user_id(u) == Some(cred.uid())) {
+    if settings
+        .allowed_users
+        .iter()
+        .any(|u| user_id(u) == Some(cred.uid()))
+    {
         return true;
     }
     let groups = peer_groups(cred);
@@ -30,7 +34,11 @@ fn peer_groups(cred: &UCred) -> Vec<u32> {
     if let Some(pid) = cred.pid() {
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
             if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
-                groups.extend(line["Groups:".len()..].split_whitespace().filter_map(|g| g.parse::<u32>().ok()));
+                groups.extend(
+                    line["Groups:".len()..]
+                        .split_whitespace()
+                        .filter_map(|g| g.parse::<u32>().ok()),
+                );
             }
         }
     }

@@ -85,8 +85,10 @@ impl Shared {
                 Ok(client)
             }
             Err(e) => {
-                self.notifier
-                    .status(&format!("Database unreachable at {}: {e}", describe_target(&pg)));
+                self.notifier.status(&format!(
+                    "Database unreachable at {}: {e}",
+                    describe_target(&pg)
+                ));
                 Err(e.into())
             }
         }
@@ -97,18 +99,21 @@ impl Shared {
 pub async fn run(shared: Rc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     while let Some(job) = jobs.recv().await {
         if shared.stopping.get() {
-            send(&job, Event::Done {
-                ok: false,
-                applied: 0,
-                dry_run: job.kind == JobKind::DryRun,
-                error: Some(crate::engine::ErrorReport {
-                    migration: None,
-                    message: "vamsa-migrate is stopping".into(),
-                    sqlstate: None,
-                    cause: None,
-                    hint: "Run the trigger again once the service is back.".into(),
-                }),
-            });
+            send(
+                &job,
+                Event::Done {
+                    ok: false,
+                    applied: 0,
+                    dry_run: job.kind == JobKind::DryRun,
+                    error: Some(crate::engine::ErrorReport {
+                        migration: None,
+                        message: "vamsa-migrate is stopping".into(),
+                        sqlstate: None,
+                        cause: None,
+                        hint: "Run the trigger again once the service is back.".into(),
+                    }),
+                },
+            );
             continue;
         }
         shared.busy.set(true);
@@ -150,9 +155,23 @@ async fn run_job(shared: &Shared, job: &Job) {
         JobKind::Status => {
             match engine.status(&client, &set, &PlanOptions::default()).await {
                 Ok(status) => {
-                    let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
-                    send(job, Event::Status { status: status_json(&status, &warnings) });
-                    send(job, Event::Done { ok: true, applied: 0, dry_run: false, error: None });
+                    let warnings: Vec<String> =
+                        set.warnings.iter().map(|w| w.to_string()).collect();
+                    send(
+                        job,
+                        Event::Status {
+                            status: status_json(&status, &warnings),
+                        },
+                    );
+                    send(
+                        job,
+                        Event::Done {
+                            ok: true,
+                            applied: 0,
+                            dry_run: false,
+                            error: None,
+                        },
+                    );
                 }
                 Err(e) => fail(shared, job, &e),
             }
@@ -179,7 +198,10 @@ async fn run_job(shared: &Shared, job: &Job) {
     let mut emit = |event: Event| {
         log_event(&event, &job.origin);
         match &event {
-            Event::Pending { migrations, dry_run: false } if !migrations.is_empty() => {
+            Event::Pending {
+                migrations,
+                dry_run: false,
+            } if !migrations.is_empty() => {
                 notifier.status(&format!("Applying {} migrations...", migrations.len()));
             }
             Event::Applied { migration, .. } => {
@@ -224,14 +246,24 @@ fn forget_broken_connection(shared: &Shared, e: &EngineError) {
 }
 
 /// Logs and announces newly pending migrations; false when the database could not be read.
-async fn report_pending(shared: &Shared, engine: &Engine<'_>, client: &Client, set: &MigrationSet) -> bool {
+async fn report_pending(
+    shared: &Shared,
+    engine: &Engine<'_>,
+    client: &Client,
+    set: &MigrationSet,
+) -> bool {
     match engine.status(client, set, &PlanOptions::default()).await {
         Ok(status) => {
             let pending: Vec<String> = status
                 .plan
                 .items
                 .iter()
-                .filter(|i| !matches!(i.state, crate::plan::State::Applied(_) | crate::plan::State::Edited { .. }))
+                .filter(|i| {
+                    !matches!(
+                        i.state,
+                        crate::plan::State::Applied(_) | crate::plan::State::Edited { .. }
+                    )
+                })
                 .map(|i| i.migration.file_name.clone())
                 .collect();
             let mut last = shared.last_pending.borrow_mut();
@@ -258,7 +290,12 @@ async fn report_pending(shared: &Shared, engine: &Engine<'_>, client: &Client, s
 }
 
 /// Sets STATUS from a fresh plan: "Up to date: 42 migrations applied" or "2 pending; ...".
-pub async fn update_status(shared: &Shared, engine: &Engine<'_>, client: &Client, set: &MigrationSet) {
+pub async fn update_status(
+    shared: &Shared,
+    engine: &Engine<'_>,
+    client: &Client,
+    set: &MigrationSet,
+) {
     let text = match engine.status(client, set, &PlanOptions::default()).await {
         Ok(status) => status_line_for(&status.plan, shared.settings.borrow().daemon.apply),
         Err(e) => format!("Cannot read the tracking table: {e}"),
@@ -268,9 +305,16 @@ pub async fn update_status(shared: &Shared, engine: &Engine<'_>, client: &Client
 
 pub fn status_line_for(plan: &crate::plan::Plan<'_>, policy: ApplyPolicy) -> String {
     let pending = plan.pending_count();
-    let drift = if plan.has_drift() { "; drift found (see vamsa-migrate status)" } else { "" };
+    let drift = if plan.has_drift() {
+        "; drift found (see vamsa-migrate status)"
+    } else {
+        ""
+    };
     if pending == 0 {
-        format!("Up to date: {} migrations applied{drift}", plan.applied_count())
+        format!(
+            "Up to date: {} migrations applied{drift}",
+            plan.applied_count()
+        )
     } else {
         let waiting = match policy {
             ApplyPolicy::OnTrigger => "waiting for trigger",
@@ -289,7 +333,10 @@ pub fn log_event(event: &Event, origin: &str) {
             ORIGIN = origin,
             "waiting for another vamsa-migrate run to finish (backend pid {holder_pid:?})"
         ),
-        Event::Pending { migrations, dry_run: false } if !migrations.is_empty() => {
+        Event::Pending {
+            migrations,
+            dry_run: false,
+        } if !migrations.is_empty() => {
             let names: Vec<&str> = migrations.iter().map(|m| m.migration.as_str()).collect();
             tracing::info!(
                 ORIGIN = origin,
@@ -309,7 +356,12 @@ pub fn log_event(event: &Event, origin: &str) {
             DURATION_MS = ms,
             "Applied: {migration}"
         ),
-        Event::Done { ok: true, applied, dry_run: false, .. } if *applied > 0 => {
+        Event::Done {
+            ok: true,
+            applied,
+            dry_run: false,
+            ..
+        } if *applied > 0 => {
             tracing::info!(ORIGIN = origin, "Migration complete: {applied} applied.")
         }
         Event::Done { ok: true, .. } => {

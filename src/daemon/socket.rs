@@ -90,7 +90,8 @@ fn bind(path: &Path, group: Option<&str>) -> Result<TriggerSocket, SocketError> 
     let listener = UnixListener::bind(path).map_err(io_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
     if let Some(group) = group {
-        let gid = crate::daemon::peer::group_id(group).ok_or_else(|| SocketError::NoSuchGroup(group.into()))?;
+        let gid = crate::daemon::peer::group_id(group)
+            .ok_or_else(|| SocketError::NoSuchGroup(group.into()))?;
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
     }
     Ok(TriggerSocket {
@@ -120,7 +121,11 @@ pub async fn serve(listener: UnixListener, shared: Rc<Shared>, jobs: mpsc::Unbou
         if active.get() >= MAX_CONNECTIONS {
             tokio::task::spawn_local(async move {
                 let mut stream = stream;
-                let _ = write_event(&mut stream, &refusal("too many connections to the trigger socket; try again")).await;
+                let _ = write_event(
+                    &mut stream,
+                    &refusal("too many connections to the trigger socket; try again"),
+                )
+                .await;
             });
             continue;
         }
@@ -155,7 +160,10 @@ async fn write_event(stream: &mut (impl AsyncWriteExt + Unpin), event: &Event) -
     line.push(b'\n');
     match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line)).await {
         Ok(result) => result,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read")),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client does not read",
+        )),
     }
 }
 
@@ -176,7 +184,11 @@ async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> L
                 Err(_) => return Line::Broken,
             };
             if available.is_empty() {
-                return if buf.is_empty() { Line::Eof } else { Line::Request(String::from_utf8_lossy(&buf).into_owned()) };
+                return if buf.is_empty() {
+                    Line::Eof
+                } else {
+                    Line::Request(String::from_utf8_lossy(&buf).into_owned())
+                };
             }
             let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
                 Some(i) => (&available[..i], Some(i + 1)),
@@ -207,11 +219,16 @@ async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSende
             Line::Request(line) => line,
             Line::Eof | Line::Broken => return,
             Line::TooLong => {
-                let _ = write_event(&mut write, &refusal(&format!("request line longer than {} KiB", MAX_LINE / 1024))).await;
+                let _ = write_event(
+                    &mut write,
+                    &refusal(&format!("request line longer than {} KiB", MAX_LINE / 1024)),
+                )
+                .await;
                 return;
             }
             Line::TimedOut => {
-                let _ = write_event(&mut write, &refusal("timed out waiting for a request line")).await;
+                let _ =
+                    write_event(&mut write, &refusal("timed out waiting for a request line")).await;
                 return;
             }
         };
@@ -222,7 +239,10 @@ async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSende
         let request: Request = match serde_json::from_str(line) {
             Ok(r) => r,
             Err(e) => {
-                if write_event(&mut write, &refusal(&format!("not a JSON request: {e}"))).await.is_err() {
+                if write_event(&mut write, &refusal(&format!("not a JSON request: {e}")))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;
@@ -230,9 +250,18 @@ async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSende
         };
         let kind = match request.command.as_str() {
             "ping" => {
-                let pong = Event::Pong { busy: shared.busy.get() };
-                let done = Event::Done { ok: true, applied: 0, dry_run: false, error: None };
-                if write_event(&mut write, &pong).await.is_err() || write_event(&mut write, &done).await.is_err() {
+                let pong = Event::Pong {
+                    busy: shared.busy.get(),
+                };
+                let done = Event::Done {
+                    ok: true,
+                    applied: 0,
+                    dry_run: false,
+                    error: None,
+                };
+                if write_event(&mut write, &pong).await.is_err()
+                    || write_event(&mut write, &done).await.is_err()
+                {
                     return;
                 }
                 continue;
@@ -241,17 +270,26 @@ async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSende
             "dry-run" => JobKind::DryRun,
             "status" => JobKind::Status,
             other => {
-                if write_event(&mut write, &refusal(&format!("unknown command {other:?}"))).await.is_err() {
+                if write_event(&mut write, &refusal(&format!("unknown command {other:?}")))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;
             }
         };
         let who = cred.map_or("an unknown peer".to_string(), |c| {
-            format!("uid {} (pid {})", c.uid(), c.pid().map_or("?".into(), |p| p.to_string()))
+            format!(
+                "uid {} (pid {})",
+                c.uid(),
+                c.pid().map_or("?".into(), |p| p.to_string())
+            )
         });
         if kind == JobKind::Apply {
-            let allowed = cred.is_some_and(|c| crate::daemon::peer::may_apply(&c, &shared.settings.borrow().daemon));
+            let allowed = cred.is_some_and(|c| {
+                crate::daemon::peer::may_apply(&c, &shared.settings.borrow().daemon)
+            });
             if !allowed {
                 tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
                 let refused = Event::Done {

@@ -1,6 +1,8 @@
 //! systemd notifications (`sd_notify`). Every call is a no-op without `NOTIFY_SOCKET`, so the
 //! daemon runs the same under systemd, in a terminal, and in tests.
 
+use std::io;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 use sd_notify::NotifyState;
@@ -9,8 +11,14 @@ use sd_notify::NotifyState;
 pub struct Notifier;
 
 impl Notifier {
+    /// Sends without blocking, like libsystemd's `sd_notify` (MSG_DONTWAIT): a manager that
+    /// does not read its socket must never stall the daemon (and with it the trigger socket).
     fn send(&self, states: &[NotifyState<'_>]) {
-        if let Err(e) = sd_notify::notify(states) {
+        let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+            return;
+        };
+        let message: String = states.iter().map(|s| format!("{s}\n")).collect();
+        if let Err(e) = send_nonblocking(&path, message.as_bytes()) {
             tracing::debug!("sd_notify failed: {e}");
         }
     }
@@ -26,7 +34,11 @@ impl Notifier {
     /// `RELOADING=1` with the `MONOTONIC_USEC` that `Type=notify-reload` requires.
     pub fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {
-            Ok(now) => self.send(&[NotifyState::Reloading, now, NotifyState::Status("Reloading configuration")]),
+            Ok(now) => self.send(&[
+                NotifyState::Reloading,
+                now,
+                NotifyState::Status("Reloading configuration"),
+            ]),
             Err(_) => self.send(&[NotifyState::Reloading]),
         }
     }
@@ -49,4 +61,20 @@ impl Notifier {
 /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when systemd set one for us.
 pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
+}
+
+fn send_nonblocking(path: &std::ffi::OsStr, message: &[u8]) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_bytes();
+    let address = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name)?
+        }
+        None => SocketAddr::from_pathname(path)?,
+    };
+    let socket = UnixDatagram::unbound()?;
+    socket.set_nonblocking(true)?;
+    socket.send_to_addr(message, &address)?;
+    Ok(())
 }

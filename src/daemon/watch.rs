@@ -20,7 +20,9 @@ pub fn watch(dir: &Path, changed: mpsc::UnboundedSender<()>) -> notify::Result<F
     let filter = target.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let relevant = match event {
-            Ok(event) => !is_read_only(&event.kind) && event.paths.iter().any(|p| affects(p, &filter)),
+            Ok(event) => {
+                !is_read_only(&event.kind) && event.paths.iter().any(|p| affects(p, &filter))
+            }
             // An overflowed queue means we missed something: re-read to be safe.
             Err(_) => true,
         };

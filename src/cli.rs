@@ -48,6 +48,9 @@ pub struct Cli {
     /// How long to wait for another run to finish, e.g. 5m.
     #[arg(long, global = true, value_parser = humantime::parse_duration)]
     pub lock_wait: Option<Duration>,
+    /// Where backups go (default /var/lib/vamsa-migrate/backups).
+    #[arg(long, global = true)]
+    pub backup_dir: Option<PathBuf>,
     /// Print only errors and warnings.
     #[arg(short, long, global = true)]
     pub quiet: bool,
@@ -72,6 +75,10 @@ pub enum Command {
         /// Short name, e.g. add_media_tags.
         name: String,
     },
+    /// Take a backup now (pg_dump --format=custom into backup_dir).
+    Backup,
+    /// List the backups vamsa-migrate made.
+    Backups,
     /// Start a throwaway PostgreSQL, apply the bundled migrations, show the output, clean up.
     Demo,
     /// Run as a service: apply at start-up, watch the folder, serve the trigger socket.
@@ -94,6 +101,9 @@ pub struct MigrateArgs {
     /// Show what would be applied; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Do not take the automatic backup before applying.
+    #[arg(long)]
+    pub no_backup: bool,
     /// Apply pending migrations even when a later one is already applied.
     #[arg(long)]
     pub allow_out_of_order: bool,
@@ -120,6 +130,7 @@ impl Cli {
                 })?,
             lock_timeout: self.lock_timeout,
             lock_wait: self.lock_wait,
+            backup_dir: self.backup_dir.clone(),
             ..Layer::default()
         })
     }
@@ -189,6 +200,8 @@ async fn run(cli: Cli) -> u8 {
             }
         },
         Command::Demo => crate::demo::run().await,
+        Command::Backup => backup_now(&settings, &env).await,
+        Command::Backups => list_backups(&settings),
         Command::Daemon => exit::FAILED,
         Command::Trigger {
             dry_run,
@@ -243,6 +256,7 @@ pub async fn migrate(
             accept_edited: args.accept_edited.clone(),
         },
         dry_run: args.dry_run,
+        no_backup: args.no_backup,
     };
     let mut reporter = Reporter::new(
         io::stdout(),
@@ -291,5 +305,63 @@ pub async fn status(settings: &Settings, env: &HashMap<String, String>, format: 
         exit::PENDING
     } else {
         exit::OK
+    }
+}
+
+async fn backup_now(settings: &Settings, env: &HashMap<String, String>) -> u8 {
+    let result = async {
+        let pg = settings.pg_config(env)?;
+        let client = crate::db::connect(&pg).await?;
+        Ok::<_, EngineError>(crate::backup::take(&settings.backup, &pg, &client, "manual").await?)
+    }
+    .await;
+    match result {
+        Ok(b) => {
+            println!(
+                "Backup: {} ({})",
+                b.path.display(),
+                crate::backup::human_bytes(b.bytes)
+            );
+            exit::OK
+        }
+        Err(e) => fail(&e, Format::Human),
+    }
+}
+
+fn list_backups(settings: &Settings) -> u8 {
+    match crate::backup::list(&settings.backup.dir) {
+        Ok(list) if list.is_empty() => {
+            println!("No backups in {}.", settings.backup.dir.display());
+            exit::OK
+        }
+        Ok(list) => {
+            for b in list.iter().rev() {
+                let s = &b.stamp;
+                let when = format!(
+                    "{}-{}-{} {}:{}:{} UTC",
+                    &s[0..4],
+                    &s[4..6],
+                    &s[6..8],
+                    &s[9..11],
+                    &s[11..13],
+                    &s[13..15]
+                );
+                let what = b
+                    .label
+                    .strip_prefix("before-")
+                    .map_or("taken by hand".to_string(), |tag| format!("before {tag}"));
+                println!(
+                    "{when}  {:>9}  {:<32}  {}",
+                    crate::backup::human_bytes(b.bytes),
+                    what,
+                    b.path.display()
+                );
+            }
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("Error: backup_dir {}: {e}", settings.backup.dir.display());
+            exit::FAILED
+        }
     }
 }

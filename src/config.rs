@@ -80,6 +80,7 @@ pub struct Settings {
     pub statement_timeout: Option<Duration>,
     pub transaction: TransactionMode,
     pub daemon: DaemonSettings,
+    pub backup: crate::backup::BackupSettings,
     /// Where this came from, for messages ("defaults", a file path, ...).
     pub sources: Vec<String>,
 }
@@ -139,6 +140,7 @@ impl fmt::Debug for Settings {
             .field("statement_timeout", &self.statement_timeout)
             .field("transaction", &self.transaction)
             .field("daemon", &self.daemon)
+            .field("backup", &self.backup)
             .finish()
     }
 }
@@ -156,6 +158,7 @@ impl Default for Settings {
             statement_timeout: None,
             transaction: TransactionMode::PerMigration,
             daemon: DaemonSettings::default(),
+            backup: crate::backup::BackupSettings::default(),
             sources: vec!["defaults".into()],
         }
     }
@@ -194,6 +197,9 @@ pub struct Layer {
     pub db_retry_max: Option<Duration>,
     pub log_target: Option<LogTarget>,
     pub log_level: Option<String>,
+    pub backup_enabled: Option<bool>,
+    pub backup_dir: Option<PathBuf>,
+    pub backup_keep: Option<usize>,
 }
 
 /// A list given as a TOML array or, from the environment, as `a,b,c`.
@@ -273,6 +279,16 @@ impl Settings {
         if layer.socket_group.is_some() {
             d.socket_group = layer.socket_group;
         }
+        let b = &mut self.backup;
+        if let Some(v) = layer.backup_enabled {
+            b.enabled = v;
+        }
+        if let Some(v) = layer.backup_dir {
+            b.dir = v;
+        }
+        if let Some(v) = layer.backup_keep {
+            b.keep = v;
+        }
         if layer.database_url.is_some() {
             self.database_url = layer.database_url;
         }
@@ -319,6 +335,13 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.backup.keep == 0 {
+            return Err(ConfigError::BadValue {
+                key: "backup_keep",
+                message: "must be at least 1 (set backup_enabled = false to take no backups)"
+                    .into(),
+            });
+        }
         for (key, value) in [
             ("migrations_schema", &self.migrations_schema),
             ("migrations_table", &self.migrations_table),

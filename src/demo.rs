@@ -44,6 +44,10 @@ pub async fn run() -> u8 {
     let settings = Settings {
         database_url: Some(cluster.url("vamsa")),
         migrations_dir: dir,
+        backup: crate::backup::BackupSettings {
+            dir: cluster.dir().join("backups"),
+            ..Default::default()
+        },
         ..Settings::default()
     };
     // Only the demo's own values: the caller's DATABASE_URL or credentials must not leak in.

@@ -32,6 +32,15 @@ pub enum Event {
     AcceptedEdit {
         migration: String,
     },
+    /// A backup is being taken before `migrations` migrations are applied.
+    BackingUp {
+        migrations: usize,
+    },
+    BackedUp {
+        path: std::path::PathBuf,
+        bytes: u64,
+        ms: u64,
+    },
     Applied {
         migration: String,
         ms: u64,
@@ -102,6 +111,8 @@ pub struct ApplyError {
     pub committed: usize,
     /// The whole run was one transaction (`transaction = "all"`).
     pub all_rolled_back: bool,
+    /// The dump taken before this run, and the database it is of: for the restore steps.
+    pub backup: Option<(std::path::PathBuf, String)>,
     pub lock_timeout: Duration,
 }
 
@@ -117,6 +128,8 @@ pub enum EngineError {
     Drift(Vec<Blocker>),
     #[error("{}", apply_headline(.0))]
     Apply(Box<ApplyError>),
+    #[error("backup before migrating failed: {0}")]
+    Backup(#[from] crate::backup::BackupError),
     #[error("{file} must run outside a transaction (-- vamsa-migrate: no-transaction), but transaction = \"all\" runs the whole run in one")]
     NeedsOwnTransaction { file: String },
 }
@@ -141,6 +154,7 @@ impl EngineError {
             | EngineError::Config(_)
             | EngineError::NeedsOwnTransaction { .. } => 2,
             EngineError::Drift(_) => 4,
+            EngineError::Backup(_) => 1,
             EngineError::Db(_) | EngineError::Apply(_) => 1,
         }
     }
@@ -180,6 +194,7 @@ impl EngineError {
             EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
             EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
             EngineError::Apply(e) => next_step(e),
+            EngineError::Backup(e) => e.hint().into(),
         }
     }
 
@@ -250,9 +265,16 @@ fn next_step(e: &ApplyError) -> String {
         "53100" => "Free space on the database server, then run `vamsa-migrate migrate` again.",
         "42501" => "Grant the permission (or set database_url to the owner role), then run `vamsa-migrate migrate` again.",
         _ if e.failure.connection_lost => "Once PostgreSQL is reachable, run `vamsa-migrate migrate` again: it continues from the last committed migration.",
-        _ => "Fix the cause and run `vamsa-migrate migrate` again. If you cannot, restore the backup you made before updating (pg_restore -d <database> <backup-file>), then roll the code back with `git checkout HEAD~1`.",
+        _ => "Fix the cause and run `vamsa-migrate migrate` again.",
     };
-    format!("{kept} {action}")
+    let restore = match &e.backup {
+        Some((path, db)) => format!(
+            "\nTo go back to where you were before this run:\n  1. stop the application (e.g. systemctl stop vamsa)\n  2. pg_restore --clean --if-exists -d {db} {}\n  3. roll the code back: git checkout HEAD~1, then rebuild and restart it",
+            path.display()
+        ),
+        None => "\nIf you cannot fix it, restore the backup you made before updating (pg_restore --clean --if-exists -d <database> <backup-file>) and roll the code back with `git checkout HEAD~1`.".into(),
+    };
+    format!("{kept} {action}{restore}")
 }
 
 /// What the admin asked for, beyond the settings.
@@ -260,6 +282,8 @@ fn next_step(e: &ApplyError) -> String {
 pub struct RunOptions {
     pub plan: PlanOptions,
     pub dry_run: bool,
+    /// Skip the backup for this run even when `backup_enabled` (`--no-backup`).
+    pub no_backup: bool,
 }
 
 /// The engine's view of one target database.
@@ -398,7 +422,6 @@ impl<'a> Engine<'a> {
         options: &RunOptions,
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunSummary, EngineError> {
-        db::ensure_table(client, &self.tracking).await?;
         // Read after the lock is held: another run may have applied migrations meanwhile.
         let rows = db::read_rows(client, &self.tracking)
             .await?
@@ -409,18 +432,51 @@ impl<'a> Engine<'a> {
         if !blockers.is_empty() {
             return Err(EngineError::Drift(blockers));
         }
+        let to_apply: Vec<&Migration> = plan.to_apply().collect();
+        let backup = match to_apply.first() {
+            Some(first) if self.settings.backup.enabled && !options.no_backup => {
+                emit(Event::BackingUp {
+                    migrations: to_apply.len(),
+                });
+                let label = format!("before-{}", first.tag);
+                let b = crate::backup::take(&self.settings.backup, self.pg, client, &label).await?;
+                emit(Event::BackedUp {
+                    path: b.path.clone(),
+                    bytes: b.bytes,
+                    ms: b.ms,
+                });
+                let db = self
+                    .pg
+                    .get_dbname()
+                    .or(self.pg.get_user())
+                    .unwrap_or("postgres")
+                    .to_string();
+                Some((b.path, db))
+            }
+            _ => None,
+        };
+        // Only now change anything: the backup shows the database exactly as it was.
+        db::ensure_table(client, &self.tracking).await?;
         for (m, row) in plan.accepted_edits() {
             db::accept_edit(client, &self.tracking, row.id, &m.hash).await?;
             emit(Event::AcceptedEdit {
                 migration: m.file_name.clone(),
             });
         }
-        let to_apply: Vec<&Migration> = plan.to_apply().collect();
         emit(Event::Pending {
             migrations: pending_events(&plan),
             dry_run: false,
         });
-        let applied = self.apply_all(client, &to_apply, emit).await?;
+        let applied = self
+            .apply_all(client, &to_apply, emit)
+            .await
+            .map_err(|e| match e {
+                EngineError::Apply(mut a) => {
+                    a.backup = backup;
+                    EngineError::Apply(a)
+                }
+                other => other,
+            })?;
         Ok(RunSummary {
             applied,
             pending_before: to_apply.len(),
@@ -521,6 +577,7 @@ impl<'a> Engine<'a> {
             during_commit: f.during_commit,
             committed,
             all_rolled_back: all,
+            backup: None,
             lock_timeout: self.settings.lock_timeout,
         }))
     }

@@ -3,6 +3,7 @@
 //! Data flows one way: [`source`] reads the folder, [`plan`] decides, [`engine`] applies through
 //! [`db`], [`report`] shows it. The CLI ([`cli`]) drives the engine.
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

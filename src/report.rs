@@ -154,6 +154,21 @@ impl<W: Write> Reporter<W> {
                     self.bar = Some(bar);
                 }
             }
+            Event::BackingUp { migrations } => {
+                if !quiet {
+                    eprintln!("Backing up the database before {migrations} migration(s)...");
+                }
+            }
+            Event::BackedUp { path, bytes, ms } => {
+                if !quiet {
+                    eprintln!(
+                        "Backup: {} ({}, {:.1} s)",
+                        path.display(),
+                        crate::backup::human_bytes(*bytes),
+                        *ms as f64 / 1000.0
+                    );
+                }
+            }
             Event::AcceptedEdit { migration } => {
                 self.line(&format!(
                     "Accepted the edited {migration}: recorded its new hash."

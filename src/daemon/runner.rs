@@ -192,6 +192,7 @@ async fn run_job(shared: &Shared, job: &Job) {
     let options = RunOptions {
         plan: PlanOptions::default(),
         dry_run: !apply,
+        no_backup: false,
     };
     let notifier = shared.notifier;
     let starting = shared.starting.get();
@@ -203,6 +204,15 @@ async fn run_job(shared: &Shared, job: &Job) {
                 dry_run: false,
             } if !migrations.is_empty() => {
                 notifier.status(&format!("Applying {} migrations...", migrations.len()));
+            }
+            Event::BackingUp { migrations } => {
+                notifier.status(&format!(
+                    "Backing up database before {migrations} migrations..."
+                ));
+                if starting {
+                    // A large database takes a while to dump: keep the start timeout ahead.
+                    notifier.extend_timeout(Duration::from_secs(3600));
+                }
             }
             Event::Applied { migration, .. } => {
                 notifier.status(&format!("Applied {migration}"));
@@ -347,6 +357,19 @@ pub fn log_event(event: &Event, origin: &str) {
             );
         }
         Event::Pending { .. } => {}
+        Event::BackingUp { migrations } => tracing::info!(
+            ORIGIN = origin,
+            PENDING = migrations,
+            "Backing up the database before {migrations} migration(s)"
+        ),
+        Event::BackedUp { path, bytes, ms } => tracing::info!(
+            ORIGIN = origin,
+            BACKUP = %path.display(),
+            DURATION_MS = ms,
+            "Backup: {} ({})",
+            path.display(),
+            crate::backup::human_bytes(*bytes)
+        ),
         Event::AcceptedEdit { migration } => {
             tracing::info!(MIGRATION = %migration, "accepted the edited {migration}")
         }

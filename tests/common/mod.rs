@@ -47,6 +47,8 @@ pub fn reap_after_exit(cluster: &TempCluster) {
 pub struct Db {
     pub name: String,
     pub cluster: &'static TempCluster,
+    /// This test's backup_dir.
+    pub backups: tempfile::TempDir,
 }
 
 impl Db {
@@ -58,7 +60,11 @@ impl Db {
             NEXT_DB.fetch_add(1, Ordering::SeqCst)
         );
         cluster.create_database(&name).expect("create database");
-        Db { name, cluster }
+        Db {
+            name,
+            cluster,
+            backups: tempfile::tempdir().unwrap(),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -106,7 +112,9 @@ impl Db {
             .arg("--database-url")
             .arg(self.url())
             .arg("--migrations-dir")
-            .arg(dir);
+            .arg(dir)
+            .arg("--backup-dir")
+            .arg(self.backups.path());
         Run::from(cmd.output().expect("run vamsa-migrate"))
     }
 }
@@ -119,8 +127,12 @@ pub fn bin() -> Command {
             cmd.env_remove(k);
         }
     }
-    // Never read the host's packaged config during tests.
+    // Never read the host's packaged config, nor write to its backup folder, during tests.
     cmd.env("VAMSA_MIGRATE_CONFIG", empty_config());
+    cmd.env(
+        "VAMSA_MIGRATE_BACKUP_DIR",
+        std::env::temp_dir().join(format!("vamsa-migrate-test-backups-{}", std::process::id())),
+    );
     cmd.stdin(Stdio::null());
     cmd
 }

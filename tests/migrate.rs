@@ -582,7 +582,7 @@ fn lock_timeout_fails_fast_with_a_hint() {
         .spawn()
         .unwrap();
     wait_for(|| {
-        db.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'persons' AND l.granted") != "0"
+        db.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'persons' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())") != "0"
     });
     let started = std::time::Instant::now();
     let run = failing_run(&db, "ALTER TABLE persons ADD COLUMN born date;");
@@ -702,7 +702,7 @@ fn lock_wait_is_bounded() {
         .spawn();
     let mut holder = key_holder.unwrap();
     wait_for(|| {
-        db.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted") != "0"
+        db.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())") != "0"
     });
     let run = db.run(f.path(), &["migrate", "--lock-wait", "1s"]);
     let _ = holder.kill();

@@ -79,6 +79,8 @@ pub struct Settings {
     /// `statement_timeout` for each statement; `None` leaves the server's setting.
     pub statement_timeout: Option<Duration>,
     pub transaction: TransactionMode,
+    /// How often a migration that hit lock_timeout is tried again (with backoff).
+    pub lock_retries: u32,
     pub daemon: DaemonSettings,
     pub backup: crate::backup::BackupSettings,
     /// Where this came from, for messages ("defaults", a file path, ...).
@@ -139,6 +141,7 @@ impl fmt::Debug for Settings {
             .field("lock_timeout", &self.lock_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("transaction", &self.transaction)
+            .field("lock_retries", &self.lock_retries)
             .field("daemon", &self.daemon)
             .field("backup", &self.backup)
             .finish()
@@ -157,6 +160,7 @@ impl Default for Settings {
             lock_timeout: Duration::from_secs(10),
             statement_timeout: None,
             transaction: TransactionMode::PerMigration,
+            lock_retries: 0,
             daemon: DaemonSettings::default(),
             backup: crate::backup::BackupSettings::default(),
             sources: vec!["defaults".into()],
@@ -180,6 +184,7 @@ pub struct Layer {
     #[serde(default, with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
     pub transaction: Option<TransactionMode>,
+    pub lock_retries: Option<u32>,
     pub socket_path: Option<PathBuf>,
     pub socket_group: Option<String>,
     #[serde(default, deserialize_with = "string_list")]
@@ -255,7 +260,8 @@ impl Settings {
             migrations_table,
             lock_wait,
             lock_timeout,
-            transaction
+            transaction,
+            lock_retries
         );
         let d = &mut self.daemon;
         macro_rules! set_daemon {

@@ -381,7 +381,8 @@ pub struct StatementFailure {
     pub during_commit: bool,
 }
 
-/// Runs a transaction's body, ensuring a ROLLBACK on failure.
+/// Who owns the transaction around a migration.
+#[derive(Debug, Clone, Copy)]
 pub enum Txn {
     /// This call opens and commits its own transaction.
     Own,

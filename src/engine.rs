@@ -261,7 +261,7 @@ fn next_step(e: &ApplyError) -> String {
         }
     };
     let action = match code {
-        "55P03" => "Run again at a quieter time, or raise lock_timeout.",
+        "55P03" => "Run again at a quieter time, or raise lock_timeout, or set lock_retries to try again automatically.",
         "53100" => "Free space on the database server, then run `vamsa-migrate migrate` again.",
         "42501" => "Grant the permission (or set database_url to the owner role), then run `vamsa-migrate migrate` again.",
         _ if e.failure.connection_lost => "Once PostgreSQL is reachable, run `vamsa-migrate migrate` again: it continues from the last committed migration.",
@@ -522,9 +522,31 @@ impl<'a> Engine<'a> {
             let started = Instant::now();
             let last = i + 1 == to_apply.len();
             let txn = if all { Txn::Outer } else { Txn::Own };
-            if let Err(failure) =
-                db::apply_migration(client, &self.tracking, m, limits, txn, last).await
-            {
+            let mut attempt = 0;
+            let result = loop {
+                let result =
+                    db::apply_migration(client, &self.tracking, m, limits, txn, last).await;
+                match result {
+                    Err(f) if self.may_retry(&f, all, attempt) => {
+                        attempt += 1;
+                        // 1 s, 2 s, 4 s, ... capped at 30 s: the application's transaction that
+                        // holds the lock usually ends quickly.
+                        let delay = Duration::from_secs(1 << (attempt - 1).min(5))
+                            .min(Duration::from_secs(30));
+                        emit(Event::Warning {
+                            message: format!(
+                                "{}: lock timeout (another session holds a lock it needs); retry {attempt} of {} in {}",
+                                m.file_name,
+                                self.settings.lock_retries,
+                                humantime::format_duration(delay)
+                            ),
+                        });
+                        tokio::time::sleep(delay).await;
+                    }
+                    other => break other,
+                }
+            };
+            if let Err(failure) = result {
                 if all {
                     let _ = db::batch_transaction(client, "ROLLBACK").await;
                 } else if !applied.is_empty() && !failure.failure.connection_lost {
@@ -556,6 +578,15 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(applied)
+    }
+
+    /// A lock timeout leaves nothing behind (the migration rolled back), so it is safe to try
+    /// again, up to `lock_retries` times. Not in `transaction = "all"`, where the whole run's
+    /// transaction is already aborted.
+    fn may_retry(&self, f: &StatementFailure, all: bool, attempt: u32) -> bool {
+        !all && attempt < self.settings.lock_retries
+            && f.failure.sqlstate.as_deref() == Some("55P03")
+            && f.completed_outside_transaction == 0
     }
 
     fn apply_error(

@@ -16,6 +16,9 @@ pub struct ClusterOptions {
     pub fsync: bool,
     /// Extra `-c name=value` server settings.
     pub settings: Vec<(String, String)>,
+    /// Shell commands run as root in a private mount namespace just before the server starts
+    /// there (the server keeps that namespace): e.g. a small tmpfs for a disk-full test.
+    pub pre_start: Option<String>,
 }
 
 /// A running PostgreSQL server owned by this process; stopped and deleted on drop.
@@ -93,31 +96,7 @@ impl TempCluster {
     }
 
     pub fn start_with(options: ClusterOptions) -> io::Result<TempCluster> {
-        let bin = find_bin_dir()?;
-        // SAFETY: geteuid has no preconditions.
-        let root = unsafe { libc::geteuid() } == 0;
-        let as_postgres = if root {
-            Some(postgres_ids().ok_or_else(|| {
-                io::Error::other(
-                    "running as root but there is no `postgres` user to run the server as",
-                )
-            })?)
-        } else {
-            None
-        };
-        let dir = tempfile::Builder::new().prefix("vamsa-pg-").tempdir()?;
-        if let Some((uid, gid)) = as_postgres {
-            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
-        }
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
-        let mut cluster = TempCluster {
-            dir,
-            bin,
-            port: 0,
-            as_postgres,
-            options,
-            running: false,
-        };
+        let mut cluster = TempCluster::unstarted(options)?;
         check(
             "initdb",
             cluster
@@ -136,16 +115,77 @@ impl TempCluster {
                 .arg(cluster.data_dir())
                 .output()?,
         )?;
+        cluster.start_on_free_port()?;
+        Ok(cluster)
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`), started and following it.
+    pub fn replica_of(primary: &TempCluster) -> io::Result<TempCluster> {
+        let mut cluster = TempCluster::unstarted(ClusterOptions::default())?;
+        check(
+            "pg_basebackup",
+            cluster
+                .server_command("pg_basebackup")
+                .args([
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-c",
+                    "fast",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-p",
+                ])
+                .arg(primary.port.to_string())
+                .arg("-D")
+                .arg(cluster.data_dir())
+                .output()?,
+        )?;
+        cluster.start_on_free_port()?;
+        Ok(cluster)
+    }
+
+    fn start_on_free_port(&mut self) -> io::Result<()> {
         let mut last = None;
         for _ in 0..5 {
-            cluster.port = free_port()?;
-            match cluster.pg_ctl_start() {
-                Ok(()) => return Ok(cluster),
+            self.port = free_port()?;
+            match self.pg_ctl_start() {
+                Ok(()) => return Ok(()),
                 // Another process may have taken the port between our probe and the bind.
                 Err(e) => last = Some(e),
             }
         }
         Err(last.unwrap_or_else(|| io::Error::other("could not start PostgreSQL")))
+    }
+
+    fn unstarted(options: ClusterOptions) -> io::Result<TempCluster> {
+        let bin = find_bin_dir()?;
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let as_postgres = if root {
+            Some(postgres_ids().ok_or_else(|| {
+                io::Error::other(
+                    "running as root but there is no `postgres` user to run the server as",
+                )
+            })?)
+        } else {
+            None
+        };
+        let dir = tempfile::Builder::new().prefix("vamsa-pg-").tempdir()?;
+        if let Some((uid, gid)) = as_postgres {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid))?;
+        }
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
+        Ok(TempCluster {
+            dir,
+            bin,
+            port: 0,
+            as_postgres,
+            options,
+            running: false,
+        })
     }
 
     fn server_command(&self, program: &str) -> Command {
@@ -189,14 +229,28 @@ impl TempCluster {
         for (name, value) in &self.options.settings {
             server_options.push_str(&format!(" -c {name}={value}"));
         }
+        let mut pg_ctl = self.server_command("pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "-o", &server_options, "start"]);
+        let mut cmd = match &self.options.pre_start {
+            Some(pre) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!("{pre} && exec \"$@\""))
+                    .arg("sh")
+                    .arg(pg_ctl.get_program())
+                    .args(pg_ctl.get_args());
+                c
+            }
+            None => pg_ctl,
+        };
         check(
             "pg_ctl start",
-            self.server_command("pg_ctl")
-                .arg("-D")
-                .arg(self.data_dir())
-                .arg("-l")
-                .arg(self.dir.path().join("server.log"))
-                .args(["-w", "-t", "60", "-o", &server_options, "start"])
+            cmd.stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .output()?,

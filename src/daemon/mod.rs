@@ -41,6 +41,7 @@ pub fn main(config: Option<PathBuf>) -> u8 {
         }
     };
     crate::logging::init(settings.daemon.log_target, &settings.daemon.log_level);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -152,6 +153,20 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
     server.abort();
     stop(&shared).await;
     exit::OK
+}
+
+/// Each trigger connection is a descriptor: lift the soft limit (often 1024) towards the hard
+/// one, as systemd recommends for services that do not use select(2).
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max.min(65536);
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 struct RemoveOnDrop(Option<PathBuf>);

@@ -26,7 +26,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to read one reply line.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; more get an immediate refusal.
-const MAX_CONNECTIONS: usize = 256;
+const MAX_CONNECTIONS: usize = 512;
 
 /// The listening socket and, when we created the file ourselves, its path (removed on exit).
 pub struct TriggerSocket {

@@ -1,0 +1,847 @@
+//! Proof under faults: kill -9, a dying server, concurrency, locks, a full disk, abusive socket
+//! clients and replicas. Each case checks the invariant: the database sits exactly at a
+//! migration boundary, the tracking table matches the schema, and the next run finishes the job.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Db, Folder, Run, TempCluster};
+use serde_json::Value;
+
+const SLEEP: &str = "2";
+
+fn m0() -> String {
+    "CREATE TABLE a (id int PRIMARY KEY);\n".into()
+}
+fn m1() -> String {
+    format!("SELECT pg_sleep({SLEEP});--> statement-breakpoint\nCREATE TABLE b (id int);--> statement-breakpoint\nSELECT pg_sleep({SLEEP}) AS second_sleep;--> statement-breakpoint\nALTER TABLE a ADD COLUMN c int;\n")
+}
+fn m2() -> String {
+    "CREATE INDEX a_c_idx ON a (c);\n".into()
+}
+
+fn entries() -> Vec<(String, i64, String)> {
+    vec![
+        ("0000_a".into(), 1000, m0()),
+        ("0001_slow".into(), 2000, m1()),
+        ("0002_idx".into(), 3000, m2()),
+    ]
+}
+
+fn folder_of(entries: &[(String, i64, String)]) -> Folder {
+    let refs: Vec<(&str, i64, &str)> = entries
+        .iter()
+        .map(|(t, w, s)| (t.as_str(), *w, s.as_str()))
+        .collect();
+    Folder::new(&refs)
+}
+
+/// The user-visible schema (all but our tracking schema), as a fingerprint.
+fn schema_of(db: &Db) -> String {
+    db.psql(
+        "SELECT coalesce(md5(string_agg(x, ',' ORDER BY x)), 'empty') FROM ( \
+           SELECT 'col:' || table_schema || '.' || table_name || '.' || column_name || ':' || data_type AS x \
+             FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema', 'drizzle') \
+           UNION ALL SELECT 'idx:' || schemaname || '.' || indexname FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'drizzle') \
+           UNION ALL SELECT 'con:' || conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace \
+             WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'drizzle')) s",
+    )
+}
+
+fn tracked_hashes(db: &Db) -> Vec<String> {
+    if db.psql("SELECT to_regclass('drizzle.__drizzle_migrations') IS NULL") == "t" {
+        return Vec::new();
+    }
+    db.rows().into_iter().map(|(h, _)| h).collect()
+}
+
+/// The invariant. `entries` are the migrations in journal order.
+#[track_caller]
+fn assert_boundary_then_complete(
+    db: &Db,
+    entries: &[(String, i64, String)],
+    folder: &Path,
+) -> usize {
+    let hashes = tracked_hashes(db);
+    let k = hashes.len();
+    let expected: Vec<String> = entries[..k]
+        .iter()
+        .map(|(_, _, s)| common::sha256_hex(s.as_bytes()))
+        .collect();
+    assert_eq!(
+        hashes, expected,
+        "the tracking rows must be a prefix of the journal, each once"
+    );
+    // The schema is exactly that of the first k migrations applied cleanly.
+    let reference = Db::new();
+    let prefix = folder_of(&entries[..k]);
+    if k > 0 {
+        reference
+            .run(prefix.path(), &["migrate", "--no-backup"])
+            .ok();
+    }
+    assert_eq!(
+        schema_of(db),
+        schema_of(&reference),
+        "schema is not at the boundary of {k} migrations"
+    );
+    // The next run finishes the job, exactly once.
+    db.run(folder, &["migrate", "--no-backup"]).ok();
+    let all: Vec<String> = entries
+        .iter()
+        .map(|(_, _, s)| common::sha256_hex(s.as_bytes()))
+        .collect();
+    assert_eq!(tracked_hashes(db), all);
+    let full = Db::new();
+    full.run(folder, &["migrate", "--no-backup"]).ok();
+    assert_eq!(schema_of(db), schema_of(&full));
+    k
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn activity(db: &Db, condition: &str) -> bool {
+    db.psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND {condition}"
+    )) != "0"
+}
+
+fn kill9(child: &mut Child) {
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+fn spawn_migrate(db: &Db, folder: &Path) -> Child {
+    common::bin()
+        .args([
+            "migrate",
+            "--no-backup",
+            "--database-url",
+            &db.url(),
+            "--migrations-dir",
+        ])
+        .arg(folder)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Makes the COMMIT of migration `when` pause inside the server, after its tracking row is
+/// written: a deferred constraint trigger runs at COMMIT time.
+fn slow_commit_of(db: &Db, when: i64) {
+    db.psql(&format!(
+        "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.created_at = {when} THEN PERFORM pg_sleep({SLEEP}); END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON drizzle.__drizzle_migrations \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()"
+    ));
+}
+
+const KILL_POINTS: [(&str, &str); 3] = [
+    (
+        "before the first statement",
+        "query LIKE 'SELECT pg_sleep(%' AND query NOT LIKE '%second_sleep%'",
+    ),
+    ("between statements", "query LIKE '%second_sleep%'"),
+    (
+        "after the tracking insert, before COMMIT",
+        "query = 'COMMIT' AND wait_event = 'PgSleep'",
+    ),
+];
+
+#[test]
+fn kill_9_of_migrate_at_each_point_leaves_a_boundary() {
+    let entries = entries();
+    for (point, condition) in KILL_POINTS {
+        let db = Db::new();
+        let first = folder_of(&entries[..1]);
+        db.run(first.path(), &["migrate", "--no-backup"]).ok();
+        slow_commit_of(&db, 2000);
+        let f = folder_of(&entries);
+        let mut child = spawn_migrate(&db, f.path());
+        wait_until(point, || activity(&db, condition));
+        kill9(&mut child);
+        let k = assert_boundary_then_complete(&db, &entries, f.path());
+        eprintln!("kill -9 {point}: boundary after {k} migration(s)");
+    }
+}
+
+#[test]
+fn kill_9_of_the_daemon_mid_migration_leaves_a_boundary() {
+    let entries = entries();
+    for (point, condition) in KILL_POINTS {
+        let db = Db::new();
+        let first = folder_of(&entries[..1]);
+        db.run(first.path(), &["migrate", "--no-backup"]).ok();
+        slow_commit_of(&db, 2000);
+        let f = folder_of(&entries);
+        let mut d = daemon(
+            &db.url(),
+            f.path(),
+            "apply_on_start = false\nbackup_enabled = false",
+        );
+        d.wait_ready();
+        let socket = d.socket.clone();
+        let client = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
+        wait_until(point, || activity(&db, condition));
+        kill9(&mut d.child);
+        let _ = client.join();
+        assert_boundary_then_complete(&db, &entries, f.path());
+    }
+}
+
+#[test]
+fn postgres_dying_mid_migration_loses_nothing_and_the_daemon_recovers() {
+    let mut cluster = TempCluster::start().unwrap();
+    common::reap_after_exit(&cluster);
+    cluster.create_database("app").unwrap();
+    let url = cluster.url("app");
+    let entries = entries();
+    let f = folder_of(&entries[..1]);
+    // The CLI: the error says the connection was lost and nothing of that migration committed.
+    Run::from(
+        common::bin()
+            .args([
+                "migrate",
+                "--no-backup",
+                "--database-url",
+                &url,
+                "--migrations-dir",
+            ])
+            .arg(f.path())
+            .output()
+            .unwrap(),
+    )
+    .ok();
+    let f = folder_of(&entries);
+    let child = common::bin()
+        .args([
+            "migrate",
+            "--no-backup",
+            "--database-url",
+            &url,
+            "--migrations-dir",
+        ])
+        .arg(f.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the slow statement", || {
+        cluster
+            .psql(
+                "app",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%'",
+            )
+            .unwrap()
+            != "0"
+    });
+    cluster.stop("immediate").unwrap();
+    let run = Run::from(child.wait_with_output().unwrap());
+    run.code(1);
+    assert!(
+        run.stderr.contains("The connection to PostgreSQL was lost"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("nothing of this migration was committed"),
+        "{}",
+        run.stderr
+    );
+    cluster.pg_ctl_start().unwrap();
+    assert_eq!(
+        cluster
+            .psql("app", "SELECT count(*) FROM drizzle.__drizzle_migrations")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        cluster
+            .psql("app", "SELECT to_regclass('b') IS NULL")
+            .unwrap(),
+        "t"
+    );
+
+    // The daemon: the trigger fails, PostgreSQL comes back, the next trigger applies it once.
+    let mut d = daemon(
+        &url,
+        f.path(),
+        "apply_on_start = false\nbackup_enabled = false",
+    );
+    d.wait_ready();
+    let socket = d.socket.clone();
+    let client = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
+    wait_until("the slow statement", || {
+        cluster
+            .psql(
+                "app",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%'",
+            )
+            .unwrap()
+            != "0"
+    });
+    cluster.stop("immediate").unwrap();
+    let events = client.join().unwrap();
+    let done = events.last().unwrap();
+    assert_eq!(done["ok"], false);
+    assert!(
+        done["error"]["cause"]
+            .as_str()
+            .unwrap_or("")
+            .contains("connection to PostgreSQL was lost"),
+        "{done}"
+    );
+    cluster.pg_ctl_start().unwrap();
+    let events = request(&d.socket, b"{\"command\":\"apply\"}\n");
+    assert_eq!(events.last().unwrap()["ok"], true, "{events:?}");
+    assert_eq!(
+        cluster
+            .psql(
+                "app",
+                "SELECT count(*), count(DISTINCT hash) FROM drizzle.__drizzle_migrations"
+            )
+            .unwrap(),
+        "3|3"
+    );
+    assert_eq!(
+        cluster
+            .psql("app", "SELECT to_regclass('a_c_idx') IS NOT NULL")
+            .unwrap(),
+        "t"
+    );
+}
+
+#[test]
+fn eight_clis_and_two_daemons_at_once_apply_fifty_migrations_exactly_once() {
+    let db = Db::new();
+    let entries: Vec<(String, i64, String)> = (0..50)
+        .map(|i| (format!("{i:04}_t{i}"), 1000 + i as i64, format!("CREATE TABLE t{i} (id int);--> statement-breakpoint\nCREATE INDEX t{i}_idx ON t{i} (id);\n")))
+        .collect();
+    let f = folder_of(&entries);
+    let mut daemons: Vec<TestDaemon> = (0..2)
+        .map(|_| daemon(&db.url(), f.path(), "backup_enabled = false"))
+        .collect();
+    let clis: Vec<Child> = (0..8)
+        .map(|_| {
+            common::bin()
+                .args([
+                    "migrate",
+                    "--no-backup",
+                    "--database-url",
+                    &db.url(),
+                    "--migrations-dir",
+                ])
+                .arg(f.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut applied = 0;
+    for c in clis {
+        let run = Run::from(c.wait_with_output().unwrap());
+        run.ok();
+        applied += run.stdout.matches("Applied:").count();
+    }
+    for d in &mut daemons {
+        d.wait_ready();
+        d.signal(libc::SIGTERM);
+        assert_eq!(d.wait_exit(), 0);
+        applied += d.log().matches("Applied: ").count();
+    }
+    assert_eq!(applied, 50, "each migration applied by exactly one process");
+    assert_eq!(
+        db.psql("SELECT count(*), count(DISTINCT hash) FROM drizzle.__drizzle_migrations"),
+        "50|50"
+    );
+}
+
+#[test]
+fn lock_timeout_protects_the_application_and_lock_retries_wait_it_out() {
+    let db = Db::new();
+    db.psql("CREATE TABLE persons (id int); INSERT INTO persons VALUES (1)");
+    let f = Folder::new(&[(
+        "0000_alter",
+        1000,
+        "ALTER TABLE persons ADD COLUMN born date;",
+    )]);
+    // The application holds a lock on the table in an open transaction.
+    let mut app = db
+        .cluster
+        .psql_command(&db.name)
+        .args(["-XAtq"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut app_in = app.stdin.take().unwrap();
+    app_in
+        .write_all(b"BEGIN; SELECT * FROM persons;\n")
+        .unwrap();
+    app_in.flush().unwrap();
+    wait_until("the app's lock", || {
+        db.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'persons' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())") != "0"
+    });
+
+    // Meanwhile other application queries keep coming; measure how long each one waits.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        let mut cmd_args = db.cluster.psql_command(&db.name);
+        cmd_args.args(["-XAtq", "-c", "SELECT count(*) FROM persons"]);
+        let program = cmd_args.get_program().to_owned();
+        let args: Vec<_> = cmd_args.get_args().map(|a| a.to_owned()).collect();
+        std::thread::spawn(move || {
+            let mut worst = Duration::ZERO;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = Instant::now();
+                let ok = Command::new(&program)
+                    .args(&args)
+                    .output()
+                    .unwrap()
+                    .status
+                    .success();
+                assert!(ok);
+                worst = worst.max(t.elapsed());
+            }
+            worst
+        })
+    };
+    let started = Instant::now();
+    let run = db.run(
+        f.path(),
+        &["migrate", "--no-backup", "--lock-timeout", "1s"],
+    );
+    let failed_after = started.elapsed();
+    run.code(1);
+    assert!(run.stderr.contains("SQLSTATE 55P03"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("lock_timeout (1s)") && run.stderr.contains("lock_retries"),
+        "{}",
+        run.stderr
+    );
+    assert!(failed_after < Duration::from_secs(4), "{failed_after:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let worst = reader.join().unwrap();
+    assert!(
+        worst < Duration::from_millis(1600),
+        "an application query waited {worst:?}, longer than lock_timeout allows"
+    );
+    assert_eq!(tracked_hashes(&db).len(), 0);
+
+    // With lock_retries, the migration succeeds once the application lets go.
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        app_in.write_all(b"COMMIT;\n").unwrap();
+        drop(app_in);
+        let _ = app.wait();
+    });
+    let mut cmd = common::bin();
+    cmd.args([
+        "migrate",
+        "--no-backup",
+        "--lock-timeout",
+        "500ms",
+        "--database-url",
+        &db.url(),
+        "--migrations-dir",
+    ])
+    .arg(f.path())
+    .env("VAMSA_MIGRATE_LOCK_RETRIES", "4");
+    let run = Run::from(cmd.output().unwrap());
+    releaser.join().unwrap();
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("lock timeout (another session holds a lock it needs); retry 1 of 4"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(tracked_hashes(&db).len(), 1);
+}
+
+#[test]
+fn a_full_disk_fails_with_53100_rolls_back_and_the_next_run_succeeds() {
+    let ts = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(ts.path(), Some(postgres_uid()), None).unwrap_or(());
+    let options = vamsa_migrate::pgcluster::ClusterOptions {
+        pre_start: Some(format!(
+            "mount -t tmpfs -o size=24m,mode=0700 tmpfs {0} && chown postgres {0}",
+            ts.path().display()
+        )),
+        ..Default::default()
+    };
+    let cluster = TempCluster::start_with(options).unwrap();
+    common::reap_after_exit(&cluster);
+    cluster.create_database("app").unwrap();
+    cluster
+        .psql(
+            "app",
+            &format!("CREATE TABLESPACE small LOCATION '{}'", ts.path().display()),
+        )
+        .unwrap();
+    // Something else already uses half of the space.
+    cluster.psql("app", "CREATE TABLE filler TABLESPACE small AS SELECT repeat(md5(g::text), 30) AS x FROM generate_series(1, 12000) g").unwrap();
+    let big = "CREATE TABLE big (x text) TABLESPACE small;--> statement-breakpoint\nINSERT INTO big SELECT repeat(md5(g::text), 30) FROM generate_series(1, 16000) g;\n";
+    let f = Folder::new(&[
+        ("0000_a", 1000, "CREATE TABLE a (id int);"),
+        ("0001_big", 2000, big),
+    ]);
+    let url = cluster.url("app");
+    let migrate = || {
+        Run::from(
+            common::bin()
+                .args([
+                    "migrate",
+                    "--no-backup",
+                    "--database-url",
+                    &url,
+                    "--migrations-dir",
+                ])
+                .arg(f.path())
+                .output()
+                .unwrap(),
+        )
+    };
+    let run = migrate();
+    run.code(1);
+    assert!(run.stderr.contains("SQLSTATE 53100"), "{}", run.stderr);
+    assert!(run.stderr.contains("Disk full"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("Free space on the database server"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        cluster
+            .psql("app", "SELECT count(*) FROM drizzle.__drizzle_migrations")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        cluster
+            .psql("app", "SELECT to_regclass('big') IS NULL")
+            .unwrap(),
+        "t"
+    );
+    // Space freed: the same migration now goes through.
+    cluster.psql("app", "DROP TABLE filler").unwrap();
+    migrate().ok();
+    assert_eq!(
+        cluster.psql("app", "SELECT count(*) FROM big").unwrap(),
+        "16000"
+    );
+    assert_eq!(
+        cluster
+            .psql("app", "SELECT count(*) FROM drizzle.__drizzle_migrations")
+            .unwrap(),
+        "2"
+    );
+}
+
+fn postgres_uid() -> u32 {
+    let out = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_trigger_socket_under_abuse_while_a_migration_runs() {
+    let db = Db::new();
+    let slow = "CREATE TABLE slow (id int);--> statement-breakpoint\nSELECT pg_sleep(3);";
+    let f = Folder::new(&[("0000_a", 1000, "CREATE TABLE a (id int);")]);
+    let mut d = daemon(&db.url(), f.path(), "backup_enabled = false");
+    d.wait_ready();
+    f.write(&[
+        ("0000_a", 1000, "CREATE TABLE a (id int);"),
+        ("0001_slow", 2000, slow),
+    ]);
+    let socket = d.socket.clone();
+    let applier = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
+    wait_until("the slow migration", || {
+        activity(&db, "query LIKE '%pg_sleep(3)%'")
+    });
+    // Unauthorised peers, from a process running as nobody.
+    std::fs::set_permissions(
+        &d.socket,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        d.socket.parent().unwrap(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut nobody = Command::new("python3");
+    nobody.args(["-c", "import socket,sys\nrefused=0\nfor i in range(200):\n s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{\"command\":\"apply\"}\\n'); r=s.makefile().readline(); refused+=('permission denied' in r); s.close()\nprint(refused)", d.socket.to_str().unwrap()]);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut nobody, || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let nobody = nobody.stdout(Stdio::piped()).spawn().unwrap();
+
+    let mut abusers = Vec::new();
+    for i in 0..800 {
+        let socket = d.socket.clone();
+        abusers.push(std::thread::spawn(move || {
+            let Ok(mut s) = UnixStream::connect(&socket) else {
+                return;
+            };
+            match i % 4 {
+                0 => {
+                    let bytes: Vec<u8> = (0..512).map(|j| ((i * 31 + j * 7) % 256) as u8).collect();
+                    let _ = s.write_all(&bytes);
+                }
+                1 => {
+                    for _ in 0..20 {
+                        if s.write_all(b"{").is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                2 => {
+                    let _ = s.write_all(&vec![b'a'; 70 * 1024]);
+                }
+                _ => {
+                    let _ = s.write_all(b"{\"command\":\"status\"}\n");
+                }
+            }
+            let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+            let mut sink = String::new();
+            let _ = BufReader::new(s).read_line(&mut sink);
+        }));
+    }
+    // The daemon stays responsive: ping latencies while all of that goes on.
+    let mut latencies = Vec::new();
+    for _ in 0..100 {
+        let t = Instant::now();
+        let events = request(&d.socket, b"{\"command\":\"ping\"}\n");
+        latencies.push(t.elapsed());
+        assert_eq!(events[0]["event"], "pong");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100 - 1];
+    assert!(p99 < Duration::from_millis(100), "ping p99 {p99:?}");
+    let events = applier.join().unwrap();
+    assert_eq!(events.last().unwrap()["ok"], true, "{events:?}");
+    for a in abusers {
+        let _ = a.join();
+    }
+    let out = nobody.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "200");
+    assert_eq!(tracked_hashes(&db).len(), 2);
+    assert_eq!(
+        request(&d.socket, b"{\"command\":\"ping\"}\n")[0]["event"],
+        "pong"
+    );
+    eprintln!("ping p99 under abuse: {p99:?}");
+}
+
+#[test]
+fn replicas_only_the_primary_is_migrated() {
+    let primary = TempCluster::start().unwrap();
+    common::reap_after_exit(&primary);
+    primary.create_database("app").unwrap();
+    let replica = TempCluster::replica_of(&primary).unwrap();
+    common::reap_after_exit(&replica);
+    let f = Folder::new(&[("0000_a", 1000, "CREATE TABLE a (id int);")]);
+    let both = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=app target_session_attrs=read-write sslmode=disable",
+        replica.port(),
+        primary.port()
+    );
+    let run = Run::from(
+        common::bin()
+            .args(["migrate", "--database-url", &both, "--migrations-dir"])
+            .arg(f.path())
+            .output()
+            .unwrap(),
+    );
+    run.ok();
+    assert_eq!(
+        primary
+            .psql("app", "SELECT count(*) FROM drizzle.__drizzle_migrations")
+            .unwrap(),
+        "1"
+    );
+    assert_eq!(
+        primary.psql("app", "SELECT pg_is_in_recovery()").unwrap(),
+        "f"
+    );
+
+    let only_replica = replica.url("app");
+    let run = Run::from(
+        common::bin()
+            .args([
+                "migrate",
+                "--database-url",
+                &only_replica,
+                "--migrations-dir",
+            ])
+            .arg(f.path())
+            .output()
+            .unwrap(),
+    );
+    run.code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "127.0.0.1:{}/app is a read-only server (a standby?)",
+            replica.port()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("target_session_attrs=read-write"),
+        "{}",
+        run.stderr
+    );
+}
+
+// --- a small daemon driver (the full one lives in tests/daemon.rs) ---
+
+struct TestDaemon {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn daemon(url: &str, folder: &Path, extra: &str) -> TestDaemon {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("trigger.sock");
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = {url:?}\nmigrations_dir = {:?}\nsocket_path = {:?}\nlog_target = \"stderr\"\n{extra}\n",
+            folder.display().to_string(),
+            socket.display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("daemon.log");
+    let child = common::bin()
+        .arg("daemon")
+        .env("VAMSA_MIGRATE_CONFIG", &config)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    TestDaemon {
+        child,
+        socket,
+        log,
+        _dir: dir,
+    }
+}
+
+impl TestDaemon {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log().contains("ready: ") {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daemon exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    fn wait_exit(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn request(socket: &Path, line: &[u8]) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!("connect: {e}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    stream.write_all(line).unwrap();
+    let mut events = Vec::new();
+    for l in BufReader::new(stream).lines() {
+        let Ok(l) = l else { break };
+        let v: Value = serde_json::from_str(&l).unwrap();
+        let done = v["event"] == "done";
+        events.push(v);
+        if done {
+            break;
+        }
+    }
+    events
+}

@@ -883,3 +883,100 @@ pub fn wait_for(mut f: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn sslmode_require_encrypts_the_connection() {
+    let certs = tempfile::tempdir().unwrap();
+    let (key, crt) = (
+        certs.path().join("server.key"),
+        certs.path().join("server.crt"),
+    );
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let readable = |p: &Path| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        if unsafe { libc::geteuid() } == 0 {
+            std::process::Command::new("chown")
+                .arg("postgres")
+                .arg(p)
+                .status()
+                .unwrap();
+        }
+    };
+    readable(&key);
+    readable(&crt);
+    std::fs::set_permissions(
+        certs.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let cluster = common::TempCluster::start_with(vamsa_migrate::pgcluster::ClusterOptions {
+        settings: vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), crt.display().to_string()),
+            ("ssl_key_file".into(), key.display().to_string()),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    common::reap_after_exit(&cluster);
+    cluster.create_database("app").unwrap();
+    // The migration itself checks that its own connection is encrypted.
+    let check = "DO $$ BEGIN IF NOT (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) THEN RAISE EXCEPTION 'not encrypted'; END IF; END $$;";
+    let f = Folder::new(&[("0000_tls", 1000, check)]);
+    let url = cluster
+        .url("app")
+        .replace("sslmode=disable", "sslmode=require");
+    let run = common::Run::from(
+        common::bin()
+            .args([
+                "migrate",
+                "--no-backup",
+                "--database-url",
+                &url,
+                "--migrations-dir",
+            ])
+            .arg(f.path())
+            .output()
+            .unwrap(),
+    );
+    run.ok();
+    let plain = cluster.url("app");
+    let f2 = Folder::new(&[("0000_tls", 1000, check), ("0001_again", 2000, check)]);
+    let run = common::Run::from(
+        common::bin()
+            .args([
+                "migrate",
+                "--no-backup",
+                "--database-url",
+                &plain,
+                "--migrations-dir",
+            ])
+            .arg(f2.path())
+            .output()
+            .unwrap(),
+    );
+    run.code(1);
+    assert!(run.stderr.contains("not encrypted"), "{}", run.stderr);
+}

@@ -480,12 +480,16 @@ pub async fn apply_migration(
     }
 }
 
-/// Opens or closes the single transaction of `transaction = "all"`.
-pub async fn batch_transaction(client: &Client, sql: &str) -> Result<(), PgFailure> {
+/// Opens, commits or rolls back the single transaction of `transaction = "all"`.
+pub async fn batch_transaction(
+    client: &Client,
+    sql: &str,
+    what: &'static str,
+) -> Result<(), DbError> {
     client
         .batch_execute(sql)
         .await
-        .map_err(|e| PgFailure::from_error(&e))
+        .map_err(DbError::query(what))
 }
 
 /// Forces every earlier asynchronous commit of this session to disk: a transaction that has

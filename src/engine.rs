@@ -509,12 +509,7 @@ impl<'a> Engine<'a> {
             });
         }
         if all && !to_apply.is_empty() {
-            db::batch_transaction(client, "BEGIN")
-                .await
-                .map_err(|failure| DbError::Query {
-                    what: "opening the run's transaction",
-                    failure,
-                })?;
+            db::batch_transaction(client, "BEGIN", "opening the run's transaction").await?;
         }
         let mut applied = Vec::with_capacity(to_apply.len());
         let mut timings = Vec::with_capacity(to_apply.len());
@@ -548,7 +543,7 @@ impl<'a> Engine<'a> {
             };
             if let Err(failure) = result {
                 if all {
-                    let _ = db::batch_transaction(client, "ROLLBACK").await;
+                    let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
                 } else if !applied.is_empty() && !failure.failure.connection_lost {
                     // Make the earlier asynchronous commits durable before we say they stay.
                     let _ = db::flush_commits(client).await;
@@ -567,12 +562,7 @@ impl<'a> Engine<'a> {
             applied.push(m.file_name.clone());
         }
         if all && !to_apply.is_empty() {
-            db::batch_transaction(client, "COMMIT")
-                .await
-                .map_err(|failure| DbError::Query {
-                    what: "committing the run's transaction",
-                    failure,
-                })?;
+            db::batch_transaction(client, "COMMIT", "committing the run's transaction").await?;
             for (migration, ms) in timings {
                 emit(Event::Applied { migration, ms });
             }

@@ -6,12 +6,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::daemon::{request, Daemon};
 use common::{Db, Folder, Run, TempCluster};
-use serde_json::Value;
 
 const SLEEP: &str = "2";
 
@@ -188,12 +188,12 @@ fn kill_9_of_the_daemon_mid_migration_leaves_a_boundary() {
         db.run(first.path(), &["migrate", "--no-backup"]).ok();
         slow_commit_of(&db, 2000);
         let f = folder_of(&entries);
-        let mut d = daemon(
+        let mut d = Daemon::start(
             &db.url(),
             f.path(),
             "apply_on_start = false\nbackup_enabled = false",
         );
-        d.wait_ready();
+        d.ready();
         let socket = d.socket.clone();
         let client = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
         wait_until(point, || activity(&db, condition));
@@ -278,12 +278,12 @@ fn postgres_dying_mid_migration_loses_nothing_and_the_daemon_recovers() {
     );
 
     // The daemon: the trigger fails, PostgreSQL comes back, the next trigger applies it once.
-    let mut d = daemon(
+    let mut d = Daemon::start(
         &url,
         f.path(),
         "apply_on_start = false\nbackup_enabled = false",
     );
-    d.wait_ready();
+    d.ready();
     let socket = d.socket.clone();
     let client = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
     wait_until("the slow statement", || {
@@ -333,8 +333,8 @@ fn eight_clis_and_two_daemons_at_once_apply_fifty_migrations_exactly_once() {
         .map(|i| (format!("{i:04}_t{i}"), 1000 + i as i64, format!("CREATE TABLE t{i} (id int);--> statement-breakpoint\nCREATE INDEX t{i}_idx ON t{i} (id);\n")))
         .collect();
     let f = folder_of(&entries);
-    let mut daemons: Vec<TestDaemon> = (0..2)
-        .map(|_| daemon(&db.url(), f.path(), "backup_enabled = false"))
+    let mut daemons: Vec<Daemon> = (0..2)
+        .map(|_| Daemon::start(&db.url(), f.path(), "backup_enabled = false"))
         .collect();
     let clis: Vec<Child> = (0..8)
         .map(|_| {
@@ -360,9 +360,9 @@ fn eight_clis_and_two_daemons_at_once_apply_fifty_migrations_exactly_once() {
         applied += run.stdout.matches("Applied:").count();
     }
     for d in &mut daemons {
-        d.wait_ready();
+        d.ready();
         d.signal(libc::SIGTERM);
-        assert_eq!(d.wait_exit(), 0);
+        assert_eq!(d.wait_exit(Duration::from_secs(30)), 0);
         applied += d.log().matches("Applied: ").count();
     }
     assert_eq!(applied, 50, "each migration applied by exactly one process");
@@ -572,8 +572,8 @@ fn the_trigger_socket_under_abuse_while_a_migration_runs() {
     let db = Db::new();
     let slow = "CREATE TABLE slow (id int);--> statement-breakpoint\nSELECT pg_sleep(3);";
     let f = Folder::new(&[("0000_a", 1000, "CREATE TABLE a (id int);")]);
-    let mut d = daemon(&db.url(), f.path(), "backup_enabled = false");
-    d.wait_ready();
+    let mut d = Daemon::start(&db.url(), f.path(), "backup_enabled = false");
+    d.ready();
     f.write(&[
         ("0000_a", 1000, "CREATE TABLE a (id int);"),
         ("0001_slow", 2000, slow),
@@ -728,120 +728,4 @@ fn replicas_only_the_primary_is_migrated() {
         "{}",
         run.stderr
     );
-}
-
-// --- a small daemon driver (the full one lives in tests/daemon.rs) ---
-
-struct TestDaemon {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-fn daemon(url: &str, folder: &Path, extra: &str) -> TestDaemon {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("trigger.sock");
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "database_url = {url:?}\nmigrations_dir = {:?}\nsocket_path = {:?}\nlog_target = \"stderr\"\n{extra}\n",
-            folder.display().to_string(),
-            socket.display().to_string()
-        ),
-    )
-    .unwrap();
-    let log = dir.path().join("daemon.log");
-    let child = common::bin()
-        .arg("daemon")
-        .env("VAMSA_MIGRATE_CONFIG", &config)
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("JOURNAL_STREAM")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    TestDaemon {
-        child,
-        socket,
-        log,
-        _dir: dir,
-    }
-}
-
-impl TestDaemon {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !self.log().contains("ready: ") {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("daemon exited ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon not ready:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: a signal to our own child.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for TestDaemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn request(socket: &Path, line: &[u8]) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut stream = loop {
-        match UnixStream::connect(socket) {
-            Ok(s) => break s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            Err(e) => panic!("connect: {e}"),
-        }
-    };
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    stream.write_all(line).unwrap();
-    let mut events = Vec::new();
-    for l in BufReader::new(stream).lines() {
-        let Ok(l) = l else { break };
-        let v: Value = serde_json::from_str(&l).unwrap();
-        let done = v["event"] == "done";
-        events.push(v);
-        if done {
-            break;
-        }
-    }
-    events
 }

@@ -2,6 +2,8 @@
 //! temp dir), a fresh database per test, and helpers to run the real binary.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};

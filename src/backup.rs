@@ -163,9 +163,13 @@ pub fn list(dir: &Path) -> io::Result<Vec<Listed>> {
     Ok(found)
 }
 
-/// Keeps the newest `keep` of our dumps; returns what it removed.
-pub fn prune(dir: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
-    let ours = list(dir)?;
+/// Keeps the newest `keep` of our dumps of `database` (a shared folder keeps each database's
+/// own); returns what it removed.
+pub fn prune(dir: &Path, database: &str, keep: usize) -> io::Result<Vec<PathBuf>> {
+    let ours: Vec<Listed> = list(dir)?
+        .into_iter()
+        .filter(|b| b.database == sanitize(database))
+        .collect();
     let excess = ours.len().saturating_sub(keep);
     let mut removed = Vec::new();
     for old in ours.into_iter().take(excess) {
@@ -321,7 +325,7 @@ pub async fn take(
     fs::rename(&tmp_path, &final_path).map_err(dir_err)?;
     partial.0 = None;
     let bytes = fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
-    if let Err(e) = prune(dir, settings.keep.max(1)) {
+    if let Err(e) = prune(dir, &dbname, settings.keep.max(1)) {
         tracing::warn!("backup retention in {}: {e}", dir.display());
     }
     Ok(Backup {

@@ -143,6 +143,14 @@ fn a_backup_precedes_a_run_with_pending_migrations_and_restores_the_old_state() 
 fn retention_keeps_the_newest_n_and_never_touches_other_files() {
     let db = Db::new();
     std::fs::write(db.backups.path().join("nightly.dump"), "not ours").unwrap();
+    // Another database's dump in the same folder is that database's business.
+    std::fs::write(
+        db.backups
+            .path()
+            .join("otherdb-20200101T000000Z-before-0000_x.dump"),
+        "x",
+    )
+    .unwrap();
     std::fs::write(db.backups.path().join("notes.txt"), "keep me").unwrap();
     let mut entries: Vec<(String, i64, String)> = Vec::new();
     for i in 0..4 {
@@ -170,7 +178,10 @@ fn retention_keeps_the_newest_n_and_never_touches_other_files() {
         .iter()
         .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
         .collect();
-    let ours: Vec<&String> = names.iter().filter(|n| n.contains("-before-")).collect();
+    let ours: Vec<&String> = names
+        .iter()
+        .filter(|n| n.starts_with(&db.name) && n.contains("-before-"))
+        .collect();
     assert_eq!(ours.len(), 2, "{names:?}");
     assert!(
         ours[0].ends_with("-before-0002_t2.dump") && ours[1].ends_with("-before-0003_t3.dump"),
@@ -179,6 +190,7 @@ fn retention_keeps_the_newest_n_and_never_touches_other_files() {
     assert!(
         names.contains(&"nightly.dump".to_string()) && names.contains(&"notes.txt".to_string())
     );
+    assert!(names.contains(&"otherdb-20200101T000000Z-before-0000_x.dump".to_string()));
 
     let list = Run::from(
         common::bin()
@@ -188,7 +200,7 @@ fn retention_keeps_the_newest_n_and_never_touches_other_files() {
             .unwrap(),
     );
     list.ok();
-    assert_eq!(list.stdout.lines().count(), 2, "{}", list.stdout);
+    assert_eq!(list.stdout.lines().count(), 3, "{}", list.stdout);
     assert!(
         list.stdout
             .lines()

@@ -12,6 +12,9 @@
 # test drives it from outside with nsenter, prints PASS/FAIL per check, and always cleans up
 # (kills the namespace, removes its cgroup and temp folder), also on timeout or Ctrl-C.
 #
+# E2E_HOLD=N keeps the namespace running after section N (until E2E_TIMEOUT, default 480 s,
+# or Ctrl-C) and prints the nsenter command to look inside.
+#
 # Outputs, in E2E_OUTPUT_DIR (default target/systemd-e2e):
 #   systemctl-status.txt  `systemctl status vamsa-migrate` after the hook applied a migration
 #   journal.txt           `journalctl -u vamsa-migrate` at the end (before the purge)
@@ -64,29 +67,28 @@ cgroup=""
 launcher=""
 pid1=""
 
+# Kills everything in the test's cgroup (the launcher, and systemd with all it started),
+# removes the cgroup and the temp folder. Used by the EXIT trap and by the reaper.
+teardown() {
+    local cg="$1" dir="$2"
+    if [ -n "$cg" ] && [ -d "$cg" ]; then
+        for _ in $(seq 1 50); do
+            echo 1 >"$cg/cgroup.kill" 2>/dev/null
+            find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null
+            [ -d "$cg" ] || break
+            sleep 0.2
+        done
+        [ -d "$cg" ] && echo "warning: could not remove the cgroup $cg" >&2
+    fi
+    [ -n "$dir" ] && rm -rf "$dir"
+}
+
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    if [ -n "$pid1" ] && [ -d "/proc/$pid1" ]; then
-        kill -KILL "$pid1" 2>/dev/null
-    fi
-    if [ -n "$launcher" ] && [ -d "/proc/$launcher" ]; then
-        kill -KILL "$launcher" 2>/dev/null
-        wait "$launcher" 2>/dev/null
-    fi
-    # Killing PID 1 of the pid namespace kills every process in it; wait for the cgroup to empty.
-    if [ -n "$cgroup" ] && [ -d "$cgroup" ]; then
-        for _ in $(seq 1 50); do
-            find "$cgroup" -depth -type d -exec rmdir {} + 2>/dev/null
-            [ -d "$cgroup" ] || break
-            sleep 0.2
-        done
-        [ -d "$cgroup" ] && say "warning: could not remove the cgroup $cgroup"
-    fi
-    if [ -n "$tmp" ] && [ -d "$tmp" ]; then
-        [ -f "$tmp/console.log" ] && cp "$tmp/console.log" "$out/console.log" 2>/dev/null
-        rm -rf "$tmp"
-    fi
+    [ -n "$tmp" ] && [ -f "$tmp/console.log" ] && cp "$tmp/console.log" "$out/console.log" 2>/dev/null
+    teardown "$cgroup" "$tmp"
+    [ -n "$launcher" ] && wait "$launcher" 2>/dev/null
     exit "$status"
 }
 trap cleanup EXIT
@@ -108,6 +110,13 @@ done
 [ -n "$cgroup_root" ] || die "no cgroup v2 hierarchy mounted"
 cgroup="$cgroup_root/vamsa-e2e.$$"
 mkdir "$cgroup" || die "cannot create $cgroup"
+[ -e "$cgroup/cgroup.kill" ] || die "cgroup.kill is not supported by this kernel (Linux 5.14 or newer needed)"
+
+# The reaper: should this script be killed outright (SIGKILL), it tears the namespace down.
+script_pid=$$
+setsid bash -c "$(declare -f teardown)"'
+    while kill -0 "$0" 2>/dev/null; do sleep 1; done
+    teardown "$1" "$2"' "$script_pid" "$cgroup" "$tmp" </dev/null >/dev/null 2>&1 &
 
 # Units that would act on the host (clock, disks, kernel, consoles) or are useless here.
 masked="systemd-networkd.service systemd-networkd.socket systemd-networkd-wait-online.service
@@ -156,7 +165,12 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
 mkdir -p "$R/e2e"
 mount --bind "$T/share" "$R/e2e"
 for u in $MASKED; do ln -sf /dev/null "$R/etc/systemd/system/$u"; done
+# Docker-style images forbid service starts from maintainer scripts; a real machine does not.
+rm -f "$R/usr/sbin/policy-rc.d"
 rm -f "$R/etc/machine-id"; : > "$R/etc/machine-id"
+# What systemd does itself when it is not in a container: shared propagation (needed for
+# the credentials of LoadCredential=). The namespace stays private towards the host.
+mount --make-rshared "$R"
 ip link set lo up
 hostname vamsa-e2e
 exec chroot "$R" /usr/bin/env -i container=vamsa-e2e PATH=/usr/sbin:/usr/bin:/sbin:/bin \
@@ -183,7 +197,8 @@ done
 # Runs a command inside, with a clean environment and a time limit.
 inside() {
     timeout 120 nsenter -t "$pid1" -a -r -w \
-        env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb "$@"
+        env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 TERM=dumb \
+        VAMSA_HOOK_TRIGGER_TIMEOUT=90s "$@"
 }
 # The same with stdin closed (most commands).
 in_() { inside "$@" </dev/null; }
@@ -211,10 +226,21 @@ details() {
     sed 's/^/    | /' <<<"$1" | head -n "${2:-40}"
 }
 
+section() {
+    # section N TITLE: holds here when E2E_HOLD asks for it, then announces the section.
+    if [ -n "${E2E_HOLD:-}" ] && [ "$1" -gt "$E2E_HOLD" ]; then
+        say "systemd-e2e: holding after section $E2E_HOLD; look inside with:"
+        say "  nsenter -t $pid1 -a -r -w env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb bash"
+        sleep infinity &
+        wait $!
+    fi
+    say "--- $1. $2"
+}
+
 say "systemd-e2e: $deb"
 say "systemd-e2e: PostgreSQL $pg_version, namespace PID 1 is host pid $pid1"
 
-# --- 1. Boot ---------------------------------------------------------------------------
+section 1 "Boot"
 state=""
 for _ in $(seq 1 120); do
     state="$(in_ systemctl is-system-running 2>/dev/null)"
@@ -230,7 +256,7 @@ else
     exit 1
 fi
 
-# --- 2. Install ------------------------------------------------------------------------
+section 2 "Install"
 install_out="$(in_ dpkg -i /e2e/vamsa-migrate.deb 2>&1)"
 if [ $? -eq 0 ]; then pass "dpkg -i installs the package"; else
     fail "dpkg -i installs the package"
@@ -272,7 +298,7 @@ else
     details "$security_out" 60
 fi
 
-# --- 3. Database, migrations checkout with the hook, configuration ----------------------
+section 3 "Database, migrations checkout with the hook, configuration"
 in_ systemctl start "postgresql@$pg_version-main" >/dev/null 2>&1 ||
     in_ pg_createcluster --start "$pg_version" main >/dev/null 2>&1
 for _ in $(seq 1 60); do
@@ -312,13 +338,13 @@ database_url = "postgres://vamsa@127.0.0.1:5432/vamsa"
 migrations_dir = "/srv/vamsa/drizzle"
 EOF
 in_ systemctl daemon-reload
-config_check="$(in_ vamsa-migrate status 2>&1)"
+config_check="$(in_ env CREDENTIALS_DIRECTORY=/etc/vamsa-migrate vamsa-migrate status 2>&1)"
 [ $? -eq 3 ] && pass "the packaged config plus database_url and migrations_dir is valid (status: 5 pending)" ||
     { fail "config check with vamsa-migrate status"; details "$config_check"; }
 
 tracking_rows() { DB=vamsa sql "SELECT count(*) FROM drizzle.__drizzle_migrations" 2>/dev/null || echo none; }
 
-# --- 4. Start: migrations applied before the unit is active -----------------------------
+section 4 "Start: migrations applied before the unit is active"
 start_out="$(in_ systemctl start vamsa-migrate 2>&1)"
 start_status=$?
 rows="$(tracking_rows)"
@@ -340,7 +366,7 @@ else
     fail "the daemon did not get the socket from systemd"
 fi
 
-# --- 5. The app unit (with the packaged drop-in) starts only after the migrations -------
+section 5 "The app unit (with the packaged drop-in) starts only after the migrations"
 in_ systemctl stop vamsa-migrate
 sql "DROP DATABASE vamsa WITH (FORCE)" && sql "CREATE DATABASE vamsa OWNER vamsa"
 inside sh -ec 'cat > /etc/systemd/system/vamsa-app.service' <<EOF
@@ -370,7 +396,7 @@ else
     details "$app_out"
 fi
 
-# --- 6. The post-merge hook after git pull ----------------------------------------------
+section 6 "The post-merge hook after git pull"
 # A new migration, made with `vamsa-migrate new` upstream.
 in_ sh -ec '
 cd /srv/upstream
@@ -415,7 +441,7 @@ else
 fi
 [ "$(tracking_rows)" = "6" ] && pass "nothing of the broken migration was recorded" || fail "tracking rows after the failure: $(tracking_rows)"
 
-# --- 7. The journal ----------------------------------------------------------------------
+section 7 "The journal"
 in_ journalctl -u vamsa-migrate -o json --no-pager >"$tmp/journal.json" 2>/dev/null
 journal_check="$(python3 - "$tmp/journal.json" <<'EOF'
 import json, sys
@@ -453,7 +479,7 @@ else
 fi
 details "$journal_check"
 
-# --- 8. A failing start-up migration keeps the app down ---------------------------------
+section 8 "A failing start-up migration keeps the app down"
 in_ systemctl stop vamsa-migrate.socket vamsa-migrate.service
 in_ rm -f /run/vamsa-app.out
 gate_out="$(in_ systemctl start vamsa-app 2>&1)"
@@ -483,7 +509,7 @@ fi
 in_ sh -ec 'cd /srv/upstream && git revert --no-edit HEAD >/dev/null && cd /srv/vamsa && git pull -q >/dev/null 2>&1' ||
     fail "reverting 0006"
 
-# --- 9. Socket activation ------------------------------------------------------------------
+section 9 "Socket activation"
 in_ systemctl start vamsa-migrate.socket
 before="$(in_ systemctl is-active vamsa-migrate.service)"
 trigger_out="$(in_ vamsa-migrate trigger --timeout 60s 2>&1)"
@@ -496,7 +522,7 @@ else
     details "$trigger_out"
 fi
 
-# --- 10. Who may trigger -------------------------------------------------------------------
+section 10 "Who may trigger"
 in_ useradd --create-home --shell /bin/sh deploy
 in_ usermod -a -G vamsa-migrate deploy
 in_ useradd --create-home --shell /bin/sh outsider
@@ -517,7 +543,7 @@ outsider_cfg_status=$?
 [ $outsider_cfg_status -ne 0 ] && pass "a user outside the group cannot read the config either (trigger exit $outsider_cfg_status)" ||
     { fail "outsider read the config"; details "$outsider_cfg"; }
 
-# --- 11. Reload and restart ------------------------------------------------------------------
+section 11 "Reload and restart"
 pid_before="$(show vamsa-migrate.service MainPID)"
 inside sh -ec 'sed -i "s/^# settle = \"500ms\"/settle = \"1s\"/" /etc/vamsa-migrate/config.toml' </dev/null
 reload_since="$(in_ date '+%Y-%m-%d %H:%M:%S')"
@@ -573,7 +599,7 @@ else
     fail "the app was not restarted with vamsa-migrate"
 fi
 
-# --- 12. Package upgrade (reinstall) restarts the service; the socket keeps working --------
+section 12 "Package upgrade (reinstall) restarts the service; the socket keeps working"
 pid_before="$(show vamsa-migrate.service MainPID)"
 upgrade_out="$(in_ dpkg -i /e2e/vamsa-migrate.deb 2>&1)"
 upgrade_status=$?
@@ -590,7 +616,7 @@ else
 $trigger_out"
 fi
 
-# --- 13. Clean stop ----------------------------------------------------------------------------
+section 13 "Clean stop"
 in_ systemctl stop vamsa-app
 stop_out="$(in_ systemctl stop vamsa-migrate 2>&1)"
 stop_status=$?
@@ -603,7 +629,7 @@ else
     details "$stop_out"
 fi
 
-# --- 14. The packaged demo uses the packaged migrations ---------------------------------------
+section 14 "The packaged demo uses the packaged migrations"
 demo_out="$(in_ sh -c 'cd / && vamsa-migrate demo 2>&1')"
 if [ $? -eq 0 ] && grep -q "migrations: /usr/share/vamsa-migrate/demo-migrations" <<<"$demo_out" &&
     grep -q "Migration complete." <<<"$demo_out"; then
@@ -616,7 +642,7 @@ fi
 in_ journalctl -u vamsa-migrate --no-pager >"$out/journal.txt" 2>&1
 in_ journalctl -u vamsa-migrate -o json --no-pager >"$out/journal.json" 2>&1
 
-# --- 15. Purge -------------------------------------------------------------------------------
+section 15 "Purge"
 purge_out="$(in_ dpkg --purge vamsa-migrate 2>&1)"
 purge_status=$?
 leftovers=""

@@ -237,16 +237,25 @@ pub async fn migrate(
     args: &MigrateArgs,
     quiet: bool,
 ) -> u8 {
-    let set = match MigrationSet::load(&settings.migrations_dir) {
-        Ok(set) => set,
-        Err(e) => return fail(&e.into(), args.format),
-    };
     let pg = match settings.pg_config(env) {
         Ok(pg) => pg,
         Err(e) => return fail(&e.into(), args.format),
     };
     let engine = Engine::new(settings, &pg);
-    let client = match engine.connect().await {
+    // Read the folder on another core while the server starts a backend for us. A bad folder
+    // is still reported first, and connecting changes nothing.
+    let dir = settings.migrations_dir.clone();
+    let loading = tokio::task::spawn_blocking(move || MigrationSet::load(&dir));
+    let (set, client) = tokio::join!(loading, engine.connect());
+    let set = match set {
+        Ok(Ok(set)) => set,
+        Ok(Err(e)) => return fail(&e.into(), args.format),
+        Err(e) => {
+            eprintln!("Error: reading the migrations folder: {e}");
+            return exit::FAILED;
+        }
+    };
+    let client = match client {
         Ok(c) => c,
         Err(e) => return fail(&e.into(), args.format),
     };
@@ -259,7 +268,7 @@ pub async fn migrate(
         no_backup: args.no_backup,
     };
     let mut reporter = Reporter::new(
-        io::stdout(),
+        io::BufWriter::new(io::stdout()),
         args.format,
         HumanOptions {
             quiet,
@@ -296,7 +305,7 @@ pub async fn status(settings: &Settings, env: &HashMap<String, String>, format: 
         Err(e) => return fail(&e, format),
     };
     let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
-    let mut out = io::stdout().lock();
+    let mut out = io::BufWriter::new(io::stdout().lock());
     let _ = report::write_status(&mut out, &status, &warnings, format);
     let _ = out.flush();
     if status.plan.has_drift() {

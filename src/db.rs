@@ -185,22 +185,26 @@ pub async fn read_rows(
     client: &Client,
     tracking: &Tracking,
 ) -> Result<Option<Vec<AppliedRow>>, DbError> {
-    let exists = client
+    // Whether the table exists, and whether it has our optional `applied_at` column (a table
+    // Drizzle created does not).
+    let found = client
         .query_one(
-            "SELECT to_regclass($1) IS NOT NULL",
+            "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
+             WHERE attrelid = to_regclass($1) AND attname = 'applied_at' AND NOT attisdropped)",
             &[&tracking.qualified()],
         )
         .await
         .map_err(DbError::query("looking for the tracking table"))?;
-    if !exists.get::<_, bool>(0) {
+    if !found.get::<_, bool>(0) {
         return Ok(None);
     }
-    // `to_jsonb(t)` reads our optional `applied_at` column whether or not this table has it
-    // (a table Drizzle created does not).
+    let applied_at = if found.get::<_, bool>(1) {
+        "to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
+    } else {
+        "NULL::text"
+    };
     let sql = format!(
-        "SELECT id, hash, created_at, \
-         to_char((to_jsonb(t)->>'applied_at')::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
-         FROM {} t ORDER BY id",
+        "SELECT id, hash, created_at, {applied_at} FROM {} ORDER BY id",
         tracking.qualified()
     );
     let rows = client

@@ -115,6 +115,16 @@ impl<'a> Plan<'a> {
 
     /// Drift that must stop a run, in journal order.
     pub fn blockers(&self) -> Vec<Blocker> {
+        // For each position, the first applied migration after it: one backward pass, so that
+        // a long run of holes stays linear.
+        let mut next_applied: Vec<Option<&str>> = vec![None; self.items.len()];
+        let mut next = None;
+        for (i, item) in self.items.iter().enumerate().rev() {
+            next_applied[i] = next;
+            if matches!(item.state, State::Applied(_) | State::Edited { .. }) {
+                next = Some(item.migration.file_name.as_str());
+            }
+        }
         let mut blockers = Vec::new();
         for (i, item) in self.items.iter().enumerate() {
             match &item.state {
@@ -128,13 +138,7 @@ impl<'a> Plan<'a> {
                     current: item.migration.hash.clone(),
                 }),
                 State::OutOfOrder { allowed: false } => {
-                    let later = self.items[i + 1..]
-                        .iter()
-                        .find(|later| {
-                            matches!(later.state, State::Applied(_) | State::Edited { .. })
-                        })
-                        .map(|later| later.migration.file_name.clone())
-                        .unwrap_or_default();
+                    let later = next_applied[i].unwrap_or_default().to_string();
                     blockers.push(Blocker::OutOfOrder {
                         file: item.migration.file_name.clone(),
                         later,
@@ -250,6 +254,7 @@ mod tests {
                         hash: drizzle_hash(&sql),
                         statements: split_statements(&sql),
                         no_transaction: false,
+                        stamp: None,
                     }
                 })
                 .collect(),

@@ -44,6 +44,41 @@ pub struct Migration {
     pub hash: String,
     pub statements: Vec<Statement>,
     pub no_transaction: bool,
+    /// The file's identity when it was read, if old enough to be trusted for reuse.
+    pub stamp: Option<FileStamp>,
+}
+
+/// What identifies a file's content without reading it: device, inode, size, and change
+/// times to the nanosecond. Only recorded for files last changed a while before they were
+/// read (see [`FileStamp::trusted`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+/// A file changed less than this before we read it may change again within the same
+/// timestamp tick, invisibly; such files are read again next time (git's "racy" rule).
+const RACY: i128 = 2_000_000_000;
+
+impl FileStamp {
+    fn of(meta: &fs::Metadata) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
+        }
+    }
+
+    fn trusted(self, now_ns: i128) -> Option<FileStamp> {
+        (now_ns - self.ctime_ns.max(self.mtime_ns) > RACY).then_some(self)
+    }
 }
 
 /// Something odd about the folder that does not stop a run but that an admin should see.
@@ -169,6 +204,16 @@ struct JournalEntry {
 impl MigrationSet {
     /// Reads and validates `dir`. Nothing is written anywhere.
     pub fn load(dir: &Path) -> Result<MigrationSet, SourceError> {
+        MigrationSet::load_reusing(dir, None)
+    }
+
+    /// Like [`load`](Self::load), but a file whose stamp is unchanged since `previous` read it
+    /// is not read, hashed and split again. The daemon re-reads the folder for every run; this
+    /// keeps that cheap for thousands of migrations while every file is still checked.
+    pub fn load_reusing(
+        dir: &Path,
+        previous: Option<&MigrationSet>,
+    ) -> Result<MigrationSet, SourceError> {
         let journal_path = dir.join(JOURNAL);
         let journal_text = match fs::read(&journal_path) {
             Ok(bytes) => bytes,
@@ -196,6 +241,12 @@ impl MigrationSet {
             source,
         })?;
 
+        let known: HashMap<&str, &Migration> = previous
+            .map(|p| p.migrations.iter().map(|m| (m.tag.as_str(), m)).collect())
+            .unwrap_or_default();
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
         let mut seen_idx = BTreeSet::new();
         let mut seen_tag = BTreeSet::new();
         let mut migrations = Vec::with_capacity(journal.entries.len());
@@ -222,6 +273,21 @@ impl MigrationSet {
             }
             let file_name = format!("{}.sql", entry.tag);
             let path = dir.join(&file_name);
+            // Symlinks always take the full path below (it checks where they lead).
+            let stamp = fs::symlink_metadata(&path)
+                .ok()
+                .filter(|meta| meta.file_type().is_file())
+                .map(|meta| FileStamp::of(&meta));
+            if let Some(known) = known.get(entry.tag.as_str()) {
+                if stamp.is_some() && known.stamp == stamp {
+                    migrations.push(Migration {
+                        idx: entry.idx,
+                        when: entry.when,
+                        ..(*known).clone()
+                    });
+                    continue;
+                }
+            }
             let bytes =
                 read_migration_file(&path, &canonical_dir, &file_name, &journal_path, &entry)?;
             let text = String::from_utf8(bytes).map_err(|e| {
@@ -245,6 +311,7 @@ impl MigrationSet {
                 when: entry.when,
                 file_name,
                 statements,
+                stamp: stamp.and_then(|s| s.trusted(now_ns)),
             });
         }
 
@@ -308,6 +375,27 @@ fn read_migration_file(
     journal_path: &Path,
     entry: &JournalEntry,
 ) -> Result<Vec<u8>, SourceError> {
+    let io_err = |source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // The tag is one plain name, so only a symlink can lead out of the folder; resolving every
+    // path would cost two readlink calls per file for nothing.
+    let is_link = match fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type().is_symlink(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SourceError::MissingFile {
+                path: journal_path.to_path_buf(),
+                idx: entry.idx,
+                tag: entry.tag.clone(),
+                file_name: file_name.to_string(),
+            })
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    if !is_link {
+        return fs::read(path).map_err(io_err);
+    }
     let target = match fs::canonicalize(path) {
         Ok(target) => target,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -333,10 +421,7 @@ fn read_migration_file(
             target,
         });
     }
-    fs::read(path).map_err(|source| SourceError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read(path).map_err(io_err)
 }
 
 /// A tag must be one plain file-name component, so `<tag>.sql` stays inside the folder.
@@ -461,5 +546,32 @@ mod tests {
         assert!(!has_no_transaction_marker(
             "SELECT 1;\n-- vamsa-migrate: no-transaction\n"
         ));
+    }
+
+    #[test]
+    fn unchanged_files_are_reused_and_changed_ones_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("meta")).unwrap();
+        fs::write(
+            dir.path().join("meta/_journal.json"),
+            r#"{"entries":[{"idx":0,"when":1,"tag":"a"},{"idx":1,"when":2,"tag":"b"}]}"#,
+        )
+        .unwrap();
+        fs::write(dir.path().join("a.sql"), "SELECT 1;").unwrap();
+        fs::write(dir.path().join("b.sql"), "SELECT 2;").unwrap();
+        let fresh = MigrationSet::load(dir.path()).unwrap();
+        assert!(
+            fresh.migrations.iter().all(|m| m.stamp.is_none()),
+            "just written: not trusted yet"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let first = MigrationSet::load(dir.path()).unwrap();
+        assert!(first.migrations.iter().all(|m| m.stamp.is_some()));
+        // Same size, new content: the stamp (ctime, mtime) tells.
+        fs::write(dir.path().join("b.sql"), "SELECT 3;").unwrap();
+        let second = MigrationSet::load_reusing(dir.path(), Some(&first)).unwrap();
+        assert_eq!(second.migrations[0], first.migrations[0]);
+        assert_eq!(second.migrations[1].hash, drizzle_hash("SELECT 3;"));
+        assert!(second.migrations[1].stamp.is_none());
     }
 }

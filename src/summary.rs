@@ -10,9 +10,14 @@ pub fn summarize(sql: &str) -> String {
     let mut depth = 0usize;
     let mut quote: Option<char> = None;
     let mut pending_space = false;
-    for line in sql.lines() {
+    'lines: for line in sql.lines() {
         let code = strip_line_comment(line);
         for c in code.chars() {
+            // More than MAX_CHARS characters are known to be there: the summary will be cut
+            // anyway, so the rest of a long statement need not be read.
+            if out.len() > MAX_CHARS * 4 {
+                break 'lines;
+            }
             if let Some(q) = quote {
                 if depth == 0 {
                     out.push(c);

@@ -116,7 +116,12 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
         );
         return exit::START_FAILED;
     }
-    let status = current_status(&shared).await;
+    // The start-up job left its STATUS; compute one only if it did not get that far.
+    let last = shared.last_status.borrow().clone();
+    let status = match last {
+        Some(s) => s,
+        None => current_status(&shared).await,
+    };
     tracing::info!("ready: {status}");
     notifier.ready(&status);
 
@@ -211,8 +216,8 @@ fn start_watch(dir: &Path, tx: &mpsc::UnboundedSender<()>) -> Option<watch::Fold
 /// The folder has been quiet for `settle`: plan only if it is consistent, never from a
 /// half-written state.
 fn folder_settled(shared: &Shared, jobs: &mpsc::UnboundedSender<Job>) {
-    let dir = shared.settings.borrow().migrations_dir.clone();
-    match crate::source::MigrationSet::load(&dir) {
+    // The runner's own read right after this one reuses every file read here.
+    match shared.load_folder() {
         Ok(_) => {
             let _ = jobs.send(Job {
                 kind: JobKind::FolderChanged,
@@ -292,7 +297,7 @@ async fn run_and_wait(
 
 async fn current_status(shared: &Shared) -> String {
     let settings = shared.settings.borrow().clone();
-    let Ok(set) = crate::source::MigrationSet::load(&settings.migrations_dir) else {
+    let Ok(set) = shared.load_folder() else {
         return "Migrations folder unreadable; see the journal".into();
     };
     let (Ok(pg), Ok(client)) = (settings.pg_config(&shared.env), shared.client().await) else {

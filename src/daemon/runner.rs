@@ -50,6 +50,10 @@ pub struct Shared {
     pub starting: Cell<bool>,
     /// Pending file names last reported, to log only changes.
     last_pending: RefCell<Option<Vec<String>>>,
+    /// The folder as last read: unchanged files are not read again (see `load_reusing`).
+    last_set: RefCell<Option<Rc<MigrationSet>>>,
+    /// The STATUS text last sent, for READY after start-up and reloads.
+    pub last_status: RefCell<Option<String>>,
 }
 
 impl Shared {
@@ -65,7 +69,23 @@ impl Shared {
             idle: Notify::new(),
             starting: Cell::new(true),
             last_pending: RefCell::new(None),
+            last_set: RefCell::new(None),
+            last_status: RefCell::new(None),
         }
+    }
+
+    /// Reads the folder, reusing what did not change since the last read.
+    pub fn load_folder(&self) -> Result<Rc<MigrationSet>, crate::source::SourceError> {
+        let dir = self.settings.borrow().migrations_dir.clone();
+        let previous = self.last_set.borrow().clone();
+        let set = Rc::new(MigrationSet::load_reusing(&dir, previous.as_deref())?);
+        *self.last_set.borrow_mut() = Some(set.clone());
+        Ok(set)
+    }
+
+    fn set_status(&self, text: String) {
+        self.notifier.status(&text);
+        *self.last_status.borrow_mut() = Some(text);
     }
 
     /// The open connection, or a new one. A connection that broke (PostgreSQL restarted while
@@ -134,7 +154,7 @@ fn send(job: &Job, event: Event) {
 async fn run_job(shared: &Shared, job: &Job) {
     let settings = shared.settings.borrow().clone();
     tracing::debug!(ORIGIN = %job.origin, "job {:?}", job.kind);
-    let set = match MigrationSet::load(&settings.migrations_dir) {
+    let set = match shared.load_folder() {
         Ok(set) => set,
         Err(e) => return fail(shared, job, &e.into()),
     };
@@ -182,7 +202,6 @@ async fn run_job(shared: &Shared, job: &Job) {
                 return;
             }
             if settings.daemon.apply != ApplyPolicy::OnChange {
-                update_status(shared, &engine, &client, &set).await;
                 return;
             }
             true
@@ -255,7 +274,8 @@ fn forget_broken_connection(shared: &Shared, e: &EngineError) {
     }
 }
 
-/// Logs and announces newly pending migrations; false when the database could not be read.
+/// Logs newly pending migrations and sets STATUS, from one plan; false when the database
+/// could not be read.
 async fn report_pending(
     shared: &Shared,
     engine: &Engine<'_>,
@@ -276,19 +296,21 @@ async fn report_pending(
                 })
                 .map(|i| i.migration.file_name.clone())
                 .collect();
-            let mut last = shared.last_pending.borrow_mut();
-            if last.as_ref() != Some(&pending) {
-                if !pending.is_empty() {
-                    tracing::info!(
-                        PENDING = pending.len(),
-                        "{} pending migration{} detected: {}",
-                        pending.len(),
-                        if pending.len() == 1 { "" } else { "s" },
-                        pending.join(", ")
-                    );
-                }
-                *last = Some(pending);
+            let changed = shared.last_pending.borrow().as_ref() != Some(&pending);
+            if changed && !pending.is_empty() {
+                tracing::info!(
+                    PENDING = pending.len(),
+                    "{} pending migration{} detected: {}",
+                    pending.len(),
+                    if pending.len() == 1 { "" } else { "s" },
+                    pending.join(", ")
+                );
             }
+            *shared.last_pending.borrow_mut() = Some(pending);
+            shared.set_status(status_line_for(
+                &status.plan,
+                shared.settings.borrow().daemon.apply,
+            ));
             true
         }
         Err(e) => {
@@ -310,7 +332,7 @@ pub async fn update_status(
         Ok(status) => status_line_for(&status.plan, shared.settings.borrow().daemon.apply),
         Err(e) => format!("Cannot read the tracking table: {e}"),
     };
-    shared.notifier.status(&text);
+    shared.set_status(text);
 }
 
 pub fn status_line_for(plan: &crate::plan::Plan<'_>, policy: ApplyPolicy) -> String {

@@ -10,15 +10,21 @@ use sd_notify::NotifyState;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Notifier;
 
+/// How long a state change (READY, STOPPING, ...) may wait for a busy service manager.
+const STATE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Notifier {
-    /// Sends without blocking, like libsystemd's `sd_notify` (MSG_DONTWAIT): a manager that
-    /// does not read its socket must never stall the daemon (and with it the trigger socket).
+    /// State changes must arrive: they are sent with a bounded wait when the manager's queue
+    /// is full. STATUS texts are informational and sent without waiting, so a manager that is
+    /// slow to read can never stall the daemon (and with it the trigger socket) mid-run.
     fn send(&self, states: &[NotifyState<'_>]) {
         let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
             return;
         };
+        let informational = states.iter().all(|s| matches!(s, NotifyState::Status(_)));
         let message: String = states.iter().map(|s| format!("{s}\n")).collect();
-        if let Err(e) = send_nonblocking(&path, message.as_bytes()) {
+        let wait = (!informational).then_some(STATE_SEND_TIMEOUT);
+        if let Err(e) = send_datagram(&path, message.as_bytes(), wait) {
             tracing::debug!("sd_notify failed: {e}");
         }
     }
@@ -63,7 +69,7 @@ pub fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 
-fn send_nonblocking(path: &std::ffi::OsStr, message: &[u8]) -> io::Result<()> {
+fn send_datagram(path: &std::ffi::OsStr, message: &[u8], wait: Option<Duration>) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = path.as_bytes();
     let address = match bytes.strip_prefix(b"@") {
@@ -74,7 +80,10 @@ fn send_nonblocking(path: &std::ffi::OsStr, message: &[u8]) -> io::Result<()> {
         None => SocketAddr::from_pathname(path)?,
     };
     let socket = UnixDatagram::unbound()?;
-    socket.set_nonblocking(true)?;
+    match wait {
+        Some(limit) => socket.set_write_timeout(Some(limit))?,
+        None => socket.set_nonblocking(true)?,
+    }
     socket.send_to_addr(message, &address)?;
     Ok(())
 }

@@ -19,7 +19,7 @@
 #   systemctl-status.txt  `systemctl status vamsa-migrate` after the hook applied a migration
 #   journal.txt           `journalctl -u vamsa-migrate` at the end (before the purge)
 #   journal.json          the same as `-o json`
-#   console.log           the namespace's systemd console
+#   journal-boot.txt      the whole journal of the namespace's boot (to debug a failure)
 # Exit status: 0 when every check passed, 1 otherwise, 2 when the test could not start.
 set -uo pipefail
 
@@ -59,13 +59,14 @@ fi
 deb="$(cd "$(dirname "$deb")" && pwd)/$(basename "$deb")"
 
 mkdir -p "$out"
-rm -f "$out"/systemctl-status.txt "$out"/journal.txt "$out"/journal.json "$out"/console.log
+rm -f "$out"/systemctl-status.txt "$out"/journal.txt "$out"/journal.json "$out"/journal-boot.txt
 
 # --- State for the cleanup -----------------------------------------------------------
 tmp=""
 cgroup=""
 launcher=""
 pid1=""
+hold_pid=""
 
 # Kills everything in the test's cgroup (the launcher, and systemd with all it started),
 # removes the cgroup and the temp folder. Used by the EXIT trap and by the reaper.
@@ -86,9 +87,11 @@ teardown() {
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
-    [ -n "$tmp" ] && [ -f "$tmp/console.log" ] && cp "$tmp/console.log" "$out/console.log" 2>/dev/null
+    [ -n "$hold_pid" ] && kill "$hold_pid" 2>/dev/null
+    if [ -n "$pid1" ] && [ -d "/proc/$pid1" ]; then
+        timeout 20 nsenter -t "$pid1" -a -r journalctl -b --no-pager >"$out/journal-boot.txt" 2>&1
+    fi
     teardown "$cgroup" "$tmp"
-    [ -n "$launcher" ] && wait "$launcher" 2>/dev/null
     exit "$status"
 }
 trap cleanup EXIT
@@ -174,7 +177,7 @@ mount --make-rshared "$R"
 ip link set lo up
 hostname vamsa-e2e
 exec chroot "$R" /usr/bin/env -i container=vamsa-e2e PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    /lib/systemd/systemd --system --log-target=console --show-status=no
+    /lib/systemd/systemd --system --log-target=journal --show-status=no
 '
 
 (
@@ -183,6 +186,7 @@ exec chroot "$R" /usr/bin/env -i container=vamsa-e2e PATH=/usr/sbin:/usr/bin:/sb
         --net --uts --ipc --cgroup bash -c "$inner" e2e-init "$tmp"
 ) </dev/null >"$tmp/launcher.log" 2>&1 &
 launcher=$!
+disown "$launcher" # its death by cgroup.kill is expected: no "Killed" job report
 
 # PID 1 of the namespace: the launcher's child, once it is systemd.
 for _ in $(seq 1 100); do
@@ -232,7 +236,8 @@ section() {
         say "systemd-e2e: holding after section $E2E_HOLD; look inside with:"
         say "  nsenter -t $pid1 -a -r -w env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb bash"
         sleep infinity &
-        wait $!
+        hold_pid=$!
+        wait "$hold_pid"
     fi
     say "--- $1. $2"
 }
@@ -252,7 +257,7 @@ if [ "$state" = "running" ] || [ "$state" = "degraded" ]; then
     [ "$state" = "degraded" ] && details "$(in_ systemctl --failed --no-legend)"
 else
     fail "systemd did not reach running (state: ${state:-none})"
-    details "$(tail -n 30 "$tmp/console.log")"
+    details "$(tail -n 30 "$tmp/console.log"; in_ systemctl --failed --no-legend 2>&1)"
     exit 1
 fi
 
@@ -281,6 +286,31 @@ fi
 sock="$(in_ stat -c '%U:%G %a %F' /run/vamsa-migrate/trigger.sock)"
 [ "$sock" = "root:vamsa-migrate 660 socket" ] && pass "trigger socket is 0660 root:vamsa-migrate" ||
     fail "trigger socket: $sock"
+
+# Started before it is configured: the optional credential does not stop the unit (no
+# 243/CREDENTIALS); the daemon itself refuses, naming database_url.
+in_ systemctl start vamsa-migrate >/dev/null 2>&1
+unconfigured="$(show vamsa-migrate.service ExecMainStatus)"
+if [ "$unconfigured" != "243" ] && [ "$unconfigured" != "0" ] &&
+    in_ journalctl -u vamsa-migrate --no-pager -o cat | grep -q "database_url is not set"; then
+    pass "unconfigured start: the unit runs without a credential file; the daemon exits $unconfigured: database_url is not set"
+else
+    fail "unconfigured start: exit status $unconfigured"
+    details "$(in_ journalctl -u vamsa-migrate --no-pager -n 10)"
+fi
+in_ systemctl stop vamsa-migrate.service 2>/dev/null
+in_ systemctl reset-failed vamsa-migrate.service 2>/dev/null
+
+# Every key of the packaged config, uncommented with its documented default, is accepted.
+all_keys="$(in_ sh -ec 'sed -E "s/^# ([a-z_]+ = )/\1/" /etc/vamsa-migrate/config.toml > /tmp/all-keys.toml
+grep -cE "^[a-z_]+ = " /tmp/all-keys.toml')"
+keys_out="$(in_ vamsa-migrate --config /tmp/all-keys.toml backups 2>&1)"
+if [ $? -eq 0 ] && [ "${all_keys:-0}" -ge 20 ]; then
+    pass "all $all_keys keys of the packaged config.toml, uncommented, are valid"
+else
+    fail "packaged config.toml with every key uncommented ($all_keys keys)"
+    details "$keys_out"
+fi
 
 verify_out="$(in_ systemd-analyze verify /lib/systemd/system/vamsa-migrate.service /lib/systemd/system/vamsa-migrate.socket 2>&1)"
 if [ $? -eq 0 ] && [ -z "$verify_out" ]; then
@@ -327,10 +357,9 @@ ln -s /usr/share/vamsa-migrate/hooks/post-merge /srv/vamsa/.git/hooks/post-merge
 ' 2>&1)" && pass "checkout /srv/vamsa (git clone) with the packaged post-merge hook linked in" ||
     { fail "checkout set-up"; details "$setup_out"; }
 
-# The password as a systemd credential (the packaged drop-in); no password in the config.
-inside sh -ec "umask 077; printf '%s\n' '$db_password' > /etc/vamsa-migrate/database_password" </dev/null
-in_ mkdir -p /etc/systemd/system/vamsa-migrate.service.d
-in_ cp /usr/share/vamsa-migrate/systemd/database-password.conf /etc/systemd/system/vamsa-migrate.service.d/
+# The password as a systemd credential (the unit's optional LoadCredential=); none in the config.
+inside sh -ec "install -d -m 0700 /etc/credstore; umask 077
+printf '%s\n' '$db_password' > /etc/credstore/vamsa-migrate.database_password" </dev/null
 inside sh -ec 'cat >> /etc/vamsa-migrate/config.toml' <<'EOF'
 
 # --- systemd-e2e ---
@@ -338,7 +367,7 @@ database_url = "postgres://vamsa@127.0.0.1:5432/vamsa"
 migrations_dir = "/srv/vamsa/drizzle"
 EOF
 in_ systemctl daemon-reload
-config_check="$(in_ env CREDENTIALS_DIRECTORY=/etc/vamsa-migrate vamsa-migrate status 2>&1)"
+config_check="$(in_ env VAMSA_MIGRATE_DATABASE_PASSWORD_FILE=/etc/credstore/vamsa-migrate.database_password vamsa-migrate status 2>&1)"
 [ $? -eq 3 ] && pass "the packaged config plus database_url and migrations_dir is valid (status: 5 pending)" ||
     { fail "config check with vamsa-migrate status"; details "$config_check"; }
 
@@ -349,7 +378,7 @@ start_out="$(in_ systemctl start vamsa-migrate 2>&1)"
 start_status=$?
 rows="$(tracking_rows)"
 if [ $start_status -eq 0 ] && [ "$rows" = "5" ] && [ "$(in_ systemctl is-active vamsa-migrate)" = "active" ]; then
-    pass "systemctl start returned with the 5 bundled migrations already applied (tracking rows: $rows)"
+    pass "systemctl start returned with the 5 bundled migrations already applied (tracking rows: $rows; password from the credential store)"
 else
     fail "systemctl start vamsa-migrate (exit $start_status, tracking rows: $rows)"
     details "$start_out$(in_ journalctl -u vamsa-migrate --no-pager -n 30)"
@@ -367,7 +396,7 @@ else
 fi
 
 section 5 "The app unit (with the packaged drop-in) starts only after the migrations"
-in_ systemctl stop vamsa-migrate
+in_ systemctl stop vamsa-migrate 2>/dev/null # (warns that the socket can still activate it)
 sql "DROP DATABASE vamsa WITH (FORCE)" && sql "CREATE DATABASE vamsa OWNER vamsa"
 inside sh -ec 'cat > /etc/systemd/system/vamsa-app.service' <<EOF
 [Unit]
@@ -400,16 +429,16 @@ section 6 "The post-merge hook after git pull"
 # A new migration, made with `vamsa-migrate new` upstream.
 in_ sh -ec '
 cd /srv/upstream
-vamsa-migrate new add_person_notes --migrations-dir drizzle >/dev/null
+vamsa-migrate new add_person_middle_name --migrations-dir drizzle >/dev/null
 f=$(ls drizzle/0005_*.sql)
-printf "%s\n" "ALTER TABLE \"persons\" ADD COLUMN \"notes\" text;" > "$f"
-git add -A && git commit -qm "0005: person notes"
+printf "%s\n" "ALTER TABLE \"persons\" ADD COLUMN \"middle_name\" text;" > "$f"
+git add -A && git commit -qm "0005: middle name"
 ' || fail "creating migration 0005 upstream"
 pull_out="$(in_ sh -c 'cd /srv/vamsa && git pull 2>&1')"
 rows="$(tracking_rows)"
-if grep -q "Applied: 0005_add_person_notes.sql" <<<"$pull_out" &&
+if grep -q "Applied: 0005_add_person_middle_name.sql" <<<"$pull_out" &&
     grep -q "the database is up to date" <<<"$pull_out" && [ "$rows" = "6" ]; then
-    pass "git pull ran the hook, which applied 0005_add_person_notes.sql (tracking rows: $rows)"
+    pass "git pull ran the hook, which applied 0005_add_person_middle_name.sql (tracking rows: $rows)"
 else
     fail "git pull with the hook (tracking rows: $rows)"
     details "$pull_out"
@@ -460,9 +489,9 @@ def report(cond, text):
 report(has(lambda e: e.get("MESSAGE") == "Applied: 0000_create_persons.sql"
            and e.get("MIGRATION") == "0000_create_persons.sql" and "DURATION_MS" in e),
        "Applied: 0000_create_persons.sql with MIGRATION and DURATION_MS")
-report(has(lambda e: e.get("MESSAGE") == "Applied: 0005_add_person_notes.sql"
-           and e.get("MIGRATION") == "0005_add_person_notes.sql"),
-       "Applied: 0005_add_person_notes.sql with MIGRATION")
+report(has(lambda e: e.get("MESSAGE") == "Applied: 0005_add_person_middle_name.sql"
+           and e.get("MIGRATION") == "0005_add_person_middle_name.sql"),
+       "Applied: 0005_add_person_middle_name.sql with MIGRATION")
 report(has(lambda e: e.get("SQLSTATE") == "42P01" and e.get("PRIORITY") == "3"
            and e.get("MIGRATION") == "0006_broken.sql" and e.get("HINT")),
        "the failure of 0006_broken.sql with SQLSTATE=42P01, PRIORITY=3, HINT")
@@ -582,21 +611,27 @@ else
 fi
 inside sh -ec 'sed -i "/^settel = /d" /etc/vamsa-migrate/config.toml' </dev/null
 in_ systemctl start vamsa-app
-app_pid_before="$(show vamsa-app.service ExecMainStartTimestampMonotonic)"
+app_start_before="$(show vamsa-app.service ExecMainStartTimestampMonotonic)"
 restart_out="$(in_ systemctl restart vamsa-migrate 2>&1)"
 restart_status=$?
 pid_after="$(show vamsa-migrate.service MainPID)"
-app_pid_after="$(show vamsa-app.service ExecMainStartTimestampMonotonic)"
+# systemctl waits for vamsa-migrate's job only; the app's propagated restart may still run.
+app_start_after=""
+for _ in $(seq 1 60); do
+    app_start_after="$(show vamsa-app.service ExecMainStartTimestampMonotonic)"
+    [ "$app_start_after" != "$app_start_before" ] && [ "$(in_ systemctl is-active vamsa-app)" = "active" ] && break
+    sleep 0.25
+done
 if [ $restart_status -eq 0 ] && [ "$pid_after" != "$pid_before" ] && [ "$(in_ systemctl is-active vamsa-migrate)" = "active" ]; then
     pass "systemctl restart: new PID, active"
 else
     fail "systemctl restart (exit $restart_status)"
     details "$restart_out"
 fi
-if [ "$(in_ systemctl is-active vamsa-app)" = "active" ] && [ "$app_pid_after" != "$app_pid_before" ]; then
+if [ "$(in_ systemctl is-active vamsa-app)" = "active" ] && [ "$app_start_after" != "$app_start_before" ]; then
     pass "restarting vamsa-migrate restarted the app after it (Requires=)"
 else
-    fail "the app was not restarted with vamsa-migrate"
+    fail "the app was not restarted with vamsa-migrate (start timestamp $app_start_before -> $app_start_after, $(in_ systemctl is-active vamsa-app))"
 fi
 
 section 12 "Package upgrade (reinstall) restarts the service; the socket keeps working"
@@ -648,12 +683,13 @@ purge_status=$?
 leftovers=""
 in_ getent passwd vamsa-migrate >/dev/null && leftovers+=" user"
 in_ getent group vamsa-migrate >/dev/null && leftovers+=" group"
-for p in /etc/vamsa-migrate /var/lib/vamsa-migrate /run/vamsa-migrate /lib/systemd/system/vamsa-migrate.service /usr/bin/vamsa-migrate; do
+for p in /etc/vamsa-migrate /var/lib/vamsa-migrate /run/vamsa-migrate /etc/credstore/vamsa-migrate.database_password \
+    /lib/systemd/system/vamsa-migrate.service /usr/bin/vamsa-migrate; do
     in_ test -e "$p" && leftovers+=" $p"
 done
 [ "$(in_ systemctl is-active vamsa-migrate.socket)" = "active" ] && leftovers+=" active-socket"
 if [ $purge_status -eq 0 ] && [ -z "$leftovers" ]; then
-    pass "dpkg --purge removes the user, group, config, state and units"
+    pass "dpkg --purge removes the user, group, config, credential, state and units"
 else
     fail "dpkg --purge (exit $purge_status); left:$leftovers"
     details "$purge_out"

@@ -70,10 +70,11 @@ impl BackupError {
     }
 }
 
-/// `vamsa-20261129T214001Z-before-0004_media_tags.dump`: sortable by time, and recognisable as
-/// ours (retention never touches any other file).
+/// `vamsa-20261129T214001.123Z-before-0004_media_tags.dump`: sortable by time (to the
+/// millisecond, so two runs in one second do not collide), and recognisable as ours
+/// (retention never touches any other file).
 fn file_name(dbname: &str, when: SystemTime, label: &str) -> String {
-    let stamp: String = humantime::format_rfc3339_seconds(when)
+    let stamp: String = humantime::format_rfc3339_millis(when)
         .to_string()
         .chars()
         .filter(|c| *c != '-' && *c != ':')
@@ -98,7 +99,7 @@ fn sanitize(s: &str) -> String {
 pub struct Listed {
     pub path: PathBuf,
     pub database: String,
-    /// `20261129T214001Z`
+    /// `20261129T214001.123Z`
     pub stamp: String,
     /// `before-0004_media_tags` or `manual`.
     pub label: String,
@@ -107,22 +108,27 @@ pub struct Listed {
 
 fn parse_name(name: &str) -> Option<(String, String, String)> {
     let stem = name.strip_suffix(".dump")?;
-    // <db>-<YYYYMMDD>T<HHMMSS>Z-<label>; the db part may itself contain '-' only if sanitized
-    // away, so split at the stamp.
+    // <db>-<YYYYMMDD>T<HHMMSS>.<mmm>Z-<label>: find the stamp, whatever the db part holds.
+    const STAMP: usize = 20;
     let bytes = stem.as_bytes();
     for i in 0..bytes.len() {
-        if bytes[i] != b'-' || i + 18 > bytes.len() {
+        if bytes[i] != b'-' || i + STAMP + 2 > bytes.len() || !stem.is_char_boundary(i + 1) {
             continue;
         }
-        let stamp = &stem[i + 1..i + 17];
-        let ok = stamp.len() == 16
-            && stamp[..8].bytes().all(|b| b.is_ascii_digit())
-            && &stamp[8..9] == "T"
-            && stamp[9..15].bytes().all(|b| b.is_ascii_digit())
-            && &stamp[15..16] == "Z"
-            && stem.as_bytes().get(i + 17) == Some(&b'-');
+        let Some(stamp) = stem.get(i + 1..i + 1 + STAMP) else {
+            continue;
+        };
+        let b = stamp.as_bytes();
+        let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+        let ok = digits(0..8)
+            && b[8] == b'T'
+            && digits(9..15)
+            && b[15] == b'.'
+            && digits(16..19)
+            && b[19] == b'Z'
+            && bytes.get(i + 1 + STAMP) == Some(&b'-');
         if ok {
-            let label = &stem[i + 18..];
+            let label = &stem[i + STAMP + 2..];
             if label == "manual" || label.starts_with("before-") {
                 return Some((stem[..i].to_string(), stamp.to_string(), label.to_string()));
             }
@@ -430,20 +436,23 @@ mod tests {
         let name = file_name("vamsa-prod", when, "before-0004_media_tags");
         assert_eq!(
             name,
-            "vamsa_prod-20251129T214001Z-before-0004_media_tags.dump"
+            "vamsa_prod-20251129T214001.000Z-before-0004_media_tags.dump"
         );
         assert_eq!(
             parse_name(&name),
             Some((
                 "vamsa_prod".into(),
-                "20251129T214001Z".into(),
+                "20251129T214001.000Z".into(),
                 "before-0004_media_tags".into()
             ))
         );
         assert_eq!(parse_name("nightly.dump"), None);
-        assert_eq!(parse_name("vamsa-20251129T214001Z-other.dump"), None);
+        assert_eq!(parse_name("é-20251129T214001.5Z-manual.dump"), None);
+        assert_eq!(parse_name("vamsa-20251129T214001.000Z-other.dump"), None);
         assert_eq!(
-            parse_name("vamsa-20251129T214001Z-manual.dump").unwrap().2,
+            parse_name("vamsa-20251129T214001.250Z-manual.dump")
+                .unwrap()
+                .2,
             "manual"
         );
     }

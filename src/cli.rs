@@ -180,6 +180,24 @@ async fn run(cli: Cli) -> u8 {
     let env: HashMap<String, String> = std::env::vars().collect();
     let settings = match &cli.command {
         Command::Demo => return crate::demo::run().await,
+        // The deploy hook may run as a user who can reach the socket but not read the
+        // packaged config (0640): then only socket_path matters, from the environment.
+        Command::Trigger { .. }
+            if cli.config.is_none() && !env.contains_key("VAMSA_MIGRATE_CONFIG") =>
+        {
+            cli.settings(&env).or_else(|e| match e {
+                ConfigError::Invalid { ref origin, .. }
+                    if origin == crate::config::DEFAULT_CONFIG_FILE =>
+                {
+                    let mut s = Settings::default();
+                    if let Some(path) = env.get("VAMSA_MIGRATE_SOCKET_PATH") {
+                        s.daemon.socket_path = PathBuf::from(path);
+                    }
+                    Ok(s)
+                }
+                other => Err(other),
+            })
+        }
         _ => cli.settings(&env),
     };
     let settings = match settings {

@@ -26,6 +26,13 @@ pub mod exit {
 pub async fn run(socket: &Path, dry_run: bool, timeout: Option<Duration>, format: Format) -> u8 {
     let stream = match UnixStream::connect(socket).await {
         Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!(
+                "Error: permission denied on {}: run as root, or add this user to the vamsa-migrate group (adduser $USER vamsa-migrate, then log in again)",
+                socket.display()
+            );
+            return exit::REFUSED;
+        }
         Err(e) => {
             eprintln!(
                 "vamsa-migrate is not running: start it with `systemctl start vamsa-migrate` or run `vamsa-migrate migrate` ({}: {e})",

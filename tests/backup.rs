@@ -147,7 +147,7 @@ fn retention_keeps_the_newest_n_and_never_touches_other_files() {
     std::fs::write(
         db.backups
             .path()
-            .join("otherdb-20200101T000000Z-before-0000_x.dump"),
+            .join("otherdb-20200101T000000.000Z-before-0000_x.dump"),
         "x",
     )
     .unwrap();
@@ -190,7 +190,7 @@ fn retention_keeps_the_newest_n_and_never_touches_other_files() {
     assert!(
         names.contains(&"nightly.dump".to_string()) && names.contains(&"notes.txt".to_string())
     );
-    assert!(names.contains(&"otherdb-20200101T000000Z-before-0000_x.dump".to_string()));
+    assert!(names.contains(&"otherdb-20200101T000000.000Z-before-0000_x.dump".to_string()));
 
     let list = Run::from(
         common::bin()

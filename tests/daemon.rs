@@ -51,7 +51,11 @@ fn start_up_failure_exits_non_zero_without_ready() {
         ("0001_bad", 2000, "SELECT * FROM nope;"),
     ]);
     let mut d = Daemon::start(&db.url(), f.path(), "");
-    assert_eq!(d.wait_exit(Duration::from_secs(20)), 1);
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(20)),
+        3,
+        "exit 3: the start-up migration failed"
+    );
     assert!(
         !d.messages.iter().any(|m| m.contains("READY=1")),
         "{:?}",
@@ -64,6 +68,24 @@ fn start_up_failure_exits_non_zero_without_ready() {
     );
     assert!(log.contains("start-up migration failed"), "{log}");
     assert_eq!(db.rows().len(), 1);
+}
+
+#[test]
+fn a_database_that_cannot_work_ends_the_start_instead_of_waiting_for_ever() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let url = db
+        .url()
+        .replace(&format!("dbname={}", db.name), "dbname=no_such_database");
+    let mut d = Daemon::start(&url, f.path(), "");
+    assert_eq!(d.wait_exit(Duration::from_secs(20)), 2);
+    let log = d.log();
+    assert!(
+        log.contains("SQLSTATE=\"3D000\"") || log.contains("3D000"),
+        "{log}"
+    );
+    assert!(log.contains("fix database_url"), "{log}");
+    assert!(!d.messages.iter().any(|m| m.contains("READY=1")));
 }
 
 #[test]

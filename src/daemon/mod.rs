@@ -26,8 +26,13 @@ use systemd::Notifier;
 /// Exit codes of the daemon.
 pub mod exit {
     pub const OK: u8 = 0;
+    /// The socket, signals or runtime could not be set up.
     pub const START_FAILED: u8 = 1;
+    /// The configuration cannot work (also: a database that refuses our credentials or does
+    /// not exist). Retrying will not help: the unit's RestartPreventExitStatus names it.
     pub const BAD_CONFIG: u8 = 2;
+    /// The start-up migration failed; retrying the same migration fails the same way.
+    pub const MIGRATION_FAILED: u8 = 3;
 }
 
 pub fn main(config: Option<PathBuf>) -> u8 {
@@ -88,7 +93,7 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
 
     // Wait for PostgreSQL (it may still be booting), unless we are told to stop.
     tokio::select! {
-        connected = wait_for_database(&shared) => if !connected { return exit::START_FAILED },
+        connected = wait_for_database(&shared) => if let Err(code) = connected { return code },
         _ = signals.next() => {
             notifier.stopping("Stopped while waiting for the database");
             return exit::OK;
@@ -114,7 +119,7 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
         tracing::error!(
             "start-up migration failed; exiting so that units requiring vamsa-migrate do not start"
         );
-        return exit::START_FAILED;
+        return exit::MIGRATION_FAILED;
     }
     // The start-up job left its STATUS; compute one only if it did not get that far.
     let last = shared.last_status.borrow().clone();
@@ -231,15 +236,16 @@ fn folder_settled(shared: &Shared, jobs: &mpsc::UnboundedSender<Job>) {
     }
 }
 
-/// Connects with capped exponential backoff, keeping systemd informed. False if the settings
-/// cannot work at all (there is nothing to wait for).
-async fn wait_for_database(shared: &Shared) -> bool {
+/// Connects with capped exponential backoff while the server is unreachable, keeping systemd
+/// informed. Errors that waiting cannot fix (bad settings, wrong credentials, no such
+/// database) end the wait with `BAD_CONFIG`, or the unit would hang in "activating" forever.
+async fn wait_for_database(shared: &Shared) -> Result<(), u8> {
     let settings = shared.settings.borrow().clone();
     let pg = match settings.pg_config(&shared.env) {
         Ok(pg) => pg,
         Err(e) => {
             tracing::error!("{e}");
-            return false;
+            return Err(exit::BAD_CONFIG);
         }
     };
     let target = describe_target(&pg);
@@ -253,7 +259,17 @@ async fn wait_for_database(shared: &Shared) -> bool {
             .notifier
             .extend_timeout(connect_timeout + delay + Duration::from_secs(5));
         match shared.client().await {
-            Ok(_) => return true,
+            Ok(_) => return Ok(()),
+            Err(e) if is_permanent(&e) => {
+                tracing::error!(
+                    SQLSTATE = e.sqlstate().unwrap_or(""),
+                    "{e}; fix database_url (or the password) and start again"
+                );
+                shared
+                    .notifier
+                    .status(&format!("Cannot use the database at {target}: {e}"));
+                return Err(exit::BAD_CONFIG);
+            }
             Err(e) => {
                 let text = format!("Waiting for database at {target} (attempt {attempt})");
                 shared.notifier.status(&text);
@@ -266,7 +282,25 @@ async fn wait_for_database(shared: &Shared) -> bool {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(settings.daemon.db_retry_max.max(Duration::from_millis(250)));
     }
-    false
+    Err(exit::START_FAILED)
+}
+
+/// Connection errors that no amount of waiting fixes.
+fn is_permanent(e: &crate::engine::EngineError) -> bool {
+    use crate::db::DbError;
+    use crate::engine::EngineError;
+    match e {
+        EngineError::Config(_) => true,
+        EngineError::Db(DbError::Connect { failure, .. }) => {
+            // 28000/28P01: authentication; 3D000: no such database; tokio-postgres reports
+            // settings it cannot use (a password is required but none is set) as configuration.
+            matches!(
+                failure.sqlstate.as_deref(),
+                Some("28000" | "28P01" | "3D000")
+            ) || failure.message.starts_with("invalid configuration")
+        }
+        _ => false,
+    }
 }
 
 /// Queues a job and waits for its `done`; returns whether it succeeded and its error text.

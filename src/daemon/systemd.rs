@@ -14,14 +14,20 @@ pub struct Notifier;
 const STATE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Notifier {
-    /// State changes must arrive: they are sent with a bounded wait when the manager's queue
-    /// is full. STATUS texts are informational and sent without waiting, so a manager that is
-    /// slow to read can never stall the daemon (and with it the trigger socket) mid-run.
+    /// State changes (READY, RELOADING, STOPPING) must arrive: they are sent with a bounded
+    /// wait when the manager's queue is full. STATUS, EXTEND_TIMEOUT_USEC and WATCHDOG are sent
+    /// often, also while a run holds the migration lock, so they go without waiting: a manager
+    /// slow to read must never stall a run that other runs are queued behind.
     fn send(&self, states: &[NotifyState<'_>]) {
         let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
             return;
         };
-        let informational = states.iter().all(|s| matches!(s, NotifyState::Status(_)));
+        let informational = states.iter().all(|s| {
+            matches!(
+                s,
+                NotifyState::Status(_) | NotifyState::ExtendTimeoutUsec(_) | NotifyState::Watchdog
+            )
+        });
         let message: String = states.iter().map(|s| format!("{s}\n")).collect();
         let wait = (!informational).then_some(STATE_SEND_TIMEOUT);
         if let Err(e) = send_datagram(&path, message.as_bytes(), wait) {

@@ -13,7 +13,9 @@ use super::Run;
 
 pub struct Daemon {
     pub child: Child,
-    pub notify: UnixDatagram,
+    /// Filled by a thread that reads the notify socket at once, as systemd does.
+    inbox: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// What has been taken from the inbox so far (see `pump`).
     pub messages: Vec<String>,
     pub socket: PathBuf,
     pub log: PathBuf,
@@ -99,9 +101,23 @@ impl Daemon {
             .stderr(std::fs::File::create(&log).unwrap());
         tweak(&mut cmd);
         let child = cmd.spawn().unwrap();
+        let inbox = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader_inbox = std::sync::Arc::downgrade(&inbox);
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            // Ends once the Daemon (and with it the inbox) is gone.
+            while let Some(inbox) = reader_inbox.upgrade() {
+                if let Ok(n) = notify.recv(&mut buf) {
+                    inbox
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+        });
         Daemon {
             child,
-            notify,
+            inbox,
             messages: Vec::new(),
             socket,
             log,
@@ -110,12 +126,18 @@ impl Daemon {
         }
     }
 
+    /// Moves what the reader thread received into `messages`.
+    pub fn pump(&mut self) {
+        let mut inbox = self.inbox.lock().unwrap();
+        self.messages.append(&mut inbox);
+    }
+
     /// Waits for a notification matching `pred`; returns it. Keeps all messages for later.
     #[track_caller]
     pub fn wait_notify(&mut self, pred: impl Fn(&str) -> bool, within: Duration) -> String {
         let deadline = Instant::now() + within;
-        let mut buf = vec![0u8; 4096];
         loop {
+            self.pump();
             if let Some(m) = self.messages.iter().find(|m| pred(m)) {
                 return m.clone();
             }
@@ -125,16 +147,11 @@ impl Daemon {
                 self.messages,
                 self.log()
             );
-            if let Ok(n) = self.notify.recv(&mut buf) {
-                self.messages
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
+            std::thread::sleep(Duration::from_millis(20));
             if let Ok(Some(status)) = self.child.try_wait() {
-                // Drain what is left before giving up.
-                while let Ok(n) = self.notify.recv(&mut buf) {
-                    self.messages
-                        .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-                }
+                // Take what is left before giving up.
+                std::thread::sleep(Duration::from_millis(200));
+                self.pump();
                 if let Some(m) = self.messages.iter().find(|m| pred(m)) {
                     return m.clone();
                 }

@@ -212,20 +212,7 @@ fn postgres_dying_mid_migration_loses_nothing_and_the_daemon_recovers() {
     let entries = entries();
     let f = folder_of(&entries[..1]);
     // The CLI: the error says the connection was lost and nothing of that migration committed.
-    Run::from(
-        common::bin()
-            .args([
-                "migrate",
-                "--no-backup",
-                "--database-url",
-                &url,
-                "--migrations-dir",
-            ])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    )
-    .ok();
+    common::run_migrate(&url, f.path(), &["--no-backup"]).ok();
     let f = folder_of(&entries);
     let child = common::bin()
         .args([
@@ -505,21 +492,7 @@ fn a_full_disk_fails_with_53100_rolls_back_and_the_next_run_succeeds() {
         ("0001_big", 2000, big),
     ]);
     let url = cluster.url("app");
-    let migrate = || {
-        Run::from(
-            common::bin()
-                .args([
-                    "migrate",
-                    "--no-backup",
-                    "--database-url",
-                    &url,
-                    "--migrations-dir",
-                ])
-                .arg(f.path())
-                .output()
-                .unwrap(),
-        )
-    };
+    let migrate = || common::run_migrate(&url, f.path(), &["--no-backup"]);
     let run = migrate();
     run.code(1);
     assert!(run.stderr.contains("SQLSTATE 53100"), "{}", run.stderr);
@@ -682,13 +655,7 @@ fn replicas_only_the_primary_is_migrated() {
         replica.port(),
         primary.port()
     );
-    let run = Run::from(
-        common::bin()
-            .args(["migrate", "--database-url", &both, "--migrations-dir"])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    );
+    let run = common::run_migrate(&both, f.path(), &[]);
     run.ok();
     assert_eq!(
         primary
@@ -702,18 +669,7 @@ fn replicas_only_the_primary_is_migrated() {
     );
 
     let only_replica = replica.url("app");
-    let run = Run::from(
-        common::bin()
-            .args([
-                "migrate",
-                "--database-url",
-                &only_replica,
-                "--migrations-dir",
-            ])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    );
+    let run = common::run_migrate(&only_replica, f.path(), &[]);
     run.code(1);
     assert!(
         run.stderr.contains(&format!(

@@ -547,13 +547,7 @@ fn permission_denied_says_which_statement_needs_it() {
     let url = db
         .url()
         .replace("user=postgres", &format!("user=app_{}", db.name));
-    let run = common::Run::from(
-        common::bin()
-            .args(["migrate", "--database-url", &url, "--migrations-dir"])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    );
+    let run = common::run_migrate(&url, f.path(), &[]);
     run.code(1);
     assert!(run.stderr.contains("SQLSTATE 42501"), "{}", run.stderr);
     assert!(
@@ -865,13 +859,7 @@ fn several_hosts_with_read_write_migrate_only_the_primary() {
         db.cluster.port(),
         db.name
     );
-    let run = common::Run::from(
-        common::bin()
-            .args(["migrate", "--database-url", &url, "--migrations-dir"])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    );
+    let run = common::run_migrate(&url, f.path(), &[]);
     run.ok();
     assert_eq!(db.rows().len(), 3);
 }
@@ -948,35 +936,11 @@ fn sslmode_require_encrypts_the_connection() {
     let url = cluster
         .url("app")
         .replace("sslmode=disable", "sslmode=require");
-    let run = common::Run::from(
-        common::bin()
-            .args([
-                "migrate",
-                "--no-backup",
-                "--database-url",
-                &url,
-                "--migrations-dir",
-            ])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    );
+    let run = common::run_migrate(&url, f.path(), &["--no-backup"]);
     run.ok();
     let plain = cluster.url("app");
     let f2 = Folder::new(&[("0000_tls", 1000, check), ("0001_again", 2000, check)]);
-    let run = common::Run::from(
-        common::bin()
-            .args([
-                "migrate",
-                "--no-backup",
-                "--database-url",
-                &plain,
-                "--migrations-dir",
-            ])
-            .arg(f2.path())
-            .output()
-            .unwrap(),
-    );
+    let run = common::run_migrate(&plain, f2.path(), &["--no-backup"]);
     run.code(1);
     assert!(run.stderr.contains("not encrypted"), "{}", run.stderr);
 }

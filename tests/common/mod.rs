@@ -121,6 +121,21 @@ impl Db {
     }
 }
 
+/// `vamsa-migrate migrate EXTRA --database-url URL --migrations-dir DIR`, run to completion.
+pub fn run_migrate(url: &str, dir: &Path, extra: &[&str]) -> Run {
+    Run::from(
+        bin()
+            .arg("migrate")
+            .args(extra)
+            .arg("--database-url")
+            .arg(url)
+            .arg("--migrations-dir")
+            .arg(dir)
+            .output()
+            .expect("run vamsa-migrate"),
+    )
+}
+
 /// The binary under test, with an environment that cannot leak settings in.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_vamsa-migrate"));

@@ -170,13 +170,19 @@ pub fn list(dir: &Path) -> io::Result<Vec<Listed>> {
 }
 
 /// Keeps the newest `keep` of our dumps of `database` (a shared folder keeps each database's
-/// own); returns what it removed.
-pub fn prune(dir: &Path, database: &str, keep: usize) -> io::Result<Vec<PathBuf>> {
+/// own), never `just_made` whatever its name says (a clock set back would sort it first);
+/// returns what it removed.
+pub fn prune(
+    dir: &Path,
+    database: &str,
+    keep: usize,
+    just_made: &Path,
+) -> io::Result<Vec<PathBuf>> {
     let ours: Vec<Listed> = list(dir)?
         .into_iter()
-        .filter(|b| b.database == sanitize(database))
+        .filter(|b| b.database == sanitize(database) && b.path != just_made)
         .collect();
-    let excess = ours.len().saturating_sub(keep);
+    let excess = ours.len().saturating_sub(keep.saturating_sub(1));
     let mut removed = Vec::new();
     for old in ours.into_iter().take(excess) {
         fs::remove_file(&old.path)?;
@@ -331,7 +337,7 @@ pub async fn take(
     fs::rename(&tmp_path, &final_path).map_err(dir_err)?;
     partial.0 = None;
     let bytes = fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
-    if let Err(e) = prune(dir, &dbname, settings.keep.max(1)) {
+    if let Err(e) = prune(dir, &dbname, settings.keep.max(1), &final_path) {
         tracing::warn!("backup retention in {}: {e}", dir.display());
     }
     Ok(Backup {
@@ -365,8 +371,17 @@ fn libpq_env(
     if !hosts.is_empty() {
         vars.push(("PGHOST", hosts.join(",").into()));
     }
-    if !ports.is_empty() {
-        vars.push(("PGPORT", ports.join(",").into()));
+    // Always set: an inherited PGPORT must never point pg_dump at another cluster than the
+    // one we migrate (a key=value database_url may name no port; we then use 5432).
+    let ports = if ports.is_empty() {
+        "5432".to_string()
+    } else {
+        ports.join(",")
+    };
+    vars.push(("PGPORT", ports.into()));
+    let hostaddrs: Vec<String> = pg.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+    if !hostaddrs.is_empty() {
+        vars.push(("PGHOSTADDR", hostaddrs.join(",").into()));
     }
     if let Some(user) = pg.get_user() {
         vars.push(("PGUSER", user.into()));
@@ -384,9 +399,19 @@ fn libpq_env(
         vars.push(("PGCONNECT_TIMEOUT", t.as_secs().max(2).to_string().into()));
     }
     // Settings of the caller's shell must not redirect the dump elsewhere.
-    cmd.env_remove("PGPASSWORD")
-        .env_remove("PGSERVICE")
-        .env_remove("PGOPTIONS");
+    for name in [
+        "PGPASSWORD",
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGOPTIONS",
+        "PGHOSTADDR",
+        "PGHOST",
+        "PGREQUIRESSL",
+        "PGSSLCERT",
+        "PGSSLKEY",
+    ] {
+        cmd.env_remove(name);
+    }
     for (k, v) in vars {
         cmd.env(k, v);
     }

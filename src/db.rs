@@ -479,10 +479,14 @@ pub async fn apply_migration(
             .await
             .map_err(|e| fail(None, &e, 0))?;
         for (i, statement) in migration.statements.iter().enumerate() {
-            client
-                .batch_execute(&statement.sql)
-                .await
-                .map_err(|e| fail(Some(i + 1), &e, i))?;
+            if let Err(e) = client.batch_execute(&statement.sql).await {
+                // The session outlives this migration (the daemon keeps it): do not leave its
+                // timeouts behind. Best effort: a broken connection has none left anyway.
+                let _ = client
+                    .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                    .await;
+                return Err(fail(Some(i + 1), &e, i));
+            }
         }
         let n = migration.statements.len();
         client

@@ -433,6 +433,14 @@ impl<'a> Engine<'a> {
             return Err(EngineError::Drift(blockers));
         }
         let to_apply: Vec<&Migration> = plan.to_apply().collect();
+        // Refuse before the backup and before any change, not half-way.
+        if self.settings.transaction == TransactionMode::All {
+            if let Some(m) = to_apply.iter().find(|m| m.no_transaction) {
+                return Err(EngineError::NeedsOwnTransaction {
+                    file: m.file_name.clone(),
+                });
+            }
+        }
         let backup = match to_apply.first() {
             Some(first) if self.settings.backup.enabled && !options.no_backup => {
                 emit(Event::BackingUp {
@@ -627,8 +635,14 @@ fn warn_missing(missing: &[AppliedRow], emit: &mut dyn FnMut(Event)) {
                  was the code rolled back?",
                 row.id,
                 row.created_at.map_or("NULL".into(), |c| c.to_string()),
-                &row.hash[..row.hash.len().min(12)],
+                short_hash(&row.hash),
             ),
         });
     }
+}
+
+/// The first 12 characters of a hash from the tracking table (any text: rows can be made by
+/// hand), for messages.
+pub fn short_hash(hash: &str) -> String {
+    hash.chars().take(12).collect()
 }

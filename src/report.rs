@@ -8,6 +8,13 @@ use serde::Serialize;
 use crate::engine::{ErrorReport, Event, Status};
 use crate::plan::State;
 
+/// Like `eprintln!`, but a closed stderr must not abort a migration run (`eprintln!` panics).
+macro_rules! warn_line {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
+
 /// Show a progress bar from this many pending migrations on (on a terminal only).
 const PROGRESS_FROM: usize = 5;
 
@@ -81,9 +88,9 @@ impl<W: Write> Reporter<W> {
         match event {
             Event::Warning { message } => {
                 if let Some(bar) = &self.bar {
-                    bar.suspend(|| eprintln!("warning: {message}"));
+                    bar.suspend(|| warn_line!("warning: {message}"));
                 } else {
-                    eprintln!("warning: {message}");
+                    warn_line!("warning: {message}");
                 }
             }
             Event::WaitingForLock {
@@ -93,7 +100,7 @@ impl<W: Write> Reporter<W> {
                 let who = holder_pid
                     .map(|p| format!(" (PostgreSQL backend pid {p} holds the migration lock)"))
                     .unwrap_or_default();
-                eprintln!(
+                warn_line!(
                     "Waiting for another vamsa-migrate run to finish{who}; waiting up to {}...",
                     humantime::format_duration(std::time::Duration::from_millis(*max_wait_ms))
                 );
@@ -156,12 +163,12 @@ impl<W: Write> Reporter<W> {
             }
             Event::BackingUp { migrations } => {
                 if !quiet {
-                    eprintln!("Backing up the database before {migrations} migration(s)...");
+                    warn_line!("Backing up the database before {migrations} migration(s)...");
                 }
             }
             Event::BackedUp { path, bytes, ms } => {
                 if !quiet {
-                    eprintln!(
+                    warn_line!(
                         "Backup: {} ({}, {:.1} s)",
                         path.display(),
                         crate::backup::human_bytes(*bytes),
@@ -206,7 +213,7 @@ impl<W: Write> Reporter<W> {
                 }
                 if let Some(error) = error {
                     self.out.flush()?;
-                    eprint!("{}", render_error(error));
+                    let _ = write!(io::stderr(), "{}", render_error(error));
                 }
             }
         }
@@ -331,7 +338,7 @@ pub fn write_status(
     let rows = status_rows(status);
     let plan = &status.plan;
     for w in warnings {
-        eprintln!("warning: {w}");
+        warn_line!("warning: {w}");
     }
     let width = rows.iter().map(|r| r.migration.len()).max().unwrap_or(0);
     for row in &rows {
@@ -351,7 +358,7 @@ pub fn write_status(
             "missing",
             r.id,
             r.created_at.map_or("NULL".into(), |c| c.to_string()),
-            &r.hash[..r.hash.len().min(12)]
+            crate::engine::short_hash(&r.hash)
         )?;
     }
     let pending = plan.pending_count();

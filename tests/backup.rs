@@ -437,3 +437,22 @@ fn a_failed_migration_ends_with_the_restore_steps_for_this_backup() {
         run.stderr
     );
 }
+
+#[test]
+fn the_callers_libpq_environment_cannot_send_pg_dump_elsewhere() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    // Were these passed through, pg_dump would try another server and the run would stop.
+    let run = Run::from(
+        db_cmd(&db, f.path())
+            .env("PGHOSTADDR", "192.0.2.1")
+            .env("PGPORT", "1")
+            .env("PGHOST", "/nonexistent")
+            .env("PGSERVICE", "nope")
+            .output()
+            .unwrap(),
+    );
+    run.ok();
+    assert_eq!(dumps(db.backups.path()).len(), 1, "{}", run.stderr);
+    assert!(db.table_exists("persons"));
+}

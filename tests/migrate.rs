@@ -944,3 +944,22 @@ fn sslmode_require_encrypts_the_connection() {
     run.code(1);
     assert!(run.stderr.contains("not encrypted"), "{}", run.stderr);
 }
+
+#[test]
+fn a_hand_made_row_with_any_text_as_hash_is_reported_not_a_crash() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_init", 1000, A)]);
+    db.run(f.path(), &["migrate"]).ok();
+    // 'ó' straddles byte 12: slicing the hash by bytes would panic.
+    db.psql("INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('004_migración_a_mano', 5)");
+    let run = db.run(f.path(), &["migrate"]);
+    run.ok();
+    assert!(run.stderr.contains("hash 004_migració)"), "{}", run.stderr);
+    let status = db.run(f.path(), &["status"]);
+    status.code(4);
+    assert!(
+        status.stdout.contains("hash 004_migració)"),
+        "{}",
+        status.stdout
+    );
+}

@@ -89,7 +89,7 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
 
     let shared = Rc::new(Shared::new(settings.clone(), env, notifier));
     let (jobs, job_rx) = mpsc::unbounded_channel();
-    tokio::task::spawn_local(runner::run(shared.clone(), job_rx));
+    let mut runner_task = tokio::task::spawn_local(runner::run(shared.clone(), job_rx));
 
     // Wait for PostgreSQL (it may still be booting), unless we are told to stop.
     tokio::select! {
@@ -109,7 +109,28 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
     } else {
         JobKind::FolderChanged
     };
-    let (ok, error) = run_and_wait(&jobs, kind, "start-up").await;
+    // Until READY, systemd's start timeout runs: keep extending it while the start-up job
+    // works (a long migration, a lock held elsewhere), and still obey SIGTERM.
+    let extender = {
+        let shared = shared.clone();
+        tokio::task::spawn_local(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                if shared.busy.get() {
+                    shared.notifier.extend_timeout(Duration::from_secs(30));
+                }
+            }
+        })
+    };
+    let started = tokio::select! {
+        result = run_and_wait(&jobs, kind, "start-up") => Some(result),
+        _ = signals.next() => None,
+    };
+    extender.abort();
+    let Some((ok, error)) = started else {
+        stop(&shared).await;
+        return exit::OK;
+    };
     shared.starting.set(false);
     if !ok && settings.daemon.exit_on_start_failure {
         notifier.status(&format!(
@@ -157,6 +178,11 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
                 folder_settled(&shared, &jobs);
             }
             _ = tick(&mut watchdog), if watchdog.is_some() => notifier.watchdog(),
+            _ = &mut runner_task => {
+                // Only a bug ends the runner: do not pretend to be a working service.
+                tracing::error!("the migration runner stopped unexpectedly; exiting");
+                return exit::START_FAILED;
+            }
         }
     }
     drop(watch);
@@ -320,7 +346,11 @@ async fn run_and_wait(
     {
         return (false, Some("the runner stopped".into()));
     }
-    let mut result = (true, None);
+    // No `done` means the runner died mid-job: that is a failure, never a success.
+    let mut result = (
+        false,
+        Some("the migration runner stopped before answering".into()),
+    );
     while let Some(event) = rx.recv().await {
         if let Event::Done { ok, error, .. } = event {
             result = (ok, error.map(|e| e.message));
@@ -364,7 +394,13 @@ async fn reload(shared: &Shared, config: Option<&Path>) {
         }
         Err(e) => tracing::error!("configuration reload failed, keeping the previous one: {e}"),
     }
-    let status = current_status(shared).await;
+    // While a run is in progress the connection is busy with it: do not queue a query behind
+    // it (the main loop would stall, and with it the watchdog); reuse the last STATUS.
+    let last = shared.last_status.borrow().clone();
+    let status = match last {
+        Some(s) if shared.busy.get() => s,
+        _ => current_status(shared).await,
+    };
     shared.notifier.ready(&status);
 }
 

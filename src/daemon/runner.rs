@@ -198,10 +198,23 @@ async fn run_job(shared: &Shared, job: &Job) {
             return;
         }
         JobKind::FolderChanged => {
-            if !report_pending(shared, &engine, &client, &set).await {
-                return;
-            }
-            if settings.daemon.apply != ApplyPolicy::OnChange {
+            let read = report_pending(shared, &engine, &client, &set).await;
+            if !read || settings.daemon.apply != ApplyPolicy::OnChange {
+                send(
+                    job,
+                    Event::Done {
+                        ok: read,
+                        applied: 0,
+                        dry_run: true,
+                        error: (!read).then(|| crate::engine::ErrorReport {
+                            message: "cannot read the tracking table (see the log)".into(),
+                            migration: None,
+                            sqlstate: None,
+                            cause: None,
+                            hint: "Check that PostgreSQL is reachable.".into(),
+                        }),
+                    },
+                );
                 return;
             }
             true

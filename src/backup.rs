@@ -36,6 +36,8 @@ impl Default for BackupSettings {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Backup {
     pub path: PathBuf,
+    /// The database it is a dump of (`current_database()`), for the restore steps.
+    pub database: String,
     pub bytes: u64,
     pub ms: u64,
 }
@@ -342,6 +344,7 @@ pub async fn take(
     }
     Ok(Backup {
         path: final_path,
+        database: dbname,
         bytes,
         ms: started.elapsed().as_millis() as u64,
     })

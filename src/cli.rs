@@ -220,6 +220,7 @@ async fn run(cli: Cli) -> u8 {
         Command::Demo => crate::demo::run().await,
         Command::Backup => backup_now(&settings, &env).await,
         Command::Backups => list_backups(&settings),
+        // Handled in `main` before the runtime starts (the daemon builds its own).
         Command::Daemon => exit::FAILED,
         Command::Trigger {
             dry_run,

@@ -453,12 +453,7 @@ impl<'a> Engine<'a> {
                     bytes: b.bytes,
                     ms: b.ms,
                 });
-                let db = self
-                    .pg
-                    .get_dbname()
-                    .or(self.pg.get_user())
-                    .unwrap_or("postgres")
-                    .to_string();
+                let db = b.database.clone();
                 Some((b.path, db))
             }
             _ => None,
@@ -510,12 +505,8 @@ impl<'a> Engine<'a> {
             lock_timeout: self.settings.lock_timeout,
             statement_timeout: self.settings.statement_timeout,
         };
+        // `apply_locked` has refused no-transaction files under `transaction = "all"`.
         let all = self.settings.transaction == TransactionMode::All;
-        if let Some(m) = to_apply.iter().find(|m| all && m.no_transaction) {
-            return Err(EngineError::NeedsOwnTransaction {
-                file: m.file_name.clone(),
-            });
-        }
         if all && !to_apply.is_empty() {
             db::batch_transaction(client, "BEGIN", "opening the run's transaction").await?;
         }

@@ -273,11 +273,21 @@ impl MigrationSet {
             }
             let file_name = format!("{}.sql", entry.tag);
             let path = dir.join(&file_name);
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(SourceError::MissingFile {
+                        path: journal_path,
+                        idx: entry.idx,
+                        tag: entry.tag,
+                        file_name,
+                    })
+                }
+                Err(source) => return Err(SourceError::Io { path, source }),
+            };
             // Symlinks always take the full path below (it checks where they lead).
-            let stamp = fs::symlink_metadata(&path)
-                .ok()
-                .filter(|meta| meta.file_type().is_file())
-                .map(|meta| FileStamp::of(&meta));
+            let is_link = meta.file_type().is_symlink();
+            let stamp = meta.file_type().is_file().then(|| FileStamp::of(&meta));
             if let Some(known) = known.get(entry.tag.as_str()) {
                 if stamp.is_some() && known.stamp == stamp {
                     migrations.push(Migration {
@@ -288,8 +298,14 @@ impl MigrationSet {
                     continue;
                 }
             }
-            let bytes =
-                read_migration_file(&path, &canonical_dir, &file_name, &journal_path, &entry)?;
+            let bytes = read_migration_file(
+                &path,
+                is_link,
+                &canonical_dir,
+                &file_name,
+                &journal_path,
+                &entry,
+            )?;
             let text = String::from_utf8(bytes).map_err(|e| {
                 let bytes = e.as_bytes();
                 let at = e.utf8_error().valid_up_to();
@@ -368,8 +384,10 @@ impl MigrationSet {
     }
 }
 
+/// Reads a migration file that exists (`is_link` from its `lstat`).
 fn read_migration_file(
     path: &Path,
+    is_link: bool,
     canonical_dir: &Path,
     file_name: &str,
     journal_path: &Path,
@@ -381,18 +399,6 @@ fn read_migration_file(
     };
     // The tag is one plain name, so only a symlink can lead out of the folder; resolving every
     // path would cost two readlink calls per file for nothing.
-    let is_link = match fs::symlink_metadata(path) {
-        Ok(meta) => meta.file_type().is_symlink(),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(SourceError::MissingFile {
-                path: journal_path.to_path_buf(),
-                idx: entry.idx,
-                tag: entry.tag.clone(),
-                file_name: file_name.to_string(),
-            })
-        }
-        Err(e) => return Err(io_err(e)),
-    };
     if !is_link {
         return fs::read(path).map_err(io_err);
     }
@@ -406,12 +412,7 @@ fn read_migration_file(
                 file_name: file_name.to_string(),
             })
         }
-        Err(source) => {
-            return Err(SourceError::Io {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(io_err(source)),
     };
     // A symlink that leaves the folder could make a release apply SQL nobody reviewed with it.
     if target.parent() != Some(canonical_dir) {

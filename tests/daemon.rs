@@ -328,33 +328,13 @@ fn an_unauthorised_peer_may_not_apply() {
         return;
     }
     // Let anyone connect, so that the daemon itself must refuse.
-    std::fs::set_permissions(
-        &d.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        d.socket.parent().unwrap(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    d.open_socket_to_everyone();
     let mut cmd = common::bin();
     cmd.arg("trigger")
         .env("VAMSA_MIGRATE_SOCKET_PATH", &d.socket);
     let cfg = std::env::temp_dir().join(format!("vamsa-migrate-empty-{}.toml", std::process::id()));
     let _ = std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    // SAFETY: setgid/setuid in the child between fork and exec; no allocation.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::as_nobody(&mut cmd);
     let run = Run::from(cmd.output().unwrap());
     run.code(77);
     assert!(

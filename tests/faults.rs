@@ -103,6 +103,19 @@ fn assert_boundary_then_complete(
     k
 }
 
+/// Waits until a statement of the slow migration is running on `cluster`'s database `app`.
+fn wait_for_sleep(cluster: &TempCluster) {
+    wait_until("the slow statement", || {
+        cluster
+            .psql(
+                "app",
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%'",
+            )
+            .unwrap()
+            != "0"
+    });
+}
+
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !f() {
@@ -227,15 +240,7 @@ fn postgres_dying_mid_migration_loses_nothing_and_the_daemon_recovers() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the slow statement", || {
-        cluster
-            .psql(
-                "app",
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%'",
-            )
-            .unwrap()
-            != "0"
-    });
+    wait_for_sleep(&cluster);
     cluster.stop("immediate").unwrap();
     let run = Run::from(child.wait_with_output().unwrap());
     run.code(1);
@@ -273,15 +278,7 @@ fn postgres_dying_mid_migration_loses_nothing_and_the_daemon_recovers() {
     d.ready();
     let socket = d.socket.clone();
     let client = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
-    wait_until("the slow statement", || {
-        cluster
-            .psql(
-                "app",
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(%'",
-            )
-            .unwrap()
-            != "0"
-    });
+    wait_for_sleep(&cluster);
     cluster.stop("immediate").unwrap();
     let events = client.join().unwrap();
     let done = events.last().unwrap();
@@ -557,30 +554,10 @@ fn the_trigger_socket_under_abuse_while_a_migration_runs() {
         activity(&db, "query LIKE '%pg_sleep(3)%'")
     });
     // Unauthorised peers, from a process running as nobody.
-    std::fs::set_permissions(
-        &d.socket,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        d.socket.parent().unwrap(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    d.open_socket_to_everyone();
     let mut nobody = Command::new("python3");
     nobody.args(["-c", "import socket,sys\nrefused=0\nfor i in range(200):\n s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{\"command\":\"apply\"}\\n'); r=s.makefile().readline(); refused+=('permission denied' in r); s.close()\nprint(refused)", d.socket.to_str().unwrap()]);
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut nobody, || {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::as_nobody(&mut nobody);
     let nobody = nobody.stdout(Stdio::piped()).spawn().unwrap();
 
     let mut abusers = Vec::new();

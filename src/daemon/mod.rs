@@ -368,10 +368,7 @@ async fn current_status(shared: &Shared) -> String {
         return "Database unreachable; see the journal".into();
     };
     let engine = crate::engine::Engine::new(&settings, &pg);
-    match engine.status(&client, &set, &Default::default()).await {
-        Ok(status) => runner::status_line_for(&status.plan, settings.daemon.apply),
-        Err(e) => format!("Cannot read the tracking table: {e}"),
-    }
+    runner::status_text(shared, &engine, &client, &set).await
 }
 
 /// SIGHUP: re-read the configuration; an invalid one is logged and the old one kept.

@@ -341,14 +341,24 @@ pub async fn update_status(
     client: &Client,
     set: &MigrationSet,
 ) {
-    let text = match engine.status(client, set, &PlanOptions::default()).await {
-        Ok(status) => status_line_for(&status.plan, shared.settings.borrow().daemon.apply),
-        Err(e) => format!("Cannot read the tracking table: {e}"),
-    };
+    let text = status_text(shared, engine, client, set).await;
     shared.set_status(text);
 }
 
-pub fn status_line_for(plan: &crate::plan::Plan<'_>, policy: ApplyPolicy) -> String {
+/// The STATUS text for the database as it is now.
+pub async fn status_text(
+    shared: &Shared,
+    engine: &Engine<'_>,
+    client: &Client,
+    set: &MigrationSet,
+) -> String {
+    match engine.status(client, set, &PlanOptions::default()).await {
+        Ok(status) => status_line_for(&status.plan, shared.settings.borrow().daemon.apply),
+        Err(e) => format!("Cannot read the tracking table: {e}"),
+    }
+}
+
+fn status_line_for(plan: &crate::plan::Plan<'_>, policy: ApplyPolicy) -> String {
     let pending = plan.pending_count();
     let drift = if plan.has_drift() {
         "; drift found (see vamsa-migrate status)"

@@ -121,6 +121,22 @@ impl Db {
     }
 }
 
+/// Runs `cmd` as uid/gid 65534 (nobody), with no supplementary groups.
+pub fn as_nobody(cmd: &mut Command) {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// `vamsa-migrate migrate EXTRA --database-url URL --migrations-dir DIR`, run to completion.
 pub fn run_migrate(url: &str, dir: &Path, extra: &[&str]) -> Run {
     Run::from(

@@ -1,27 +1,23 @@
-//! The command line. Thin: it loads settings and the folder, then drives the engine.
+//! The command line: parses the arguments (clap), resolves the settings, and hands each
+//! command to its body in [`crate::commands`]; the [`Outcome`] it returns becomes the exit
+//! code.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::future::Future;
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::commands;
 use crate::config::{ConfigError, Layer, Settings, TransactionMode};
-use crate::engine::{Engine, EngineError, Event, RunOptions};
+use crate::engine::{EngineError, RunOptions};
+use crate::exit::Outcome;
 use crate::plan::PlanOptions;
-use crate::report::{self, Format, HumanOptions, Reporter};
-use crate::source::MigrationSet;
-
-/// Exit codes, documented in the README.
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const FAILED: u8 = 1;
-    pub const BAD_INPUT: u8 = 2;
-    pub const PENDING: u8 = 3;
-    pub const DRIFT: u8 = 4;
-}
+use crate::protocol::Request;
+use crate::report::Format;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -96,7 +92,7 @@ pub enum Command {
     },
 }
 
-#[derive(Args, Debug, Clone, Default)]
+#[derive(Args, Debug, Clone)]
 pub struct MigrateArgs {
     /// Show what would be applied; change nothing.
     #[arg(long)]
@@ -140,15 +136,89 @@ impl Cli {
         settings.apply(self.flags_layer()?, "command line");
         Ok(settings)
     }
+
+    /// The deploy hook may run as a user who can reach the socket but not read the packaged
+    /// config (0640): then only socket_path matters, from the environment.
+    fn trigger_settings(&self, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        if self.config.is_some() || env.contains_key("VAMSA_MIGRATE_CONFIG") {
+            return self.settings(env);
+        }
+        self.settings(env).or_else(|e| match e {
+            ConfigError::Invalid { ref origin, .. }
+                if origin == crate::config::DEFAULT_CONFIG_FILE =>
+            {
+                let mut s = Settings::default();
+                if let Some(path) = env.get("VAMSA_MIGRATE_SOCKET_PATH") {
+                    s.daemon.socket_path = PathBuf::from(path);
+                }
+                Ok(s)
+            }
+            other => Err(other),
+        })
+    }
+}
+
+impl MigrateArgs {
+    fn run_options(&self) -> RunOptions {
+        RunOptions {
+            plan: PlanOptions {
+                allow_out_of_order: self.allow_out_of_order,
+                accept_edited: self.accept_edited.clone(),
+            },
+            dry_run: self.dry_run,
+            no_backup: self.no_backup,
+        }
+    }
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Daemon = cli.command {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let (verbose, quiet) = (cli.verbose, cli.quiet);
+    let outcome = match &cli.command {
         // The daemon sets up its own logging (the journal) and runtime.
-        return ExitCode::from(crate::daemon::main(cli.config));
-    }
-    init_logging(cli.verbose);
+        Command::Daemon => return ExitCode::from(crate::daemon::main(cli.config.clone())),
+        // The demo ignores the configuration: it brings its own.
+        Command::Demo => run(verbose, async { Ok(commands::demo::run().await) }),
+        Command::Migrate(args) => run(verbose, async {
+            let settings = cli.settings(&env)?;
+            let options = args.run_options();
+            Ok(commands::migrate::run(&settings, &env, &options, args.format, quiet).await)
+        }),
+        Command::Status { format } => run(verbose, async {
+            Ok(commands::status::run(&cli.settings(&env)?, &env, *format).await)
+        }),
+        Command::New { name } => run(verbose, async {
+            Ok(commands::new::run(&cli.settings(&env)?, name))
+        }),
+        Command::Backup => run(verbose, async {
+            Ok(commands::backup::take(&cli.settings(&env)?, &env).await)
+        }),
+        Command::Backups => run(verbose, async {
+            Ok(commands::backup::list(&cli.settings(&env)?))
+        }),
+        Command::Trigger {
+            dry_run,
+            timeout,
+            format,
+        } => run(verbose, async {
+            let settings = cli.trigger_settings(&env)?;
+            let request = if *dry_run {
+                Request::DryRun
+            } else {
+                Request::Apply
+            };
+            let socket = &settings.daemon.socket_path;
+            Ok(commands::trigger::run(socket, request, *timeout, *format).await)
+        }),
+    };
+    ExitCode::from(outcome.code())
+}
+
+/// Runs a command on a single-threaded runtime, with logging on stderr. A configuration that
+/// cannot be loaded is shown like any error before the engine runs.
+fn run(verbose: u8, command: impl Future<Output = Result<Outcome, ConfigError>>) -> Outcome {
+    init_logging(verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -156,10 +226,13 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("Error: cannot start the async runtime: {e}");
-            return ExitCode::from(exit::FAILED);
+            return Outcome::OtherFailure;
         }
     };
-    ExitCode::from(runtime.block_on(run(cli)))
+    match runtime.block_on(command) {
+        Ok(outcome) => outcome,
+        Err(e) => commands::show_error(&EngineError::Config(e), Format::Human),
+    }
 }
 
 fn init_logging(verbose: u8) {
@@ -174,222 +247,4 @@ fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .try_init();
-}
-
-async fn run(cli: Cli) -> u8 {
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let settings = match &cli.command {
-        Command::Demo => return crate::demo::run().await,
-        // The deploy hook may run as a user who can reach the socket but not read the
-        // packaged config (0640): then only socket_path matters, from the environment.
-        Command::Trigger { .. }
-            if cli.config.is_none() && !env.contains_key("VAMSA_MIGRATE_CONFIG") =>
-        {
-            cli.settings(&env).or_else(|e| match e {
-                ConfigError::Invalid { ref origin, .. }
-                    if origin == crate::config::DEFAULT_CONFIG_FILE =>
-                {
-                    let mut s = Settings::default();
-                    if let Some(path) = env.get("VAMSA_MIGRATE_SOCKET_PATH") {
-                        s.daemon.socket_path = PathBuf::from(path);
-                    }
-                    Ok(s)
-                }
-                other => Err(other),
-            })
-        }
-        _ => cli.settings(&env),
-    };
-    let settings = match settings {
-        Ok(s) => s,
-        Err(e) => return fail(&EngineError::Config(e), Format::Human),
-    };
-    match &cli.command {
-        Command::Migrate(args) => migrate(&settings, &env, args, cli.quiet).await,
-        Command::Status { format } => status(&settings, &env, *format).await,
-        Command::New { name } => match crate::newfile::create(&settings.migrations_dir, name) {
-            Ok(path) => {
-                println!("Created {}", path.display());
-                exit::OK
-            }
-            Err(e) => {
-                eprintln!("Error: {e}");
-                exit::BAD_INPUT
-            }
-        },
-        Command::Demo => crate::demo::run().await,
-        Command::Backup => backup_now(&settings, &env).await,
-        Command::Backups => list_backups(&settings),
-        // Handled in `main` before the runtime starts (the daemon builds its own).
-        Command::Daemon => exit::FAILED,
-        Command::Trigger {
-            dry_run,
-            timeout,
-            format,
-        } => crate::trigger::run(&settings.daemon.socket_path, *dry_run, *timeout, *format).await,
-    }
-}
-
-/// Prints an error that happened before the engine reported anything.
-fn fail(e: &EngineError, format: Format) -> u8 {
-    match format {
-        Format::Human => eprint!("{}", report::render_error(&e.report())),
-        Format::Json => {
-            let _ = report::write_json_line(
-                &mut io::stdout(),
-                &Event::Done {
-                    ok: false,
-                    applied: 0,
-                    dry_run: false,
-                    error: Some(e.report()),
-                },
-            );
-        }
-    }
-    e.exit_code() as u8
-}
-
-/// `migrate` and `migrate --dry-run`; the demo calls it too.
-pub async fn migrate(
-    settings: &Settings,
-    env: &HashMap<String, String>,
-    args: &MigrateArgs,
-    quiet: bool,
-) -> u8 {
-    let pg = match settings.pg_config(env) {
-        Ok(pg) => pg,
-        Err(e) => return fail(&e.into(), args.format),
-    };
-    let engine = Engine::new(settings, &pg);
-    // Read the folder on another core while the server starts a backend for us. A bad folder
-    // is still reported first, and connecting changes nothing.
-    let dir = settings.migrations_dir.clone();
-    let loading = tokio::task::spawn_blocking(move || MigrationSet::load(&dir));
-    let (set, client) = tokio::join!(loading, engine.connect());
-    let set = match set {
-        Ok(Ok(set)) => set,
-        Ok(Err(e)) => return fail(&e.into(), args.format),
-        Err(e) => {
-            eprintln!("Error: reading the migrations folder: {e}");
-            return exit::FAILED;
-        }
-    };
-    let client = match client {
-        Ok(c) => c,
-        Err(e) => return fail(&e.into(), args.format),
-    };
-    let options = RunOptions {
-        plan: PlanOptions {
-            allow_out_of_order: args.allow_out_of_order,
-            accept_edited: args.accept_edited.clone(),
-        },
-        dry_run: args.dry_run,
-        no_backup: args.no_backup,
-    };
-    let mut reporter = Reporter::new(
-        io::BufWriter::new(io::stdout()),
-        args.format,
-        HumanOptions {
-            quiet,
-            ..HumanOptions::default()
-        },
-    );
-    match engine
-        .run(&client, &set, &options, &mut |e| reporter.event(&e))
-        .await
-    {
-        Ok(_) => exit::OK,
-        Err(e) => e.exit_code() as u8,
-    }
-}
-
-/// `status`; the demo calls it too.
-pub async fn status(settings: &Settings, env: &HashMap<String, String>, format: Format) -> u8 {
-    let set = match MigrationSet::load(&settings.migrations_dir) {
-        Ok(set) => set,
-        Err(e) => return fail(&e.into(), format),
-    };
-    let pg = match settings.pg_config(env) {
-        Ok(pg) => pg,
-        Err(e) => return fail(&e.into(), format),
-    };
-    let engine = Engine::new(settings, &pg);
-    let result = async {
-        let client = engine.connect().await?;
-        engine.status(&client, &set, &PlanOptions::default()).await
-    }
-    .await;
-    let status = match result {
-        Ok(s) => s,
-        Err(e) => return fail(&e, format),
-    };
-    let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
-    let mut out = io::BufWriter::new(io::stdout().lock());
-    let _ = report::write_status(&mut out, &status, &warnings, format);
-    let _ = out.flush();
-    if status.plan.has_drift() {
-        exit::DRIFT
-    } else if status.plan.pending_count() > 0 {
-        exit::PENDING
-    } else {
-        exit::OK
-    }
-}
-
-async fn backup_now(settings: &Settings, env: &HashMap<String, String>) -> u8 {
-    let result = async {
-        let pg = settings.pg_config(env)?;
-        let client = crate::db::connect(&pg).await?;
-        Ok::<_, EngineError>(crate::backup::take(&settings.backup, &pg, &client, "manual").await?)
-    }
-    .await;
-    match result {
-        Ok(b) => {
-            println!(
-                "Backup: {} ({})",
-                b.path.display(),
-                crate::backup::human_bytes(b.bytes)
-            );
-            exit::OK
-        }
-        Err(e) => fail(&e, Format::Human),
-    }
-}
-
-fn list_backups(settings: &Settings) -> u8 {
-    match crate::backup::list(&settings.backup.dir) {
-        Ok(list) if list.is_empty() => {
-            println!("No backups in {}.", settings.backup.dir.display());
-            exit::OK
-        }
-        Ok(list) => {
-            for b in list.iter().rev() {
-                let s = &b.stamp;
-                let when = format!(
-                    "{}-{}-{} {}:{}:{} UTC",
-                    &s[0..4],
-                    &s[4..6],
-                    &s[6..8],
-                    &s[9..11],
-                    &s[11..13],
-                    &s[13..15]
-                );
-                let what = b
-                    .label
-                    .strip_prefix("before-")
-                    .map_or("taken by hand".to_string(), |tag| format!("before {tag}"));
-                println!(
-                    "{when}  {:>9}  {:<32}  {}",
-                    crate::backup::human_bytes(b.bytes),
-                    what,
-                    b.path.display()
-                );
-            }
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("Error: backup_dir {}: {e}", settings.backup.dir.display());
-            exit::FAILED
-        }
-    }
 }

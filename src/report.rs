@@ -5,8 +5,11 @@ use std::io::{self, IsTerminal, Write};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::engine::{ErrorReport, Event, Status};
-use crate::plan::State;
+use crate::engine::Status;
+use crate::plan::{Item, State};
+use crate::protocol::{
+    ErrorReport, Event, MigrationState, MissingRow, PendingMigration, StatusReport, StatusRow,
+};
 
 /// Like `eprintln!`, but a closed stderr must not abort a migration run (`eprintln!` panics).
 macro_rules! warn_line {
@@ -84,90 +87,27 @@ impl<W: Write> Reporter<W> {
     }
 
     fn human(&mut self, event: &Event) -> io::Result<()> {
-        let quiet = self.options.quiet;
         match event {
-            Event::Warning { message } => {
-                if let Some(bar) = &self.bar {
-                    bar.suspend(|| warn_line!("warning: {message}"));
-                } else {
-                    warn_line!("warning: {message}");
-                }
-            }
+            Event::Warning { message } => self.warning(message),
             Event::WaitingForLock {
                 holder_pid,
                 max_wait_ms,
-            } => {
-                let who = holder_pid
-                    .map(|p| format!(" (PostgreSQL backend pid {p} holds the migration lock)"))
-                    .unwrap_or_default();
-                warn_line!(
-                    "Waiting for another vamsa-migrate run to finish{who}; waiting up to {}...",
-                    humantime::format_duration(std::time::Duration::from_millis(*max_wait_ms))
-                );
-            }
+            } => waiting_for_lock(*holder_pid, *max_wait_ms),
             Event::Pending {
                 migrations,
                 dry_run: true,
-            } => {
-                self.pending = migrations.len();
-                if migrations.is_empty() {
-                    writeln!(self.out, "No pending migrations. Database is up to date.")?;
-                    return Ok(());
-                }
-                writeln!(self.out, "Pending migrations:")?;
-                for m in migrations {
-                    let mut notes = Vec::new();
-                    if m.no_transaction {
-                        notes.push("runs outside a transaction".to_string());
-                    }
-                    if m.drizzle_would_skip {
-                        notes.push(
-                            "older than the newest applied migration: Drizzle's own migrator would skip it"
-                                .to_string(),
-                        );
-                    }
-                    if notes.is_empty() {
-                        writeln!(self.out, "  {}", m.migration)?;
-                    } else {
-                        writeln!(self.out, "  {} ({})", m.migration, notes.join("; "))?;
-                    }
-                    for s in &m.statements {
-                        writeln!(self.out, "    - {s}")?;
-                    }
-                }
-            }
+            } => self.would_apply(migrations)?,
             Event::Pending {
                 migrations,
                 dry_run: false,
-            } => {
-                self.pending = migrations.len();
-                if migrations.is_empty() || quiet {
-                    return Ok(());
-                }
-                writeln!(self.out, "Running migrations...")?;
-                for m in migrations.iter().filter(|m| m.drizzle_would_skip) {
-                    writeln!(
-                        self.out,
-                        "Note: {} is older than the newest applied migration; Drizzle's own migrator \
-                         would have skipped it silently. Applying it in journal order.",
-                        m.migration
-                    )?;
-                }
-                if self.options.progress && migrations.len() >= PROGRESS_FROM {
-                    let bar = ProgressBar::new(migrations.len() as u64);
-                    if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}") {
-                        bar.set_style(style);
-                    }
-                    self.bar = Some(bar);
-                }
-            }
+            } => self.running(migrations)?,
             Event::BackingUp { migrations } => {
-                if !quiet {
+                if !self.options.quiet {
                     warn_line!("Backing up the database before {migrations} migration(s)...");
                 }
             }
             Event::BackedUp { path, bytes, ms } => {
-                if !quiet {
+                if !self.options.quiet {
                     warn_line!(
                         "Backup: {} ({}, {:.1} s)",
                         path.display(),
@@ -176,49 +116,129 @@ impl<W: Write> Reporter<W> {
                     );
                 }
             }
-            Event::AcceptedEdit { migration } => {
-                self.line(&format!(
-                    "Accepted the edited {migration}: recorded its new hash."
-                ))?;
-            }
-            Event::Applied { migration, .. } => {
-                if !quiet {
-                    self.line(&format!("Applied: {migration}"))?;
-                }
-                if let Some(bar) = &self.bar {
-                    bar.inc(1);
-                }
-            }
-            Event::Pong { busy } => writeln!(self.out, "pong (busy: {busy})")?,
-            Event::Status { status } => writeln!(self.out, "{status}")?,
+            Event::AcceptedEdit { migration } => self.line(&format!(
+                "Accepted the edited {migration}: recorded its new hash."
+            ))?,
+            Event::Applied { migration, .. } => self.applied(migration)?,
             Event::Done {
                 ok,
                 applied,
                 dry_run,
                 error,
-            } => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
-                }
-                match (ok, dry_run) {
-                    (true, true) if self.pending > 0 => writeln!(
-                        self.out,
-                        "\nNo changes were applied. Run '{}' to apply.",
-                        self.options.apply_command
-                    )?,
-                    (true, false) if quiet => {}
-                    (true, false) if *applied > 0 => writeln!(self.out, "Migration complete.")?,
-                    (true, false) => writeln!(self.out, "No pending migrations.")?,
-                    _ => {}
-                }
-                if let Some(error) = error {
-                    self.out.flush()?;
-                    let _ = write!(io::stderr(), "{}", render_error(error));
-                }
-            }
+            } => self.done(*ok, *applied, *dry_run, error.as_ref())?,
         }
         self.out.flush()
     }
+
+    fn warning(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| warn_line!("warning: {message}")),
+            None => warn_line!("warning: {message}"),
+        }
+    }
+
+    /// A dry run's list: each pending migration with one line per statement.
+    fn would_apply(&mut self, migrations: &[PendingMigration]) -> io::Result<()> {
+        self.pending = migrations.len();
+        if migrations.is_empty() {
+            return writeln!(self.out, "No pending migrations. Database is up to date.");
+        }
+        writeln!(self.out, "Pending migrations:")?;
+        for m in migrations {
+            let mut notes = Vec::new();
+            if m.no_transaction {
+                notes.push("runs outside a transaction");
+            }
+            if m.drizzle_would_skip {
+                notes.push(
+                    "older than the newest applied migration: Drizzle's own migrator would skip it",
+                );
+            }
+            if notes.is_empty() {
+                writeln!(self.out, "  {}", m.migration)?;
+            } else {
+                writeln!(self.out, "  {} ({})", m.migration, notes.join("; "))?;
+            }
+            for s in &m.statements {
+                writeln!(self.out, "    - {s}")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The start of a real run: the notes, and the progress bar for long runs.
+    fn running(&mut self, migrations: &[PendingMigration]) -> io::Result<()> {
+        self.pending = migrations.len();
+        if migrations.is_empty() || self.options.quiet {
+            return Ok(());
+        }
+        writeln!(self.out, "Running migrations...")?;
+        for m in migrations.iter().filter(|m| m.drizzle_would_skip) {
+            writeln!(
+                self.out,
+                "Note: {} is older than the newest applied migration; Drizzle's own migrator \
+                 would have skipped it silently. Applying it in journal order.",
+                m.migration
+            )?;
+        }
+        if self.options.progress && migrations.len() >= PROGRESS_FROM {
+            let bar = ProgressBar::new(migrations.len() as u64);
+            if let Ok(style) = ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}") {
+                bar.set_style(style);
+            }
+            self.bar = Some(bar);
+        }
+        Ok(())
+    }
+
+    fn applied(&mut self, migration: &str) -> io::Result<()> {
+        if !self.options.quiet {
+            self.line(&format!("Applied: {migration}"))?;
+        }
+        if let Some(bar) = &self.bar {
+            bar.inc(1);
+        }
+        Ok(())
+    }
+
+    /// The closing line, and the error block on stderr.
+    fn done(
+        &mut self,
+        ok: bool,
+        applied: usize,
+        dry_run: bool,
+        error: Option<&ErrorReport>,
+    ) -> io::Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        match (ok, dry_run) {
+            (true, true) if self.pending > 0 => writeln!(
+                self.out,
+                "\nNo changes were applied. Run '{}' to apply.",
+                self.options.apply_command
+            )?,
+            (true, false) if self.options.quiet => {}
+            (true, false) if applied > 0 => writeln!(self.out, "Migration complete.")?,
+            (true, false) => writeln!(self.out, "No pending migrations.")?,
+            _ => {}
+        }
+        if let Some(error) = error {
+            self.out.flush()?;
+            let _ = write!(io::stderr(), "{}", render_error(error));
+        }
+        Ok(())
+    }
+}
+
+fn waiting_for_lock(holder_pid: Option<i32>, max_wait_ms: u64) {
+    let who = holder_pid
+        .map(|p| format!(" (PostgreSQL backend pid {p} holds the migration lock)"))
+        .unwrap_or_default();
+    warn_line!(
+        "Waiting for another vamsa-migrate run to finish{who}; waiting up to {}...",
+        humantime::format_duration(std::time::Duration::from_millis(max_wait_ms))
+    );
 }
 
 pub fn write_json_line(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
@@ -237,84 +257,17 @@ pub fn render_error(e: &ErrorReport) -> String {
     text
 }
 
-#[derive(Serialize)]
-struct StatusRow<'a> {
-    migration: &'a str,
-    state: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    applied_at: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    note: Option<String>,
-}
-
-#[derive(Serialize)]
-struct StatusJson<'a> {
-    migrations: Vec<StatusRow<'a>>,
-    missing_on_disk: Vec<MissingRow<'a>>,
-    applied: usize,
-    pending: usize,
-    drift: bool,
-    warnings: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct MissingRow<'a> {
-    id: i32,
-    hash: &'a str,
-    created_at: Option<i64>,
-}
-
-fn status_rows<'a>(status: &'a Status<'_>) -> Vec<StatusRow<'a>> {
-    status
-        .plan
-        .items
-        .iter()
-        .map(|item| {
-            let (state, applied_at, note) = match &item.state {
-                State::Applied(row) => ("applied", row.applied_at.as_deref(), None),
-                State::Edited { row, .. } => (
-                    "edited",
-                    row.applied_at.as_deref(),
-                    Some(format!(
-                        "file changed since it was applied; accept with --accept-edited {}",
-                        item.migration.tag
-                    )),
-                ),
-                State::Pending {
-                    drizzle_would_skip: true,
-                } => (
-                    "pending",
-                    None,
-                    Some("older than the newest applied migration: Drizzle's own migrator would skip it".into()),
-                ),
-                State::Pending { .. } => ("pending", None, None),
-                State::OutOfOrder { .. } => (
-                    "out-of-order",
-                    None,
-                    Some("a later migration is applied; apply with --allow-out-of-order".into()),
-                ),
-            };
-            StatusRow {
-                migration: &item.migration.file_name,
-                state,
-                applied_at,
-                note,
-            }
-        })
-        .collect()
-}
-
-/// The JSON object of `status --format json` (and of the daemon's `status` reply).
-pub fn status_json(status: &Status<'_>, warnings: &[String]) -> serde_json::Value {
+/// The report of `status`, from its plan and the folder's warnings.
+pub fn status_report(status: &Status<'_>, warnings: &[String]) -> StatusReport {
     let plan = &status.plan;
-    serde_json::to_value(StatusJson {
-        migrations: status_rows(status),
+    StatusReport {
+        migrations: plan.items.iter().map(status_row).collect(),
         missing_on_disk: plan
             .missing
             .iter()
             .map(|r| MissingRow {
                 id: r.id,
-                hash: &r.hash,
+                hash: r.hash.clone(),
                 created_at: r.created_at,
             })
             .collect(),
@@ -322,28 +275,62 @@ pub fn status_json(status: &Status<'_>, warnings: &[String]) -> serde_json::Valu
         pending: plan.pending_count(),
         drift: plan.has_drift(),
         warnings: warnings.to_vec(),
-    })
-    .unwrap_or_default()
+    }
 }
 
-pub fn write_status(
-    out: &mut impl Write,
-    status: &Status<'_>,
-    warnings: &[String],
-    format: Format,
-) -> io::Result<()> {
-    if format == Format::Json {
-        return write_json_line(out, &status_json(status, warnings));
+fn status_row(item: &Item<'_>) -> StatusRow {
+    let (state, applied_at, note) = match &item.state {
+        State::Applied(row) => (MigrationState::Applied, row.applied_at.clone(), None),
+        State::Edited { row, .. } => (
+            MigrationState::Edited,
+            row.applied_at.clone(),
+            Some(format!(
+                "file changed since it was applied; accept with --accept-edited {}",
+                item.migration.tag
+            )),
+        ),
+        State::Pending {
+            drizzle_would_skip: true,
+        } => (
+            MigrationState::Pending,
+            None,
+            Some(
+                "older than the newest applied migration: Drizzle's own migrator would skip it"
+                    .into(),
+            ),
+        ),
+        State::Pending { .. } => (MigrationState::Pending, None, None),
+        State::OutOfOrder { .. } => (
+            MigrationState::OutOfOrder,
+            None,
+            Some("a later migration is applied; apply with --allow-out-of-order".into()),
+        ),
+    };
+    StatusRow {
+        migration: item.migration.file_name.clone(),
+        state,
+        applied_at,
+        note,
     }
-    let rows = status_rows(status);
-    let plan = &status.plan;
-    for w in warnings {
+}
+
+/// `status` as a person reads it (warnings on stderr), or as one JSON line.
+pub fn write_status(out: &mut impl Write, report: &StatusReport, format: Format) -> io::Result<()> {
+    if format == Format::Json {
+        return write_json_line(out, report);
+    }
+    for w in &report.warnings {
         warn_line!("warning: {w}");
     }
-    let width = rows.iter().map(|r| r.migration.len()).max().unwrap_or(0);
-    for row in &rows {
-        let mut line = format!("  {:<12} {:<width$}", row.state, row.migration);
-        if let Some(at) = row.applied_at {
+    let width = report
+        .migrations
+        .iter()
+        .map(|r| r.migration.len())
+        .max()
+        .unwrap_or(0);
+    for row in &report.migrations {
+        let mut line = format!("  {:<12} {:<width$}", row.state.name(), row.migration);
+        if let Some(at) = &row.applied_at {
             line.push_str(&format!("  {at} UTC"));
         }
         if let Some(note) = &row.note {
@@ -351,7 +338,7 @@ pub fn write_status(
         }
         writeln!(out, "{}", line.trim_end())?;
     }
-    for r in &plan.missing {
+    for r in &report.missing_on_disk {
         writeln!(
             out,
             "  {:<12} row {} (created_at {}, hash {}): no such migration on disk",
@@ -361,18 +348,17 @@ pub fn write_status(
             crate::engine::short_hash(&r.hash)
         )?;
     }
-    let pending = plan.pending_count();
     let mut summary = format!(
         "{} migrations: {} applied, {} pending",
-        plan.items.len(),
-        plan.applied_count(),
-        pending
+        report.migrations.len(),
+        report.applied,
+        report.pending
     );
-    if plan.has_drift() {
+    if report.drift {
         summary.push_str(", drift found");
     }
     writeln!(out, "{summary}.")?;
-    if pending == 0 && !plan.has_drift() {
+    if report.pending == 0 && !report.drift {
         writeln!(out, "Database is up to date.")?;
     }
     Ok(())

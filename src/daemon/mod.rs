@@ -19,21 +19,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{describe_target, Settings};
-use crate::engine::Event;
+use crate::exit::daemon as exit;
+use crate::protocol::{Event, Reply};
 use runner::{Job, JobKind, Shared};
 use systemd::Notifier;
-
-/// Exit codes of the daemon.
-pub mod exit {
-    pub const OK: u8 = 0;
-    /// The socket, signals or runtime could not be set up.
-    pub const START_FAILED: u8 = 1;
-    /// The configuration cannot work (also: a database that refuses our credentials or does
-    /// not exist). Retrying will not help: the unit's RestartPreventExitStatus names it.
-    pub const BAD_CONFIG: u8 = 2;
-    /// The start-up migration failed; retrying the same migration fails the same way.
-    pub const MIGRATION_FAILED: u8 = 3;
-}
 
 pub fn main(config: Option<PathBuf>) -> u8 {
     let env: HashMap<String, String> = std::env::vars().collect();
@@ -286,7 +275,7 @@ async fn wait_for_database(shared: &Shared) -> Result<(), u8> {
             .extend_timeout(connect_timeout + delay + Duration::from_secs(5));
         match shared.client().await {
             Ok(_) => return Ok(()),
-            Err(e) if is_permanent(&e) => {
+            Err(e) if crate::diagnosis::is_permanent(&e) => {
                 tracing::error!(
                     SQLSTATE = e.sqlstate().unwrap_or(""),
                     "{e}; fix database_url (or the password) and start again"
@@ -309,24 +298,6 @@ async fn wait_for_database(shared: &Shared) -> Result<(), u8> {
         delay = (delay * 2).min(settings.daemon.db_retry_max.max(Duration::from_millis(250)));
     }
     Err(exit::START_FAILED)
-}
-
-/// Connection errors that no amount of waiting fixes.
-fn is_permanent(e: &crate::engine::EngineError) -> bool {
-    use crate::db::DbError;
-    use crate::engine::EngineError;
-    match e {
-        EngineError::Config(_) => true,
-        EngineError::Db(DbError::Connect { failure, .. }) => {
-            // 28000/28P01: authentication; 3D000: no such database; tokio-postgres reports
-            // settings it cannot use (a password is required but none is set) as configuration.
-            matches!(
-                failure.sqlstate.as_deref(),
-                Some("28000" | "28P01" | "3D000")
-            ) || failure.message.starts_with("invalid configuration")
-        }
-        _ => false,
-    }
 }
 
 /// Queues a job and waits for its `done`; returns whether it succeeded and its error text.
@@ -352,7 +323,7 @@ async fn run_and_wait(
         Some("the migration runner stopped before answering".into()),
     );
     while let Some(event) = rx.recv().await {
-        if let Event::Done { ok, error, .. } = event {
+        if let Reply::Event(Event::Done { ok, error, .. }) = event {
             result = (ok, error.map(|e| e.message));
         }
     }

@@ -12,9 +12,11 @@ use tokio_postgres::{CancelToken, Client};
 
 use crate::config::{describe_target, ApplyPolicy, Settings};
 use crate::daemon::systemd::Notifier;
-use crate::engine::{Engine, EngineError, Event, RunOptions};
+use crate::diagnosis::{self, daemon_report};
+use crate::engine::{Engine, EngineError, RunOptions};
 use crate::plan::PlanOptions;
-use crate::report::status_json;
+use crate::protocol::{DaemonReply, ErrorKind, Event, Reply};
+use crate::report::status_report;
 use crate::source::MigrationSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,8 +32,8 @@ pub struct Job {
     pub kind: JobKind,
     /// Who asked, for the log ("start-up", "trigger from uid 1000", "folder change").
     pub origin: String,
-    /// Where to send the events of this job; dropped after the `done` event.
-    pub reply: Option<mpsc::UnboundedSender<Event>>,
+    /// Where to send the replies of this job; dropped after the `done` event.
+    pub reply: Option<mpsc::UnboundedSender<Reply>>,
 }
 
 /// State shared by the daemon's tasks (all on one thread).
@@ -119,21 +121,8 @@ impl Shared {
 pub async fn run(shared: Rc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     while let Some(job) = jobs.recv().await {
         if shared.stopping.get() {
-            send(
-                &job,
-                Event::Done {
-                    ok: false,
-                    applied: 0,
-                    dry_run: job.kind == JobKind::DryRun,
-                    error: Some(crate::engine::ErrorReport {
-                        migration: None,
-                        message: "vamsa-migrate is stopping".into(),
-                        sqlstate: None,
-                        cause: None,
-                        hint: "Run the trigger again once the service is back.".into(),
-                    }),
-                },
-            );
+            let error = daemon_report(ErrorKind::Stopping, "vamsa-migrate is stopping".into());
+            send(&job, Event::done_failed(error, job.kind == JobKind::DryRun));
             continue;
         }
         shared.busy.set(true);
@@ -144,10 +133,10 @@ pub async fn run(shared: Rc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-fn send(job: &Job, event: Event) {
-    if let Some(reply) = &job.reply {
+fn send(job: &Job, reply: impl Into<Reply>) {
+    if let Some(to) = &job.reply {
         // The client may be gone; the run goes on regardless.
-        let _ = reply.send(event);
+        let _ = to.send(reply.into());
     }
 }
 
@@ -172,49 +161,19 @@ async fn run_job(shared: &Shared, job: &Job) {
     let apply = match job.kind {
         JobKind::Apply => true,
         JobKind::DryRun => false,
-        JobKind::Status => {
-            match engine.status(&client, &set, &PlanOptions::default()).await {
-                Ok(status) => {
-                    let warnings: Vec<String> =
-                        set.warnings.iter().map(|w| w.to_string()).collect();
-                    send(
-                        job,
-                        Event::Status {
-                            status: status_json(&status, &warnings),
-                        },
-                    );
-                    send(
-                        job,
-                        Event::Done {
-                            ok: true,
-                            applied: 0,
-                            dry_run: false,
-                            error: None,
-                        },
-                    );
-                }
-                Err(e) => fail(shared, job, &e),
-            }
-            return;
-        }
+        JobKind::Status => return answer_status(shared, job, &engine, &client, &set).await,
         JobKind::FolderChanged => {
             let read = report_pending(shared, &engine, &client, &set).await;
-            if !read || settings.daemon.apply != ApplyPolicy::OnChange {
+            if !read {
+                let message = "cannot read the tracking table (see the log)".into();
                 send(
                     job,
-                    Event::Done {
-                        ok: read,
-                        applied: 0,
-                        dry_run: true,
-                        error: (!read).then(|| crate::engine::ErrorReport {
-                            message: "cannot read the tracking table (see the log)".into(),
-                            migration: None,
-                            sqlstate: None,
-                            cause: None,
-                            hint: "Check that PostgreSQL is reachable.".into(),
-                        }),
-                    },
+                    Event::done_failed(daemon_report(ErrorKind::Database, message), true),
                 );
+                return;
+            }
+            if settings.daemon.apply != ApplyPolicy::OnChange {
+                send(job, Event::done_ok(0, true));
                 return;
             }
             true
@@ -230,31 +189,7 @@ async fn run_job(shared: &Shared, job: &Job) {
     let starting = shared.starting.get();
     let mut emit = |event: Event| {
         log_event(&event, &job.origin);
-        match &event {
-            Event::Pending {
-                migrations,
-                dry_run: false,
-            } if !migrations.is_empty() => {
-                notifier.status(&format!("Applying {} migrations...", migrations.len()));
-            }
-            Event::BackingUp { migrations } => {
-                notifier.status(&format!(
-                    "Backing up database before {migrations} migrations..."
-                ));
-                if starting {
-                    // A large database takes a while to dump: keep the start timeout ahead.
-                    notifier.extend_timeout(Duration::from_secs(3600));
-                }
-            }
-            Event::Applied { migration, .. } => {
-                notifier.status(&format!("Applied {migration}"));
-                if starting {
-                    // Each migration may take a while: keep systemd's start timeout ahead.
-                    notifier.extend_timeout(Duration::from_secs(120));
-                }
-            }
-            _ => {}
-        }
+        notify_progress(notifier, starting, &event);
         send(job, event);
     };
     if let Err(e) = engine.run(&client, &set, &options, &mut emit).await {
@@ -263,26 +198,64 @@ async fn run_job(shared: &Shared, job: &Job) {
     update_status(shared, &engine, &client, &set).await;
 }
 
+/// STATUS (and, before READY, a longer start timeout) for the steps of a run.
+fn notify_progress(notifier: Notifier, starting: bool, event: &Event) {
+    match event {
+        Event::Pending {
+            migrations,
+            dry_run: false,
+        } if !migrations.is_empty() => {
+            notifier.status(&format!("Applying {} migrations...", migrations.len()));
+        }
+        Event::BackingUp { migrations } => {
+            notifier.status(&format!(
+                "Backing up database before {migrations} migrations..."
+            ));
+            if starting {
+                // A large database takes a while to dump: keep the start timeout ahead.
+                notifier.extend_timeout(Duration::from_secs(3600));
+            }
+        }
+        Event::Applied { migration, .. } => {
+            notifier.status(&format!("Applied {migration}"));
+            if starting {
+                // Each migration may take a while: keep systemd's start timeout ahead.
+                notifier.extend_timeout(Duration::from_secs(120));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Answers `status`: the report, then `done`.
+async fn answer_status(
+    shared: &Shared,
+    job: &Job,
+    engine: &Engine<'_>,
+    client: &Client,
+    set: &MigrationSet,
+) {
+    match engine.status(client, set, &PlanOptions::default()).await {
+        Ok(status) => {
+            let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
+            let status = status_report(&status, &warnings);
+            send(job, DaemonReply::Status { status });
+            send(job, Event::done_ok(0, false));
+        }
+        Err(e) => fail(shared, job, &e),
+    }
+}
+
 /// Reports an error that stopped a job before the engine ran.
 fn fail(shared: &Shared, job: &Job, e: &EngineError) {
     forget_broken_connection(shared, e);
-    let event = Event::Done {
-        ok: false,
-        applied: 0,
-        dry_run: job.kind == JobKind::DryRun,
-        error: Some(e.report()),
-    };
+    let event = Event::done_failed(diagnosis::report(e), job.kind == JobKind::DryRun);
     log_event(&event, &job.origin);
     send(job, event);
 }
 
 fn forget_broken_connection(shared: &Shared, e: &EngineError) {
-    let lost = match e {
-        EngineError::Apply(a) => a.failure.connection_lost,
-        EngineError::Db(crate::db::DbError::Query { failure, .. }) => failure.connection_lost,
-        _ => false,
-    };
-    if lost {
+    if diagnosis::connection_lost(e) {
         *shared.client.borrow_mut() = None;
     }
 }
@@ -444,6 +417,6 @@ pub fn log_event(event: &Event, origin: &str) {
             "{}",
             e.message
         ),
-        Event::Done { .. } | Event::Pong { .. } | Event::Status { .. } => {}
+        Event::Done { .. } => {}
     }
 }

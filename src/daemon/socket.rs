@@ -10,14 +10,15 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
 use crate::config::DaemonSettings;
 use crate::daemon::runner::{Job, JobKind, Shared};
-use crate::engine::{ErrorReport, Event};
+use crate::diagnosis::daemon_report;
+use crate::protocol::{DaemonReply, ErrorKind, Event, Reply, Request};
 
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -100,11 +101,6 @@ fn bind(path: &Path, group: Option<&str>) -> Result<TriggerSocket, SocketError> 
     })
 }
 
-#[derive(Deserialize)]
-struct Request {
-    command: String,
-}
-
 /// Accepts connections until the task is dropped.
 pub async fn serve(listener: UnixListener, shared: Rc<Shared>, jobs: mpsc::UnboundedSender<Job>) {
     let active = Rc::new(std::cell::Cell::new(0usize));
@@ -121,11 +117,8 @@ pub async fn serve(listener: UnixListener, shared: Rc<Shared>, jobs: mpsc::Unbou
         if active.get() >= MAX_CONNECTIONS {
             tokio::task::spawn_local(async move {
                 let mut stream = stream;
-                let _ = write_event(
-                    &mut stream,
-                    &refusal("too many connections to the trigger socket; try again"),
-                )
-                .await;
+                let message = "too many connections to the trigger socket; try again";
+                let _ = write_reply(&mut stream, refusal(ErrorKind::Overloaded, message)).await;
             });
             continue;
         }
@@ -140,23 +133,16 @@ pub async fn serve(listener: UnixListener, shared: Rc<Shared>, jobs: mpsc::Unbou
     }
 }
 
-fn refusal(message: &str) -> Event {
-    Event::Done {
-        ok: false,
-        applied: 0,
-        dry_run: false,
-        error: Some(ErrorReport {
-            migration: None,
-            message: message.into(),
-            sqlstate: None,
-            cause: None,
-            hint: "Send one JSON line such as {\"command\":\"apply\"} (commands: apply, dry-run, status, ping).".into(),
-        }),
-    }
+/// The `done` of a request the daemon does not serve.
+fn refusal(kind: ErrorKind, message: impl Into<String>) -> Reply {
+    Event::done_failed(daemon_report(kind, message.into()), false).into()
 }
 
-async fn write_event(stream: &mut (impl AsyncWriteExt + Unpin), event: &Event) -> io::Result<()> {
-    let mut line = serde_json::to_vec(event).map_err(io::Error::other)?;
+async fn write_reply(
+    stream: &mut (impl AsyncWriteExt + Unpin),
+    reply: impl Into<Reply>,
+) -> io::Result<()> {
+    let mut line = serde_json::to_vec(&reply.into()).map_err(io::Error::other)?;
     line.push(b'\n');
     match tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&line)).await {
         Ok(result) => result,
@@ -175,7 +161,7 @@ enum Line {
     Broken,
 }
 
-async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> Line {
+async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> Line {
     let mut buf = Vec::new();
     let read = async {
         loop {
@@ -210,123 +196,128 @@ async fn read_line(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) -> L
         .unwrap_or(Line::TimedOut)
 }
 
+/// Serves one connection: requests one after another until the client hangs up.
 async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSender<Job>) {
     let cred = stream.peer_cred().ok();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
-        let line = match read_line(&mut reader).await {
-            Line::Request(line) => line,
-            Line::Eof | Line::Broken => return,
-            Line::TooLong => {
-                let _ = write_event(
-                    &mut write,
-                    &refusal(&format!("request line longer than {} KiB", MAX_LINE / 1024)),
-                )
-                .await;
-                return;
-            }
-            Line::TimedOut => {
-                let _ =
-                    write_event(&mut write, &refusal("timed out waiting for a request line")).await;
-                return;
-            }
+        let request = match next_request(&mut reader, &mut write).await {
+            Next::Request(request) => request,
+            Next::Skip => continue,
+            Next::Close => return,
         };
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let request: Request = match serde_json::from_str(line) {
-            Ok(r) => r,
-            Err(e) => {
-                if write_event(&mut write, &refusal(&format!("not a JSON request: {e}")))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                continue;
-            }
-        };
-        let kind = match request.command.as_str() {
-            "ping" => {
-                let pong = Event::Pong {
+        let kind = match request {
+            Request::Ping => {
+                let pong = DaemonReply::Pong {
                     busy: shared.busy.get(),
                 };
-                let done = Event::Done {
-                    ok: true,
-                    applied: 0,
-                    dry_run: false,
-                    error: None,
-                };
-                if write_event(&mut write, &pong).await.is_err()
-                    || write_event(&mut write, &done).await.is_err()
+                if write_reply(&mut write, pong).await.is_err()
+                    || write_reply(&mut write, Event::done_ok(0, false))
+                        .await
+                        .is_err()
                 {
                     return;
                 }
                 continue;
             }
-            "apply" => JobKind::Apply,
-            "dry-run" => JobKind::DryRun,
-            "status" => JobKind::Status,
-            other => {
-                if write_event(&mut write, &refusal(&format!("unknown command {other:?}")))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                continue;
-            }
+            Request::Apply => JobKind::Apply,
+            Request::DryRun => JobKind::DryRun,
+            Request::Status => JobKind::Status,
         };
-        let who = cred.map_or("an unknown peer".to_string(), |c| {
-            format!(
-                "uid {} (pid {})",
-                c.uid(),
-                c.pid().map_or("?".into(), |p| p.to_string())
-            )
-        });
-        if kind == JobKind::Apply {
-            let allowed = cred.is_some_and(|c| {
-                crate::daemon::peer::may_apply(&c, &shared.settings.borrow().daemon)
-            });
-            if !allowed {
-                tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
-                let refused = Event::Done {
-                    ok: false,
-                    applied: 0,
-                    dry_run: false,
-                    error: Some(ErrorReport {
-                        migration: None,
-                        message: format!("permission denied: {who} may not apply migrations"),
-                        sqlstate: None,
-                        cause: None,
-                        hint: "Run the trigger as root or the vamsa-migrate user, or add the user or its group to allowed_users / allowed_groups.".into(),
-                    }),
-                };
-                let _ = write_event(&mut write, &refused).await;
-                return;
-            }
-        }
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let job = Job {
-            kind,
-            origin: format!("trigger from {who}"),
-            reply: Some(tx),
-        };
-        if jobs.send(job).is_err() {
-            let _ = write_event(&mut write, &refusal("vamsa-migrate is stopping")).await;
+        let who = describe_peer(cred);
+        if kind == JobKind::Apply && !may_apply(cred, shared) {
+            tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
+            let message = format!("permission denied: {who} may not apply migrations");
+            let _ = write_reply(&mut write, refusal(ErrorKind::Refused, message)).await;
             return;
         }
-        let mut client_gone = false;
-        while let Some(event) = rx.recv().await {
-            // A client that went away does not stop the run: keep draining its events.
-            if !client_gone && write_event(&mut write, &event).await.is_err() {
-                client_gone = true;
-            }
-        }
-        if client_gone {
+        if !relay_job(kind, &who, jobs, &mut write).await {
             return;
         }
     }
+}
+
+/// What the connection holds next.
+enum Next {
+    Request(Request),
+    /// An empty line, or one answered with an error: read on.
+    Skip,
+    Close,
+}
+
+/// Reads one request line; answers what is not a request (too long, too slow, not
+/// understood) itself.
+async fn next_request(reader: &mut BufReader<OwnedReadHalf>, write: &mut OwnedWriteHalf) -> Next {
+    let line = match read_line(reader).await {
+        Line::Request(line) => line,
+        Line::Eof | Line::Broken => return Next::Close,
+        Line::TooLong => {
+            let message = format!("request line longer than {} KiB", MAX_LINE / 1024);
+            let _ = write_reply(write, refusal(ErrorKind::BadRequest, message)).await;
+            return Next::Close;
+        }
+        Line::TimedOut => {
+            let message = "timed out waiting for a request line";
+            let _ = write_reply(write, refusal(ErrorKind::BadRequest, message)).await;
+            return Next::Close;
+        }
+    };
+    let line = line.trim();
+    if line.is_empty() {
+        return Next::Skip;
+    }
+    match Request::parse(line) {
+        Ok(request) => Next::Request(request),
+        Err(e) => match write_reply(write, refusal(ErrorKind::BadRequest, e.to_string())).await {
+            Ok(()) => Next::Skip,
+            Err(_) => Next::Close,
+        },
+    }
+}
+
+/// `uid 1000 (pid 4242)`, for the log and refusals.
+fn describe_peer(cred: Option<UCred>) -> String {
+    cred.map_or("an unknown peer".to_string(), |c| {
+        format!(
+            "uid {} (pid {})",
+            c.uid(),
+            c.pid().map_or("?".into(), |p| p.to_string())
+        )
+    })
+}
+
+fn may_apply(cred: Option<UCred>, shared: &Shared) -> bool {
+    cred.is_some_and(|c| crate::daemon::peer::may_apply(&c, &shared.settings.borrow().daemon))
+}
+
+/// Queues the job and relays its replies; false when the connection is done for.
+async fn relay_job(
+    kind: JobKind,
+    who: &str,
+    jobs: &mpsc::UnboundedSender<Job>,
+    write: &mut OwnedWriteHalf,
+) -> bool {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let job = Job {
+        kind,
+        origin: format!("trigger from {who}"),
+        reply: Some(tx),
+    };
+    if jobs.send(job).is_err() {
+        let _ = write_reply(
+            write,
+            refusal(ErrorKind::Stopping, "vamsa-migrate is stopping"),
+        )
+        .await;
+        return false;
+    }
+    let mut client_gone = false;
+    while let Some(reply) = rx.recv().await {
+        // A client that went away does not stop the run: keep draining its replies.
+        if !client_gone && write_reply(write, reply).await.is_err() {
+            client_gone = true;
+        }
+    }
+    !client_gone
 }

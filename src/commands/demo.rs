@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::cli::{self, MigrateArgs};
 use crate::config::Settings;
+use crate::engine::RunOptions;
+use crate::exit::Outcome;
 use crate::pgcluster::TempCluster;
 use crate::report::Format;
 
@@ -20,19 +21,20 @@ fn bundled_migrations() -> Option<PathBuf> {
     .find(|p| p.join("meta/_journal.json").exists())
 }
 
-pub async fn run() -> u8 {
+/// Runs the set-up demo; the outcome is the first step that failed, else that of `status`.
+pub(crate) async fn run() -> Outcome {
     let Some(dir) = bundled_migrations() else {
         eprintln!(
             "Error: the bundled migrations folder was not found (run from the source checkout)"
         );
-        return cli::exit::FAILED;
+        return Outcome::OtherFailure;
     };
     println!("Starting a throwaway PostgreSQL cluster in a temporary directory...");
     let cluster = match TempCluster::start().and_then(|c| c.create_database("vamsa").map(|_| c)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("Error: cannot start a throwaway PostgreSQL: {e}");
-            return cli::exit::FAILED;
+            return Outcome::OtherFailure;
         }
     };
     println!(
@@ -59,20 +61,19 @@ pub async fn run() -> u8 {
     ];
     for (title, dry_run) in steps {
         println!("$ vamsa-migrate {title}");
-        let args = MigrateArgs {
+        let options = RunOptions {
             dry_run,
-            format: Format::Human,
-            ..MigrateArgs::default()
+            ..RunOptions::default()
         };
-        let code = cli::migrate(&settings, &env, &args, false).await;
+        let outcome = super::migrate::run(&settings, &env, &options, Format::Human, false).await;
         println!();
-        if code != cli::exit::OK {
-            return code;
+        if outcome != Outcome::Success {
+            return outcome;
         }
     }
     println!("$ vamsa-migrate status");
-    let code = cli::status(&settings, &env, Format::Human).await;
+    let outcome = super::status::run(&settings, &env, Format::Human).await;
     println!("\nStopping and removing the throwaway cluster.");
     drop(cluster);
-    code
+    outcome
 }

@@ -1,0 +1,26 @@
+//! `new NAME`: the next numbered migration file and its journal entry.
+
+use crate::config::Settings;
+use crate::exit::Outcome;
+use crate::newfile::NewError;
+use crate::protocol::ErrorKind;
+
+pub(crate) fn run(settings: &Settings, name: &str) -> Outcome {
+    match crate::newfile::create(&settings.migrations_dir, name) {
+        Ok(path) => {
+            println!("Created {}", path.display());
+            Outcome::Success
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            Outcome::Failed(kind(&e))
+        }
+    }
+}
+
+fn kind(e: &NewError) -> ErrorKind {
+    match e {
+        NewError::Io { .. } | NewError::Journal { .. } => ErrorKind::Folder,
+        NewError::BadName { .. } => ErrorKind::Usage,
+    }
+}

@@ -1,0 +1,51 @@
+//! `status`: every migration's state; read-only.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::exit::Outcome;
+use crate::plan::PlanOptions;
+use crate::report::{self, Format};
+use crate::source::MigrationSet;
+
+use super::show_error;
+
+/// Shows the report; the outcome says whether the database is up to date, behind, or drifted.
+pub(crate) async fn run(
+    settings: &Settings,
+    env: &HashMap<String, String>,
+    format: Format,
+) -> Outcome {
+    let set = match MigrationSet::load(&settings.migrations_dir) {
+        Ok(set) => set,
+        Err(e) => return show_error(&e.into(), format),
+    };
+    let pg = match settings.pg_config(env) {
+        Ok(pg) => pg,
+        Err(e) => return show_error(&e.into(), format),
+    };
+    let engine = Engine::new(settings, &pg);
+    let result = async {
+        let client = engine.connect().await?;
+        engine.status(&client, &set, &PlanOptions::default()).await
+    }
+    .await;
+    let status = match result {
+        Ok(s) => s,
+        Err(e) => return show_error(&e, format),
+    };
+    let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
+    let status = report::status_report(&status, &warnings);
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let _ = report::write_status(&mut out, &status, format);
+    let _ = out.flush();
+    if status.drift {
+        Outcome::Drift
+    } else if status.pending > 0 {
+        Outcome::Pending
+    } else {
+        Outcome::Success
+    }
+}

@@ -1,0 +1,112 @@
+//! `vamsa-migrate trigger`: the deploy-hook client of the daemon's trigger socket. It prints the
+//! same lines as `vamsa-migrate migrate` as the daemon's events arrive.
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::exit::Outcome;
+use crate::protocol::{ErrorKind, Event, Request};
+use crate::report::{Format, HumanOptions, Reporter};
+
+/// Sends `request` and shows the answer until its `done`, or until `timeout`.
+pub(crate) async fn run(
+    socket: &Path,
+    request: Request,
+    timeout: Option<Duration>,
+    format: Format,
+) -> Outcome {
+    let stream = match connect(socket).await {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
+    };
+    let conversation = converse(stream, request, format);
+    match timeout {
+        Some(limit) => match tokio::time::timeout(limit, conversation).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                eprintln!(
+                    "Error: no answer from vamsa-migrate within {}; the run may still be going on: see `journalctl -u vamsa-migrate`",
+                    humantime::format_duration(limit)
+                );
+                Outcome::NoAnswer
+            }
+        },
+        None => conversation.await,
+    }
+}
+
+async fn connect(socket: &Path) -> Result<UnixStream, Outcome> {
+    UnixStream::connect(socket).await.map_err(|e| {
+        if e.kind() == io::ErrorKind::PermissionDenied {
+            eprintln!(
+                "Error: permission denied on {}: run as root, or add this user to the vamsa-migrate group (adduser $USER vamsa-migrate, then log in again)",
+                socket.display()
+            );
+            Outcome::Failed(ErrorKind::Refused)
+        } else {
+            eprintln!(
+                "vamsa-migrate is not running: start it with `systemctl start vamsa-migrate` or run `vamsa-migrate migrate` ({}: {e})",
+                socket.display()
+            );
+            Outcome::NotRunning
+        }
+    })
+}
+
+async fn converse(stream: UnixStream, request: Request, format: Format) -> Outcome {
+    let (read, mut write) = stream.into_split();
+    let sent = match request.to_line() {
+        Ok(line) => write.write_all(&line).await,
+        Err(e) => Err(io::Error::other(e)),
+    };
+    if let Err(e) = sent {
+        eprintln!("Error: cannot send the request to vamsa-migrate: {e}");
+        return Outcome::OtherFailure;
+    }
+    let mut reporter = Reporter::new(io::stdout(), Format::Human, HumanOptions::default());
+    let mut lines = BufReader::new(read).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(_) => {
+                eprintln!("Error: vamsa-migrate closed the connection before the run finished; see `journalctl -u vamsa-migrate`");
+                return Outcome::NoAnswer;
+            }
+        };
+        if let Some(outcome) = show(&mut reporter, &line, format) {
+            return outcome;
+        }
+    }
+}
+
+/// Shows one reply line; after the `done` event, the outcome it reports.
+fn show(reporter: &mut Reporter<io::Stdout>, line: &str, format: Format) -> Option<Outcome> {
+    if format == Format::Json {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    }
+    let event: Event = match serde_json::from_str(line) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("Error: unexpected reply from vamsa-migrate ({e}): {line}");
+            return Some(Outcome::OtherFailure);
+        }
+    };
+    if format == Format::Human {
+        reporter.event(&event);
+    } else if let Event::Done { error: Some(e), .. } = &event {
+        eprint!("{}", crate::report::render_error(e));
+    }
+    match event {
+        Event::Done { ok: true, .. } => Some(Outcome::Success),
+        Event::Done { error, .. } => Some(Outcome::DaemonFailed(
+            error.map_or(ErrorKind::Unknown, |e| e.kind),
+        )),
+        _ => None,
+    }
+}

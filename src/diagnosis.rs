@@ -1,0 +1,532 @@
+//! What a failure means: the likely cause and the next step a person reads (the README's
+//! "Errors and likely causes" table, the user document's "What if a migration fails?"), and the
+//! decisions made from the same facts (retry or give up, is the connection gone). Pure
+//! functions of an error's kind, its SQLSTATE (PostgreSQL 15, Appendix A) and where it
+//! happened; the exit codes derive from the kind in [`crate::exit`].
+
+use crate::db::{DbError, PgFailure, StatementFailure};
+use crate::engine::error::{ApplyError, EngineError};
+use crate::protocol::{ErrorKind, ErrorReport, Request};
+
+/// The report of an engine error, as `done` carries it and the CLI prints it.
+pub fn report(e: &EngineError) -> ErrorReport {
+    ErrorReport {
+        kind: e.kind(),
+        message: e.to_string(),
+        migration: match e {
+            EngineError::Apply(a) => Some(a.file.clone()),
+            _ => None,
+        },
+        sqlstate: e.sqlstate().map(str::to_string),
+        cause: cause(e),
+        hint: next_step(e),
+    }
+}
+
+/// The report of a failure the daemon itself decides (a refusal, a bad request, stopping),
+/// with the next step for its kind.
+pub fn daemon_report(kind: ErrorKind, message: String) -> ErrorReport {
+    let hint = match kind {
+        ErrorKind::Refused => "Run the trigger as root or the vamsa-migrate user, or add the user or its group to allowed_users / allowed_groups.".into(),
+        ErrorKind::Stopping => "Run the trigger again once the service is back.".into(),
+        ErrorKind::Overloaded => "Try again in a moment.".into(),
+        ErrorKind::Database => "Check that PostgreSQL is reachable.".into(),
+        _ => {
+            let commands: Vec<&str> = Request::ALL.iter().map(|r| r.command()).collect();
+            format!(
+                "Send one JSON line such as {{\"command\":\"apply\"}} (commands: {}).",
+                commands.join(", ")
+            )
+        }
+    };
+    ErrorReport {
+        kind,
+        message,
+        migration: None,
+        sqlstate: None,
+        cause: None,
+        hint,
+    }
+}
+
+/// Waiting cannot fix it: bad settings, credentials PostgreSQL refuses (28000, 28P01), a
+/// database that does not exist (3D000). The daemon then stops waiting for the database.
+pub fn is_permanent(e: &EngineError) -> bool {
+    match e {
+        EngineError::Config(_) => true,
+        EngineError::Db(DbError::Connect { failure, .. }) => {
+            matches!(
+                failure.sqlstate.as_deref(),
+                Some("28000" | "28P01" | "3D000")
+            ) || client_rejected_settings(failure)
+        }
+        _ => false,
+    }
+}
+
+/// tokio-postgres 0.7 refuses settings it cannot use (a password the server asks for but none
+/// is set, host and port counts that differ) with its private `Kind::Config`, which it shows
+/// only as the text "invalid configuration: ...". The one place a message text is read: the
+/// library's, not ours; a typed flag on [`PgFailure`] would replace it.
+fn client_rejected_settings(failure: &PgFailure) -> bool {
+    failure.sqlstate.is_none() && failure.message.starts_with("invalid configuration")
+}
+
+/// The connection broke during a query or a migration: it must not be used again.
+pub fn connection_lost(e: &EngineError) -> bool {
+    match e {
+        EngineError::Apply(a) => a.failure.connection_lost,
+        EngineError::Db(DbError::Query { failure, .. }) => failure.connection_lost,
+        _ => false,
+    }
+}
+
+/// A lock timeout (55P03) that left nothing behind (the migration rolled back): trying again
+/// is safe.
+pub fn is_retryable_lock_timeout(f: &StatementFailure) -> bool {
+    f.failure.sqlstate.as_deref() == Some("55P03") && f.completed_outside_transaction == 0
+}
+
+/// The likely cause, when we can tell.
+pub fn cause(e: &EngineError) -> Option<String> {
+    match e {
+        EngineError::Apply(a) => Some(apply_cause(a)),
+        EngineError::Db(DbError::Connect { .. }) => Some(
+            "PostgreSQL is not running or not reachable at that address, or the credentials are wrong.".into(),
+        ),
+        EngineError::Db(DbError::LockWait { .. }) => Some(
+            "Another vamsa-migrate (a deploy hook, the service, or an admin) is applying migrations right now.".into(),
+        ),
+        _ => None,
+    }
+}
+
+/// What to do next.
+pub fn next_step(e: &EngineError) -> String {
+    match e {
+        EngineError::Source(_) => "Fix the file named above (or pull a complete release); nothing was changed in the database.".into(),
+        EngineError::Config(_) => "Fix the setting named above; nothing was changed in the database.".into(),
+        EngineError::Drift(_) => "Nothing was applied. See `vamsa-migrate status` for the full picture.".into(),
+        EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
+        EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
+        EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
+        EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
+        EngineError::Apply(a) => apply_next_step(a),
+        EngineError::Backup(_) => "Nothing was migrated. Fix the cause above, or run without a backup (--no-backup, or backup_enabled = false) if you have one of your own.".into(),
+    }
+}
+
+fn apply_cause(e: &ApplyError) -> String {
+    let code = e.failure.sqlstate.as_deref().unwrap_or("");
+    if e.failure.connection_lost || code.starts_with("08") {
+        return if e.during_commit {
+            "The connection to PostgreSQL was lost during COMMIT: the migration may or may not be committed; `vamsa-migrate status` tells which, and a new run continues from there.".into()
+        } else {
+            "The connection to PostgreSQL was lost (server restarted or network failure): nothing of this migration was committed.".into()
+        };
+    }
+    match code {
+        "42P07" | "42710" | "42701" | "42P06" | "42723" => "An object it creates already exists: the migration was partially applied before (perhaps after a crash), or the object was made by hand.".into(),
+        "42703" | "42P01" | "42704" | "3F000" | "42883" => "Something it uses does not exist: a previous migration was skipped or failed silently, or the object was removed by hand.".into(),
+        "42501" => permission_cause(e),
+        "53100" => "Disk full: the database server ran out of storage space.".into(),
+        "53200" => "The database server ran out of memory.".into(),
+        "55P03" => format!("Lock timeout: the statement waited longer than lock_timeout ({}) for a lock held by another session, probably the running application.", humantime::format_duration(e.lock_timeout)),
+        "57014" => "The statement was cancelled: it ran longer than statement_timeout, or the run was stopped.".into(),
+        "42601" => "The migration file has an SQL syntax error.".into(),
+        "25001" => "This statement cannot run inside a transaction block: make `-- vamsa-migrate: no-transaction` the first line of the file.".into(),
+        "23505" | "23503" | "23502" | "23514" => "The existing data violates a constraint this migration adds.".into(),
+        _ => "The migration could not be applied to this database as it is.".into(),
+    }
+}
+
+fn permission_cause(e: &ApplyError) -> String {
+    let statement = e
+        .statement_summary
+        .as_deref()
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
+    let number = e.statement.map_or("?".into(), |n| n.to_string());
+    format!("The database user lacks a permission needed by statement {number}{statement}: grant it, or run as the schema's owner.")
+}
+
+fn apply_next_step(e: &ApplyError) -> String {
+    let action = match e.failure.sqlstate.as_deref().unwrap_or("") {
+        "55P03" => "Run again at a quieter time, or raise lock_timeout, or set lock_retries to try again automatically.",
+        "53100" => "Free space on the database server, then run `vamsa-migrate migrate` again.",
+        "42501" => "Grant the permission (or set database_url to the owner role), then run `vamsa-migrate migrate` again.",
+        _ if e.failure.connection_lost => "Once PostgreSQL is reachable, run `vamsa-migrate migrate` again: it continues from the last committed migration.",
+        _ => "Fix the cause and run `vamsa-migrate migrate` again.",
+    };
+    format!("{} {action}{}", what_stays(e), restore_steps(e))
+}
+
+/// What of this run is committed and what is not.
+fn what_stays(e: &ApplyError) -> String {
+    if e.all_rolled_back {
+        return "The whole run was rolled back (transaction = \"all\"): the database is as it was before.".into();
+    }
+    let earlier = match e.committed {
+        0 => String::new(),
+        1 => " 1 earlier migration of this run is committed and stays.".into(),
+        n => format!(" {n} earlier migrations of this run are committed and stay."),
+    };
+    match e.no_transaction_completed {
+        Some(done) => format!(
+            "{} ran outside a transaction: its first {done} statement(s) stayed applied and it is not recorded; make its statements safe to re-run (IF NOT EXISTS) before retrying.{earlier}",
+            e.file
+        ),
+        None => format!("Nothing of {} was committed.{earlier}", e.file),
+    }
+}
+
+/// The way back to before this run: the dump it took, or the admin's own.
+fn restore_steps(e: &ApplyError) -> String {
+    match &e.backup {
+        Some((path, db)) => format!(
+            "\nTo go back to where you were before this run:\n  1. stop the application (e.g. systemctl stop vamsa)\n  2. pg_restore --clean --if-exists -d {db} {}\n  3. roll the code back: git checkout HEAD~1, then rebuild and restart it",
+            path.display()
+        ),
+        None => "\nIf you cannot fix it, restore the backup you made before updating (pg_restore --clean --if-exists -d <database> <backup-file>) and roll the code back with `git checkout HEAD~1`.".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn failure(sqlstate: Option<&str>, connection_lost: bool) -> PgFailure {
+        PgFailure {
+            sqlstate: sqlstate.map(str::to_string),
+            message: "m".into(),
+            detail: None,
+            hint: None,
+            position: None,
+            connection_lost,
+        }
+    }
+
+    /// Statement 2 of 2 of `0001_add_media_tags.sql` failed, after one committed migration.
+    fn apply_error(sqlstate: Option<&str>, connection_lost: bool) -> ApplyError {
+        ApplyError {
+            file: "0001_add_media_tags.sql".into(),
+            statement: Some(2),
+            statement_count: 2,
+            statement_summary: Some("ALTER TABLE \"media\" ADD COLUMN \"tag_id\" uuid".into()),
+            line: Some(6),
+            failure: failure(sqlstate, connection_lost),
+            during_commit: false,
+            no_transaction_completed: None,
+            committed: 1,
+            all_rolled_back: false,
+            backup: None,
+            lock_timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn cause_of(sqlstate: &str) -> String {
+        apply_cause(&apply_error(Some(sqlstate), false))
+    }
+
+    const EXISTS: &str = "An object it creates already exists: the migration was partially applied before (perhaps after a crash), or the object was made by hand.";
+    const MISSING: &str = "Something it uses does not exist: a previous migration was skipped or failed silently, or the object was removed by hand.";
+    const VIOLATES: &str = "The existing data violates a constraint this migration adds.";
+    const LOST: &str = "The connection to PostgreSQL was lost (server restarted or network failure): nothing of this migration was committed.";
+
+    #[test]
+    fn duplicate_table_42p07_already_exists() {
+        assert_eq!(cause_of("42P07"), EXISTS);
+    }
+
+    #[test]
+    fn duplicate_object_42710_already_exists() {
+        assert_eq!(cause_of("42710"), EXISTS);
+    }
+
+    #[test]
+    fn duplicate_column_42701_already_exists() {
+        assert_eq!(cause_of("42701"), EXISTS);
+    }
+
+    #[test]
+    fn duplicate_schema_42p06_already_exists() {
+        assert_eq!(cause_of("42P06"), EXISTS);
+    }
+
+    #[test]
+    fn duplicate_function_42723_already_exists() {
+        assert_eq!(cause_of("42723"), EXISTS);
+    }
+
+    #[test]
+    fn undefined_column_42703_does_not_exist() {
+        assert_eq!(cause_of("42703"), MISSING);
+    }
+
+    #[test]
+    fn undefined_table_42p01_does_not_exist() {
+        assert_eq!(cause_of("42P01"), MISSING);
+    }
+
+    #[test]
+    fn undefined_object_42704_does_not_exist() {
+        assert_eq!(cause_of("42704"), MISSING);
+    }
+
+    #[test]
+    fn invalid_schema_name_3f000_does_not_exist() {
+        assert_eq!(cause_of("3F000"), MISSING);
+    }
+
+    #[test]
+    fn undefined_function_42883_does_not_exist() {
+        assert_eq!(cause_of("42883"), MISSING);
+    }
+
+    #[test]
+    fn insufficient_privilege_42501_names_the_statement() {
+        assert_eq!(
+            cause_of("42501"),
+            "The database user lacks a permission needed by statement 2 (ALTER TABLE \"media\" ADD COLUMN \"tag_id\" uuid): grant it, or run as the schema's owner."
+        );
+        assert!(next_step(&EngineError::Apply(Box::new(apply_error(Some("42501"), false))))
+            .contains(" Grant the permission (or set database_url to the owner role), then run `vamsa-migrate migrate` again."));
+    }
+
+    #[test]
+    fn disk_full_53100_says_so_and_to_free_space() {
+        assert_eq!(
+            cause_of("53100"),
+            "Disk full: the database server ran out of storage space."
+        );
+        assert!(next_step(&EngineError::Apply(Box::new(apply_error(
+            Some("53100"),
+            false
+        ))))
+        .contains(" Free space on the database server, then run `vamsa-migrate migrate` again."));
+    }
+
+    #[test]
+    fn lock_not_available_55p03_names_lock_timeout_and_lock_retries() {
+        assert_eq!(
+            cause_of("55P03"),
+            "Lock timeout: the statement waited longer than lock_timeout (10s) for a lock held by another session, probably the running application."
+        );
+        assert!(next_step(&EngineError::Apply(Box::new(apply_error(Some("55P03"), false))))
+            .contains(" Run again at a quieter time, or raise lock_timeout, or set lock_retries to try again automatically."));
+    }
+
+    #[test]
+    fn query_canceled_57014_names_statement_timeout_or_stop() {
+        assert_eq!(
+            cause_of("57014"),
+            "The statement was cancelled: it ran longer than statement_timeout, or the run was stopped."
+        );
+    }
+
+    #[test]
+    fn syntax_error_42601() {
+        assert_eq!(
+            cause_of("42601"),
+            "The migration file has an SQL syntax error."
+        );
+    }
+
+    #[test]
+    fn active_sql_transaction_25001_points_at_the_no_transaction_line() {
+        assert_eq!(
+            cause_of("25001"),
+            "This statement cannot run inside a transaction block: make `-- vamsa-migrate: no-transaction` the first line of the file."
+        );
+    }
+
+    #[test]
+    fn unique_violation_23505_is_existing_data() {
+        assert_eq!(cause_of("23505"), VIOLATES);
+    }
+
+    #[test]
+    fn foreign_key_violation_23503_is_existing_data() {
+        assert_eq!(cause_of("23503"), VIOLATES);
+    }
+
+    #[test]
+    fn not_null_violation_23502_is_existing_data() {
+        assert_eq!(cause_of("23502"), VIOLATES);
+    }
+
+    #[test]
+    fn check_violation_23514_is_existing_data() {
+        assert_eq!(cause_of("23514"), VIOLATES);
+    }
+
+    #[test]
+    fn connection_exception_08xxx_is_a_lost_connection() {
+        // Class 08 means lost whether or not the failure was marked so.
+        assert_eq!(cause_of("08006"), LOST);
+        assert_eq!(apply_cause(&apply_error(Some("08003"), true)), LOST);
+    }
+
+    #[test]
+    fn operator_intervention_57pxx_is_a_lost_connection() {
+        // PgFailure marks 57P01..57P05 (admin shutdown, crash shutdown, ...) as lost.
+        assert_eq!(apply_cause(&apply_error(Some("57P01"), true)), LOST);
+        assert!(
+            next_step(&EngineError::Apply(Box::new(apply_error(Some("57P01"), true)))).contains(
+                " Once PostgreSQL is reachable, run `vamsa-migrate migrate` again: it continues from the last committed migration."
+            )
+        );
+    }
+
+    #[test]
+    fn broken_connection_without_sqlstate_is_lost_and_at_commit_may_be_committed() {
+        assert_eq!(apply_cause(&apply_error(None, true)), LOST);
+        let mut at_commit = apply_error(None, true);
+        at_commit.during_commit = true;
+        assert_eq!(
+            apply_cause(&at_commit),
+            "The connection to PostgreSQL was lost during COMMIT: the migration may or may not be committed; `vamsa-migrate status` tells which, and a new run continues from there."
+        );
+    }
+
+    #[test]
+    fn the_user_documents_causes_are_what_a_person_reads() {
+        // seed-migrations.md, "Step 2 -- Read the error message".
+        let promised = [
+            (
+                "42P07",
+                "the migration was partially applied before (perhaps after a crash)",
+            ),
+            (
+                "42703",
+                "a previous migration was skipped or failed silently",
+            ),
+            ("42501", "The database user lacks a permission"),
+            ("53100", "ran out of storage space"),
+        ];
+        for (sqlstate, text) in promised {
+            assert!(
+                cause_of(sqlstate).contains(text),
+                "{sqlstate}: {}",
+                cause_of(sqlstate)
+            );
+        }
+    }
+
+    #[test]
+    fn the_readme_failure_sample_reads_exactly_so() {
+        let mut e = apply_error(Some("42P01"), false);
+        e.backup = Some((
+            PathBuf::from(
+                "/srv/demo/backups/vamsa-20261129T222819.288Z-before-0000_create_persons.dump",
+            ),
+            "vamsa".into(),
+        ));
+        let report = report(&EngineError::Apply(Box::new(e)));
+        assert_eq!(report.kind, ErrorKind::Apply);
+        assert_eq!(report.sqlstate.as_deref(), Some("42P01"));
+        assert_eq!(report.migration.as_deref(), Some("0001_add_media_tags.sql"));
+        assert_eq!(report.cause.as_deref(), Some(MISSING));
+        assert_eq!(
+            report.hint,
+            "Nothing of 0001_add_media_tags.sql was committed. 1 earlier migration of this run is committed and stays. Fix the cause and run `vamsa-migrate migrate` again.\n\
+             To go back to where you were before this run:\n  \
+             1. stop the application (e.g. systemctl stop vamsa)\n  \
+             2. pg_restore --clean --if-exists -d vamsa /srv/demo/backups/vamsa-20261129T222819.288Z-before-0000_create_persons.dump\n  \
+             3. roll the code back: git checkout HEAD~1, then rebuild and restart it"
+        );
+    }
+
+    #[test]
+    fn what_stays_counts_commits_and_no_transaction_statements() {
+        let mut e = apply_error(Some("42601"), false);
+        e.committed = 3;
+        e.no_transaction_completed = Some(2);
+        assert_eq!(
+            what_stays(&e),
+            "0001_add_media_tags.sql ran outside a transaction: its first 2 statement(s) stayed applied and it is not recorded; make its statements safe to re-run (IF NOT EXISTS) before retrying. 3 earlier migrations of this run are committed and stay."
+        );
+        e.all_rolled_back = true;
+        assert_eq!(
+            what_stays(&e),
+            "The whole run was rolled back (transaction = \"all\"): the database is as it was before."
+        );
+    }
+
+    fn connect_error(sqlstate: Option<&str>, message: &str) -> EngineError {
+        let mut f = failure(sqlstate, true);
+        f.message = message.into();
+        EngineError::Db(DbError::Connect {
+            target: "127.0.0.1:5432/vamsa".into(),
+            failure: f,
+        })
+    }
+
+    #[test]
+    fn waiting_helps_only_when_the_server_may_come_back() {
+        for code in ["28000", "28P01", "3D000"] {
+            assert!(is_permanent(&connect_error(Some(code), "m")), "{code}");
+        }
+        assert!(is_permanent(&connect_error(
+            None,
+            "invalid configuration: password missing"
+        )));
+        assert!(!is_permanent(&connect_error(
+            None,
+            "error connecting to server: Connection refused (os error 111)"
+        )));
+        assert!(!is_permanent(&connect_error(
+            Some("57P03"),
+            "the database system is starting up"
+        )));
+        assert!(is_permanent(&EngineError::Config(
+            crate::config::ConfigError::NoDatabase
+        )));
+    }
+
+    #[test]
+    fn a_lost_connection_is_one_that_broke_under_a_query_or_migration() {
+        assert!(connection_lost(&EngineError::Apply(Box::new(apply_error(
+            None, true
+        )))));
+        assert!(!connection_lost(&EngineError::Apply(Box::new(
+            apply_error(Some("42P01"), false)
+        ))));
+        let query = |lost| {
+            EngineError::Db(DbError::Query {
+                what: "reading the tracking table",
+                failure: failure(None, lost),
+            })
+        };
+        assert!(connection_lost(&query(true)));
+        assert!(!connection_lost(&query(false)));
+        // Connecting never had a connection to lose.
+        assert!(!connection_lost(&connect_error(None, "m")));
+    }
+
+    #[test]
+    fn only_a_lock_timeout_that_left_nothing_is_retried() {
+        let f = |sqlstate, completed| StatementFailure {
+            statement: Some(1),
+            failure: failure(Some(sqlstate), false),
+            completed_outside_transaction: completed,
+            during_commit: false,
+        };
+        assert!(is_retryable_lock_timeout(&f("55P03", 0)));
+        assert!(!is_retryable_lock_timeout(&f("55P03", 1)));
+        assert!(!is_retryable_lock_timeout(&f("57014", 0)));
+    }
+
+    #[test]
+    fn a_bad_request_is_told_the_commands() {
+        let r = daemon_report(ErrorKind::BadRequest, "unknown command \"x\"".into());
+        assert_eq!(
+            r.hint,
+            "Send one JSON line such as {\"command\":\"apply\"} (commands: apply, dry-run, status, ping)."
+        );
+        assert_eq!(r.kind, ErrorKind::BadRequest);
+    }
+}

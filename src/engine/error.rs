@@ -1,0 +1,95 @@
+//! Why a run (or the preparation of one) failed, with the facts the report needs.
+//! [`crate::diagnosis`] turns these into the likely cause, the next step and the decisions
+//! made from them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::db::{DbError, PgFailure};
+use crate::plan::Blocker;
+use crate::protocol::ErrorKind;
+use crate::source::SourceError;
+
+/// A failed migration, with its place in the file.
+#[derive(Debug, Clone)]
+pub struct ApplyError {
+    /// The migration's file name.
+    pub file: String,
+    /// 1-based statement number, when the failure was in a statement.
+    pub statement: Option<usize>,
+    pub statement_count: usize,
+    pub statement_summary: Option<String>,
+    /// 1-based line in the file, when PostgreSQL gave a position.
+    pub line: Option<usize>,
+    pub failure: PgFailure,
+    pub during_commit: bool,
+    /// Statements that stayed applied, for a no-transaction migration.
+    pub no_transaction_completed: Option<usize>,
+    /// Migrations of this run that are committed and stay.
+    pub committed: usize,
+    /// The whole run was one transaction (`transaction = "all"`).
+    pub all_rolled_back: bool,
+    /// The dump taken before this run, and the database it is of: for the restore steps.
+    pub backup: Option<(PathBuf, String)>,
+    pub lock_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("{}", .0.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("\n"))]
+    Drift(Vec<Blocker>),
+    #[error("{}", apply_headline(.0))]
+    Apply(Box<ApplyError>),
+    #[error("backup before migrating failed: {0}")]
+    Backup(#[from] crate::backup::BackupError),
+    #[error("{file} must run outside a transaction (-- vamsa-migrate: no-transaction), but transaction = \"all\" runs the whole run in one")]
+    NeedsOwnTransaction { file: String },
+}
+
+fn apply_headline(e: &ApplyError) -> String {
+    let place = match (e.statement, &e.statement_summary, e.line) {
+        (Some(n), Some(summary), Some(line)) => format!(
+            " at statement {n} of {} (line {line}): {summary}",
+            e.statement_count
+        ),
+        _ if e.during_commit => " at COMMIT".to_string(),
+        _ => " while recording it in the tracking table".to_string(),
+    };
+    format!("migration {} failed{place}\n  {}", e.file, e.failure)
+}
+
+impl EngineError {
+    /// The kind clients see on the wire and decide from.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Source(_) => ErrorKind::Folder,
+            EngineError::Config(_) | EngineError::NeedsOwnTransaction { .. } => ErrorKind::Config,
+            EngineError::Db(_) => ErrorKind::Database,
+            EngineError::Drift(_) => ErrorKind::Drift,
+            EngineError::Apply(_) => ErrorKind::Apply,
+            EngineError::Backup(_) => ErrorKind::Backup,
+        }
+    }
+
+    /// What PostgreSQL (or the connection to it) reported, when it did.
+    pub fn failure(&self) -> Option<&PgFailure> {
+        match self {
+            EngineError::Apply(e) => Some(&e.failure),
+            EngineError::Db(DbError::Query { failure, .. } | DbError::Connect { failure, .. }) => {
+                Some(failure)
+            }
+            _ => None,
+        }
+    }
+
+    /// PostgreSQL's SQLSTATE, when it gave one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.failure().and_then(|f| f.sqlstate.as_deref())
+    }
+}

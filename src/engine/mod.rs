@@ -1,0 +1,406 @@
+//! The engine: plan against the database and apply. The CLI and the daemon both drive it and
+//! see its progress only as [`Event`]s, so there is one code path for applying migrations.
+
+pub mod error;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Config};
+
+use crate::config::{Settings, TransactionMode};
+use crate::db::{self, DbError, Limits, StatementFailure, Tracking, Txn};
+use crate::plan::{self, AppliedRow, Plan, PlanOptions, State};
+use crate::protocol::{Event, PendingMigration};
+use crate::source::{Migration, MigrationSet};
+use crate::summary::summarize;
+
+pub use error::{ApplyError, EngineError};
+
+fn pending_migration(m: &Migration, drizzle_would_skip: bool) -> PendingMigration {
+    PendingMigration {
+        migration: m.file_name.clone(),
+        statements: m.statements.iter().map(|s| summarize(&s.sql)).collect(),
+        no_transaction: m.no_transaction,
+        drizzle_would_skip,
+    }
+}
+
+/// What the admin asked for, beyond the settings.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub plan: PlanOptions,
+    pub dry_run: bool,
+    /// Skip the backup for this run even when `backup_enabled` (`--no-backup`).
+    pub no_backup: bool,
+}
+
+/// The engine's view of one target database.
+pub struct Engine<'a> {
+    pub settings: &'a Settings,
+    pub pg: &'a Config,
+    pub tracking: Tracking,
+}
+
+/// The result of a finished run.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub applied: Vec<String>,
+    pub pending_before: usize,
+}
+
+/// What `status` reports.
+pub struct Status<'s> {
+    pub plan: Plan<'s>,
+    pub table_exists: bool,
+}
+
+impl<'a> Engine<'a> {
+    pub fn new(settings: &'a Settings, pg: &'a Config) -> Self {
+        Engine {
+            settings,
+            pg,
+            tracking: Tracking {
+                schema: settings.migrations_schema.clone(),
+                table: settings.migrations_table.clone(),
+            },
+        }
+    }
+
+    pub async fn connect(&self) -> Result<Client, DbError> {
+        db::connect(self.pg).await
+    }
+
+    /// Reads the rows and plans, without writing anything or taking any lock.
+    pub async fn status<'s>(
+        &self,
+        client: &Client,
+        set: &'s MigrationSet,
+        options: &PlanOptions,
+    ) -> Result<Status<'s>, EngineError> {
+        let rows = db::read_rows(client, &self.tracking).await?;
+        let table_exists = rows.is_some();
+        let rows = rows.unwrap_or_default();
+        Ok(Status {
+            plan: plan::plan(set, &rows, options),
+            table_exists,
+        })
+    }
+
+    /// The whole run: lock, plan, apply, report. Emits `Done` itself on every path.
+    pub async fn run(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        options: &RunOptions,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<RunSummary, EngineError> {
+        for w in &set.warnings {
+            emit(Event::Warning {
+                message: w.to_string(),
+            });
+        }
+        let result = if options.dry_run {
+            self.dry_run(client, set, options, emit).await
+        } else {
+            self.apply(client, set, options, emit).await
+        };
+        emit(match &result {
+            Ok(summary) => Event::done_ok(summary.applied.len(), options.dry_run),
+            Err(e) => Event::done_failed(crate::diagnosis::report(e), options.dry_run),
+        });
+        result
+    }
+
+    async fn dry_run(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        options: &RunOptions,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<RunSummary, EngineError> {
+        let status = self.status(client, set, &options.plan).await?;
+        warn_missing(&status.plan.missing, emit);
+        let blockers = status.plan.blockers();
+        if !blockers.is_empty() {
+            return Err(EngineError::Drift(blockers));
+        }
+        let pending = pending_events(&status.plan);
+        let count = pending.len();
+        emit(Event::Pending {
+            migrations: pending,
+            dry_run: true,
+        });
+        Ok(RunSummary {
+            applied: Vec::new(),
+            pending_before: count,
+        })
+    }
+
+    async fn apply(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        options: &RunOptions,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<RunSummary, EngineError> {
+        let lock_wait = self.settings.lock_wait;
+        db::acquire_lock(client, &self.tracking, lock_wait, |holder_pid| {
+            emit(Event::WaitingForLock {
+                holder_pid,
+                max_wait_ms: lock_wait.as_millis() as u64,
+            })
+        })
+        .await?;
+        let result = self.apply_locked(client, set, options, emit).await;
+        // A broken connection drops the lock with the session; only report other failures.
+        let unlocked = db::release_lock(client, &self.tracking).await;
+        let summary = result?;
+        if let Err(e) = unlocked {
+            tracing::warn!("{e}");
+        }
+        Ok(summary)
+    }
+
+    async fn apply_locked(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        options: &RunOptions,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<RunSummary, EngineError> {
+        // Read after the lock is held: another run may have applied migrations meanwhile.
+        let rows = db::read_rows(client, &self.tracking)
+            .await?
+            .unwrap_or_default();
+        let plan = plan::plan(set, &rows, &options.plan);
+        warn_missing(&plan.missing, emit);
+        let blockers = plan.blockers();
+        if !blockers.is_empty() {
+            return Err(EngineError::Drift(blockers));
+        }
+        let to_apply: Vec<&Migration> = plan.to_apply().collect();
+        // Refuse before the backup and before any change, not half-way.
+        if self.settings.transaction == TransactionMode::All {
+            if let Some(m) = to_apply.iter().find(|m| m.no_transaction) {
+                return Err(EngineError::NeedsOwnTransaction {
+                    file: m.file_name.clone(),
+                });
+            }
+        }
+        let backup = self.backup_before(client, &to_apply, options, emit).await?;
+        // Only now change anything: the backup shows the database exactly as it was.
+        db::ensure_table(client, &self.tracking).await?;
+        for (m, row) in plan.accepted_edits() {
+            db::accept_edit(client, &self.tracking, row.id, &m.hash).await?;
+            emit(Event::AcceptedEdit {
+                migration: m.file_name.clone(),
+            });
+        }
+        emit(Event::Pending {
+            migrations: pending_events(&plan),
+            dry_run: false,
+        });
+        let applied = self
+            .apply_all(client, &to_apply, emit)
+            .await
+            .map_err(|e| match e {
+                EngineError::Apply(mut a) => {
+                    a.backup = backup;
+                    EngineError::Apply(a)
+                }
+                other => other,
+            })?;
+        Ok(RunSummary {
+            applied,
+            pending_before: to_apply.len(),
+        })
+    }
+
+    /// The dump before a run that applies something (unless backups are off), and the
+    /// database it is of.
+    async fn backup_before(
+        &self,
+        client: &Client,
+        to_apply: &[&Migration],
+        options: &RunOptions,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Option<(PathBuf, String)>, EngineError> {
+        let Some(first) = to_apply.first() else {
+            return Ok(None);
+        };
+        if !self.settings.backup.enabled || options.no_backup {
+            return Ok(None);
+        }
+        emit(Event::BackingUp {
+            migrations: to_apply.len(),
+        });
+        let label = format!("before-{}", first.tag);
+        let b = crate::backup::take(&self.settings.backup, self.pg, client, &label).await?;
+        emit(Event::BackedUp {
+            path: b.path.clone(),
+            bytes: b.bytes,
+            ms: b.ms,
+        });
+        Ok(Some((b.path, b.database)))
+    }
+
+    /// Applies in order, each migration in its own transaction with its tracking row.
+    ///
+    /// Durability: every commit but the last of a run uses `synchronous_commit = off`, which
+    /// skips the WAL flush and so one disk sync per migration. This never breaks atomicity (a
+    /// commit is all-or-nothing either way) and never reorders: WAL is replayed in order, so a
+    /// crash can only lose a suffix of the run's commits, which leaves the database at a
+    /// migration boundary and the next run applies the rest. The last commit is synchronous
+    /// and its flush covers every earlier one, so once we report the run complete it is all on
+    /// disk; on failure we flush explicitly before reporting.
+    async fn apply_all(
+        &self,
+        client: &Client,
+        to_apply: &[&Migration],
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Vec<String>, EngineError> {
+        // `apply_locked` has refused no-transaction files under `transaction = "all"`.
+        let all = self.settings.transaction == TransactionMode::All;
+        if all && !to_apply.is_empty() {
+            db::batch_transaction(client, "BEGIN", "opening the run's transaction").await?;
+        }
+        let mut applied = Vec::with_capacity(to_apply.len());
+        let mut timings = Vec::with_capacity(to_apply.len());
+        for (i, m) in to_apply.iter().enumerate() {
+            let started = Instant::now();
+            let last = i + 1 == to_apply.len();
+            let txn = if all { Txn::Outer } else { Txn::Own };
+            let result = self.apply_one(client, m, txn, last, emit).await;
+            if let Err(failure) = result {
+                if all {
+                    let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
+                } else if !applied.is_empty() && !failure.failure.connection_lost {
+                    // Make the earlier asynchronous commits durable before we say they stay.
+                    let _ = db::flush_commits(client).await;
+                }
+                return Err(self.apply_error(m, failure, if all { 0 } else { applied.len() }, all));
+            }
+            let ms = started.elapsed().as_millis() as u64;
+            if all {
+                timings.push((m.file_name.clone(), ms));
+            } else {
+                emit(Event::Applied {
+                    migration: m.file_name.clone(),
+                    ms,
+                });
+            }
+            applied.push(m.file_name.clone());
+        }
+        if all && !to_apply.is_empty() {
+            db::batch_transaction(client, "COMMIT", "committing the run's transaction").await?;
+            for (migration, ms) in timings {
+                emit(Event::Applied { migration, ms });
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Applies one migration, trying again after a lock timeout that left nothing behind.
+    async fn apply_one(
+        &self,
+        client: &Client,
+        m: &Migration,
+        txn: Txn,
+        last: bool,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<(), StatementFailure> {
+        let limits = Limits {
+            lock_timeout: self.settings.lock_timeout,
+            statement_timeout: self.settings.statement_timeout,
+        };
+        let mut attempt = 0;
+        loop {
+            match db::apply_migration(client, &self.tracking, m, limits, txn, last).await {
+                Err(f) if self.may_retry(&f, txn, attempt) => {
+                    attempt += 1;
+                    // 1 s, 2 s, 4 s, ... capped at 30 s: the application's transaction that
+                    // holds the lock usually ends quickly.
+                    let delay =
+                        Duration::from_secs(1 << (attempt - 1).min(5)).min(Duration::from_secs(30));
+                    emit(Event::Warning {
+                        message: format!(
+                            "{}: lock timeout (another session holds a lock it needs); retry {attempt} of {} in {}",
+                            m.file_name,
+                            self.settings.lock_retries,
+                            humantime::format_duration(delay)
+                        ),
+                    });
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A lock timeout leaves nothing behind (the migration rolled back), so it is safe to try
+    /// again, up to `lock_retries` times. Not in `transaction = "all"`, where the whole run's
+    /// transaction is already aborted.
+    fn may_retry(&self, f: &StatementFailure, txn: Txn, attempt: u32) -> bool {
+        matches!(txn, Txn::Own)
+            && attempt < self.settings.lock_retries
+            && crate::diagnosis::is_retryable_lock_timeout(f)
+    }
+
+    fn apply_error(
+        &self,
+        m: &Migration,
+        f: StatementFailure,
+        committed: usize,
+        all: bool,
+    ) -> EngineError {
+        let statement = f.statement.and_then(|n| m.statements.get(n - 1));
+        EngineError::Apply(Box::new(ApplyError {
+            file: m.file_name.clone(),
+            statement: f.statement,
+            statement_count: m.statements.len(),
+            statement_summary: statement.map(|s| summarize(&s.sql)),
+            line: statement.map(|s| db::line_of_position(s, f.failure.position)),
+            no_transaction_completed: m.no_transaction.then_some(f.completed_outside_transaction),
+            failure: f.failure,
+            during_commit: f.during_commit,
+            committed,
+            all_rolled_back: all,
+            backup: None,
+            lock_timeout: self.settings.lock_timeout,
+        }))
+    }
+}
+
+fn pending_events(plan: &Plan<'_>) -> Vec<PendingMigration> {
+    plan.items
+        .iter()
+        .filter_map(|item| match item.state {
+            State::Pending { drizzle_would_skip } => {
+                Some(pending_migration(item.migration, drizzle_would_skip))
+            }
+            State::OutOfOrder { allowed: true } => Some(pending_migration(item.migration, true)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn warn_missing(missing: &[AppliedRow], emit: &mut dyn FnMut(Event)) {
+    for row in missing {
+        emit(Event::Warning {
+            message: format!(
+                "the tracking table has row {} (created_at {}, hash {}) that matches no migration on disk; \
+                 was the code rolled back?",
+                row.id,
+                row.created_at.map_or("NULL".into(), |c| c.to_string()),
+                short_hash(&row.hash),
+            ),
+        });
+    }
+}
+
+/// The first 12 characters of a hash from the tracking table (any text: rows can be made by
+/// hand), for messages.
+pub fn short_hash(hash: &str) -> String {
+    hash.chars().take(12).collect()
+}

@@ -1,0 +1,411 @@
+//! What goes over the wire: the JSON lines of `--format json` and of the daemon's trigger
+//! socket, shared by the daemon (which writes replies) and the `trigger` client (which writes
+//! requests and reads replies). Modelled on ntpd-rs's typed control protocol: every line is a
+//! value of a type here, never hand-written bytes or a prefix sniffed from text.
+//!
+//! A conversation is one request line, answered by zero or more lines tagged by `event` and
+//! ending with exactly one `done` event.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A request on the trigger socket: one JSON line such as `{"command":"apply"}`. Other fields
+/// are ignored, as they always were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    /// Back up and apply what is pending (only root, the service user and `allowed_users` /
+    /// `allowed_groups` may send it).
+    Apply,
+    /// Plan and show what `apply` would do; change nothing.
+    DryRun,
+    /// The object of `status --format json`.
+    Status,
+    /// Answered at once, even during a run.
+    Ping,
+}
+
+/// Why a request line is not a [`Request`].
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("not a JSON request: {0}")]
+    NotJson(serde_json::Error),
+    #[error("unknown command {0:?}")]
+    UnknownCommand(String),
+}
+
+impl Request {
+    /// Every request, in the order the hints list them.
+    pub const ALL: [Request; 4] = [
+        Request::Apply,
+        Request::DryRun,
+        Request::Status,
+        Request::Ping,
+    ];
+
+    /// The `command` value of this request on the wire.
+    pub fn command(self) -> &'static str {
+        match self {
+            Request::Apply => "apply",
+            Request::DryRun => "dry-run",
+            Request::Status => "status",
+            Request::Ping => "ping",
+        }
+    }
+
+    /// Parses one request line (without its newline).
+    ///
+    /// # Errors
+    /// [`RequestError::NotJson`] when the line is not a JSON object with a string `command`,
+    /// [`RequestError::UnknownCommand`] when the command is none of [`Request::ALL`].
+    pub fn parse(line: &str) -> Result<Request, RequestError> {
+        #[derive(Deserialize)]
+        struct Envelope {
+            command: String,
+        }
+        let envelope: Envelope = serde_json::from_str(line).map_err(RequestError::NotJson)?;
+        // The line is an object with a string `command`: only an unknown command fails here.
+        serde_json::from_str(line).map_err(|_| RequestError::UnknownCommand(envelope.command))
+    }
+
+    /// The request as one line, newline included, ready to send: `{"command":"dry-run"}\n`.
+    ///
+    /// # Errors
+    /// Only if serde_json fails to write a unit variant, which it does not.
+    pub fn to_line(self) -> serde_json::Result<Vec<u8>> {
+        let mut line = serde_json::to_vec(&self)?;
+        line.push(b'\n');
+        Ok(line)
+    }
+}
+
+/// Progress of an engine run, in the order it happens. Serialised as the JSON lines of
+/// `--format json` and of the trigger socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Event {
+    Warning {
+        message: String,
+    },
+    WaitingForLock {
+        /// The PostgreSQL backend pid holding the migration lock, when known.
+        holder_pid: Option<i32>,
+        max_wait_ms: u64,
+    },
+    /// What this run is about to apply (or, in a dry run, would apply).
+    Pending {
+        migrations: Vec<PendingMigration>,
+        dry_run: bool,
+    },
+    AcceptedEdit {
+        migration: String,
+    },
+    /// A backup is being taken before `migrations` migrations are applied.
+    BackingUp {
+        migrations: usize,
+    },
+    BackedUp {
+        path: PathBuf,
+        bytes: u64,
+        ms: u64,
+    },
+    Applied {
+        migration: String,
+        ms: u64,
+    },
+    /// The last line of every answer. Built only by [`Event::done_ok`] and
+    /// [`Event::done_failed`].
+    Done {
+        ok: bool,
+        applied: usize,
+        dry_run: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<ErrorReport>,
+    },
+}
+
+impl Event {
+    /// The `done` of an answer that succeeded, after `applied` migrations (0 for a dry run and
+    /// for answers that apply nothing).
+    pub fn done_ok(applied: usize, dry_run: bool) -> Event {
+        Event::Done {
+            ok: true,
+            applied,
+            dry_run,
+            error: None,
+        }
+    }
+
+    /// The `done` of an answer that failed. A failed run reports no migration as applied
+    /// (those it committed show in `applied` events and in `status`).
+    pub fn done_failed(error: ErrorReport, dry_run: bool) -> Event {
+        Event::Done {
+            ok: false,
+            applied: 0,
+            dry_run,
+            error: Some(error),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingMigration {
+    /// The file name, e.g. `0004_media_tags.sql`.
+    pub migration: String,
+    /// One summary line per statement.
+    pub statements: Vec<String>,
+    pub no_transaction: bool,
+    /// Drizzle's own migrator would skip this one (its `when` is older than the newest row).
+    pub drizzle_would_skip: bool,
+}
+
+/// What kind of failure an [`ErrorReport`] is: clients decide from it (the exit code of
+/// `trigger`, whether to retry), never from the message text. Serialised in kebab-case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The settings cannot work: an unknown key, a bad value, no `database_url`, an unreadable
+    /// password file, or `transaction = "all"` with a no-transaction migration.
+    Config,
+    /// The migrations folder: journal missing or invalid, a missing, empty or non-UTF-8 file,
+    /// a duplicate idx or tag, a tag or symlink leading outside the folder.
+    Folder,
+    /// An edited file or a hole: nothing was applied.
+    Drift,
+    /// A command-line argument that cannot be used (never sent by the daemon).
+    Usage,
+    /// PostgreSQL: cannot connect, a read-only server, a failed query, the migration lock not
+    /// obtained within `lock_wait`.
+    Database,
+    /// A migration failed (`migration` and, when PostgreSQL gave one, `sqlstate` say which and
+    /// why).
+    Apply,
+    /// The backup before the run failed: nothing was migrated.
+    Backup,
+    /// The daemon refused: this peer may not apply.
+    Refused,
+    /// The daemon is stopping and takes no more work.
+    Stopping,
+    /// The request line was not understood (not JSON, an unknown command, too long, too slow).
+    BadRequest,
+    /// The daemon serves too many connections at once.
+    Overloaded,
+    /// A kind this version does not know (a daemon of another version), or none at all.
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+/// Everything a person (or a script) needs to act on a failure.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorReport {
+    #[serde(default)]
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The migration file that failed, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    /// PostgreSQL's SQLSTATE (five characters, PostgreSQL 15 Appendix A), when it gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    /// The likely cause, when one can be told.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The next step.
+    pub hint: String,
+}
+
+/// One line the daemon writes on the trigger socket: an engine [`Event`], or an answer only
+/// the daemon gives.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Event(Event),
+    Daemon(DaemonReply),
+}
+
+impl From<Event> for Reply {
+    fn from(event: Event) -> Reply {
+        Reply::Event(event)
+    }
+}
+
+impl From<DaemonReply> for Reply {
+    fn from(reply: DaemonReply) -> Reply {
+        Reply::Daemon(reply)
+    }
+}
+
+/// The daemon's own answers, tagged by `event` like the engine's.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum DaemonReply {
+    /// The answer to `ping`: whether a run is in progress.
+    Pong { busy: bool },
+    /// The answer to `status`.
+    Status { status: StatusReport },
+}
+
+/// The object of `status --format json` and of the daemon's `status` answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusReport {
+    /// Every migration on disk, in journal order.
+    pub migrations: Vec<StatusRow>,
+    /// Rows of the tracking table that match no file on disk.
+    pub missing_on_disk: Vec<MissingRow>,
+    pub applied: usize,
+    pub pending: usize,
+    pub drift: bool,
+    /// The folder's warnings, as printed on stderr.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StatusRow {
+    pub migration: String,
+    pub state: MigrationState,
+    /// `YYYY-MM-DD HH:MM:SS` in UTC, when the tracking table records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+    /// What to do about this state, when something can be done.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A migration's state as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationState {
+    Applied,
+    Edited,
+    Pending,
+    OutOfOrder,
+}
+
+impl MigrationState {
+    /// The name shown in `status` (the same as on the wire).
+    pub fn name(self) -> &'static str {
+        match self {
+            MigrationState::Applied => "applied",
+            MigrationState::Edited => "edited",
+            MigrationState::Pending => "pending",
+            MigrationState::OutOfOrder => "out-of-order",
+        }
+    }
+}
+
+/// A tracking-table row that matches no migration on disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct MissingRow {
+    pub id: i32,
+    pub hash: String,
+    /// Drizzle's `created_at`: the journal's `when` in milliseconds since the epoch.
+    pub created_at: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_as_the_socket_always_accepted_them() {
+        assert_eq!(
+            Request::parse(r#"{"command":"apply"}"#).ok(),
+            Some(Request::Apply)
+        );
+        assert_eq!(
+            Request::parse(r#"{"x":[1],"command":"dry-run"}"#).ok(),
+            Some(Request::DryRun)
+        );
+        let unknown = Request::parse(r#"{"command":"drop-database"}"#);
+        assert_eq!(
+            unknown.map_err(|e| e.to_string()).err().as_deref(),
+            Some("unknown command \"drop-database\"")
+        );
+        for line in ["hello", r#"{"cmd":1}"#, r#"{"command":5}"#] {
+            let e = Request::parse(line).map_err(|e| e.to_string()).err();
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.starts_with("not a JSON request: ")),
+                "{line}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_lines_round_trip_and_names_match_serde() {
+        for request in Request::ALL {
+            let line = request.to_line().ok();
+            let expected = format!("{{\"command\":\"{}\"}}\n", request.command());
+            assert_eq!(line.as_deref(), Some(expected.as_bytes()));
+            assert_eq!(
+                Request::parse(expected.trim_end()).ok(),
+                Some(request),
+                "{expected}"
+            );
+        }
+    }
+
+    #[test]
+    fn state_names_match_the_wire() {
+        for state in [
+            MigrationState::Applied,
+            MigrationState::Edited,
+            MigrationState::Pending,
+            MigrationState::OutOfOrder,
+        ] {
+            let wire = serde_json::to_value(state).ok();
+            assert_eq!(wire.as_ref().and_then(|v| v.as_str()), Some(state.name()));
+        }
+    }
+
+    #[test]
+    fn an_error_report_carries_its_kind_and_tolerates_unknown_or_missing_ones() {
+        let done = Event::done_failed(
+            ErrorReport {
+                kind: ErrorKind::BadRequest,
+                message: "m".into(),
+                migration: None,
+                sqlstate: None,
+                cause: None,
+                hint: "h".into(),
+            },
+            false,
+        );
+        assert_eq!(
+            serde_json::to_string(&done).ok().as_deref(),
+            Some(
+                r#"{"event":"done","ok":false,"applied":0,"dry_run":false,"error":{"kind":"bad-request","message":"m","hint":"h"}}"#
+            )
+        );
+        for (line, kind) in [
+            (
+                r#"{"kind":"refused","message":"m","hint":"h"}"#,
+                ErrorKind::Refused,
+            ),
+            (
+                r#"{"kind":"from-the-future","message":"m","hint":"h"}"#,
+                ErrorKind::Unknown,
+            ),
+            (r#"{"message":"m","hint":"h"}"#, ErrorKind::Unknown),
+        ] {
+            let report: Option<ErrorReport> = serde_json::from_str(line).ok();
+            assert_eq!(report.map(|r| r.kind), Some(kind), "{line}");
+        }
+    }
+
+    #[test]
+    fn daemon_replies_share_the_event_tag() {
+        let pong = Reply::from(DaemonReply::Pong { busy: false });
+        assert_eq!(
+            serde_json::to_string(&pong).ok().as_deref(),
+            Some(r#"{"event":"pong","busy":false}"#)
+        );
+        let done = Reply::from(Event::done_ok(0, false));
+        assert_eq!(
+            serde_json::to_string(&done).ok().as_deref(),
+            Some(r#"{"event":"done","ok":true,"applied":0,"dry_run":false}"#)
+        );
+    }
+}

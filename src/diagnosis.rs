@@ -9,7 +9,7 @@ use crate::engine::error::{ApplyError, EngineError};
 use crate::protocol::{ErrorKind, ErrorReport, Request};
 
 /// The report of an engine error, as `done` carries it and the CLI prints it.
-pub fn report(e: &EngineError) -> ErrorReport {
+pub(crate) fn report(e: &EngineError) -> ErrorReport {
     ErrorReport {
         kind: e.kind(),
         message: e.to_string(),
@@ -25,7 +25,7 @@ pub fn report(e: &EngineError) -> ErrorReport {
 
 /// The report of a failure the daemon itself decides (a refusal, a bad request, stopping),
 /// with the next step for its kind.
-pub fn daemon_report(kind: ErrorKind, message: String) -> ErrorReport {
+pub(crate) fn daemon_report(kind: ErrorKind, message: String) -> ErrorReport {
     let hint = match kind {
         ErrorKind::Refused => "Run the trigger as root or the vamsa-migrate user, or add the user or its group to allowed_users / allowed_groups.".into(),
         ErrorKind::Stopping => "Run the trigger again once the service is back.".into(),
@@ -51,7 +51,7 @@ pub fn daemon_report(kind: ErrorKind, message: String) -> ErrorReport {
 
 /// Waiting cannot fix it: bad settings, credentials PostgreSQL refuses (28000, 28P01), a
 /// database that does not exist (3D000). The daemon then stops waiting for the database.
-pub fn is_permanent(e: &EngineError) -> bool {
+pub(crate) fn is_permanent(e: &EngineError) -> bool {
     match e {
         EngineError::Config(_) => true,
         EngineError::Db(DbError::Connect { failure, .. }) => {
@@ -73,7 +73,7 @@ fn client_rejected_settings(failure: &PgFailure) -> bool {
 }
 
 /// The connection broke during a query or a migration: it must not be used again.
-pub fn connection_lost(e: &EngineError) -> bool {
+pub(crate) fn connection_lost(e: &EngineError) -> bool {
     match e {
         EngineError::Apply(a) => a.failure.connection_lost,
         EngineError::Db(DbError::Query { failure, .. }) => failure.connection_lost,
@@ -83,12 +83,12 @@ pub fn connection_lost(e: &EngineError) -> bool {
 
 /// A lock timeout (55P03) that left nothing behind (the migration rolled back): trying again
 /// is safe.
-pub fn is_retryable_lock_timeout(f: &StatementFailure) -> bool {
+pub(crate) fn is_retryable_lock_timeout(f: &StatementFailure) -> bool {
     f.failure.sqlstate.as_deref() == Some("55P03") && f.completed_outside_transaction == 0
 }
 
 /// The likely cause, when we can tell.
-pub fn cause(e: &EngineError) -> Option<String> {
+pub(crate) fn cause(e: &EngineError) -> Option<String> {
     match e {
         EngineError::Apply(a) => Some(apply_cause(a)),
         EngineError::Db(DbError::Connect { .. }) => Some(
@@ -102,7 +102,7 @@ pub fn cause(e: &EngineError) -> Option<String> {
 }
 
 /// What to do next.
-pub fn next_step(e: &EngineError) -> String {
+pub(crate) fn next_step(e: &EngineError) -> String {
     match e {
         EngineError::Source(_) => "Fix the file named above (or pull a complete release); nothing was changed in the database.".into(),
         EngineError::Config(_) => "Fix the setting named above; nothing was changed in the database.".into(),

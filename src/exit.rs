@@ -4,40 +4,40 @@
 
 use crate::protocol::ErrorKind;
 
-pub const OK: u8 = 0;
+pub(crate) const OK: u8 = 0;
 /// A migration or the database failed (also: anything else that went wrong).
-pub const FAILED: u8 = 1;
+pub(crate) const FAILED: u8 = 1;
 /// Invalid input: configuration, migrations folder, usage.
-pub const BAD_INPUT: u8 = 2;
+pub(crate) const BAD_INPUT: u8 = 2;
 /// `status`: migrations are pending, no drift.
-pub const PENDING: u8 = 3;
+pub(crate) const PENDING: u8 = 3;
 /// Drift: an edited file, a hole, a row matching no file (`status`); refused (`migrate`).
-pub const DRIFT: u8 = 4;
+pub(crate) const DRIFT: u8 = 4;
 /// `trigger`: no daemon listens on the socket (EX_UNAVAILABLE).
-pub const NOT_RUNNING: u8 = 69;
+pub(crate) const NOT_RUNNING: u8 = 69;
 /// `trigger`: no `done` within --timeout, or the daemon hung up mid-run (EX_TEMPFAIL).
-pub const TIMED_OUT: u8 = 75;
+pub(crate) const TIMED_OUT: u8 = 75;
 /// `trigger`: this user may not apply (EX_NOPERM).
-pub const REFUSED: u8 = 77;
+pub(crate) const REFUSED: u8 = 77;
 
 /// Exit codes of `vamsa-migrate daemon`; the unit's `RestartPreventExitStatus=2 3` names the
 /// two that restarting cannot fix.
-pub mod daemon {
+pub(crate) mod daemon {
     /// Stopped by SIGTERM/SIGINT.
-    pub const OK: u8 = super::OK;
+    pub(crate) const OK: u8 = super::OK;
     /// The socket, signals or runtime could not be set up (or the runner died).
-    pub const START_FAILED: u8 = super::FAILED;
+    pub(crate) const START_FAILED: u8 = super::FAILED;
     /// The configuration cannot work (also: a database that refuses our credentials or does
     /// not exist). Retrying will not help.
-    pub const BAD_CONFIG: u8 = super::BAD_INPUT;
+    pub(crate) const BAD_CONFIG: u8 = super::BAD_INPUT;
     /// The start-up migration failed; retrying the same migration fails the same way.
-    pub const MIGRATION_FAILED: u8 = 3;
+    pub(crate) const MIGRATION_FAILED: u8 = 3;
 }
 
 /// How a command (`migrate`, `status`, `new`, `backup`, `backups`, `demo`, `trigger`) ended,
 /// after it showed whatever it had to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Done; `status`: up to date.
     Success,
     /// `status`: migrations are pending, no drift.
@@ -59,7 +59,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The process exit code (README "Exit codes").
-    pub fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Outcome::Success => OK,
             Outcome::Pending => PENDING,

@@ -1,5 +1,5 @@
 //! The command line: parses the arguments (clap), resolves the settings, and hands each
-//! command to its body in [`crate::commands`]; the [`Outcome`] it returns becomes the exit
+//! command to its body in `commands`; the `Outcome` it returns becomes the exit
 //! code.
 
 use std::collections::HashMap;

@@ -91,6 +91,7 @@ pub enum Event {
     WaitingForLock {
         /// The PostgreSQL backend pid holding the migration lock, when known.
         holder_pid: Option<i32>,
+        /// `lock_wait`, in milliseconds.
         max_wait_ms: u64,
     },
     /// What this run is about to apply (or, in a dry run, would apply).
@@ -105,11 +106,14 @@ pub enum Event {
     BackingUp {
         migrations: usize,
     },
+    /// The verified dump: its path, size in bytes, and how long it took in milliseconds.
     BackedUp {
         path: PathBuf,
         bytes: u64,
         ms: u64,
     },
+    /// One migration committed (under `transaction = "all"`: the run committed), with its
+    /// wall time in milliseconds.
     Applied {
         migration: String,
         ms: u64,
@@ -200,6 +204,7 @@ pub enum ErrorKind {
 /// Everything a person (or a script) needs to act on a failure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ErrorReport {
+    /// What clients decide from; `unknown` when a daemon of another version sent none.
     #[serde(default)]
     pub kind: ErrorKind,
     pub message: String,

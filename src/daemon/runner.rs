@@ -15,7 +15,7 @@ use crate::daemon::systemd::Notifier;
 use crate::diagnosis::{self, daemon_report};
 use crate::engine::{Engine, EngineError, RunOptions};
 use crate::plan::PlanOptions;
-use crate::protocol::{DaemonReply, ErrorKind, Event, Reply};
+use crate::protocol::{DaemonReply, ErrorKind, ErrorReport, Event, Reply};
 use crate::report::status_report;
 use crate::source::MigrationSet;
 
@@ -398,17 +398,21 @@ pub fn log_event(event: &Event, origin: &str) {
             "Applied: {migration}"
         ),
         Event::Done {
-            ok: true,
+            ok,
             applied,
-            dry_run: false,
-            ..
-        } if *applied > 0 => {
+            dry_run,
+            error,
+        } => log_done(*ok, *applied, *dry_run, error.as_ref(), origin),
+    }
+}
+
+fn log_done(ok: bool, applied: usize, dry_run: bool, error: Option<&ErrorReport>, origin: &str) {
+    match error {
+        _ if ok && !dry_run && applied > 0 => {
             tracing::info!(ORIGIN = origin, "Migration complete: {applied} applied.")
         }
-        Event::Done { ok: true, .. } => {
-            tracing::debug!(ORIGIN = origin, "done, nothing applied")
-        }
-        Event::Done { error: Some(e), .. } => tracing::error!(
+        _ if ok => tracing::debug!(ORIGIN = origin, "done, nothing applied"),
+        Some(e) => tracing::error!(
             ORIGIN = origin,
             MIGRATION = e.migration.as_deref().unwrap_or(""),
             SQLSTATE = e.sqlstate.as_deref().unwrap_or(""),
@@ -417,6 +421,6 @@ pub fn log_event(event: &Event, origin: &str) {
             "{}",
             e.message
         ),
-        Event::Done { .. } => {}
+        None => {}
     }
 }

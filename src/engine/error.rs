@@ -1,5 +1,5 @@
 //! Why a run (or the preparation of one) failed, with the facts the report needs.
-//! [`crate::diagnosis`] turns these into the likely cause, the next step and the decisions
+//! `diagnosis` turns these into the likely cause, the next step and the decisions
 //! made from them.
 
 use std::path::PathBuf;

@@ -33,7 +33,7 @@ impl Default for BackupSettings {
 }
 
 /// A finished, verified dump.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Backup {
     pub path: PathBuf,
     /// The database it is a dump of (`current_database()`), for the restore steps.
@@ -97,7 +97,7 @@ fn sanitize(s: &str) -> String {
 }
 
 /// One of our dumps, parsed back from its name.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Listed {
     pub path: PathBuf,
     pub database: String,

@@ -41,7 +41,7 @@ fn quote_literal(value: &str) -> String {
 }
 
 /// A PostgreSQL error reduced to what a person needs.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct PgFailure {
     pub sqlstate: Option<String>,
     pub message: String,

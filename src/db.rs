@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, Config, SimpleQueryMessage};
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{Client, Config, Row, SimpleQueryMessage};
 
 use crate::config::describe_target;
 use crate::plan::AppliedRow;
@@ -112,6 +113,10 @@ pub enum DbError {
         waited: Duration,
         holder: Option<i32>,
     },
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    #[error(transparent)]
+    TrackingRow(#[from] TrackingRowError),
 }
 
 impl DbError {
@@ -120,6 +125,93 @@ impl DbError {
             what,
             failure: PgFailure::from_error(&e),
         }
+    }
+}
+
+/// A value answering one of our own queries did not convert (a server or driver we do not
+/// know): a bug to report, not something the admin can fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: column {column} of the answer cannot be read: {source}")]
+pub struct ValueError {
+    what: &'static str,
+    /// 0-based, in the query's select list.
+    column: usize,
+    source: tokio_postgres::Error,
+}
+
+/// Column `column` of a row answering our own query `what`, converted with a check.
+fn value<'a, T: FromSql<'a>>(
+    row: &'a Row,
+    column: usize,
+    what: &'static str,
+) -> Result<T, ValueError> {
+    row.try_get(column).map_err(|source| ValueError {
+        what,
+        column,
+        source,
+    })
+}
+
+/// A value in the tracking table that we cannot interpret: the table was made or edited by
+/// hand or by another tool (Drizzle's own is `id serial, hash text NOT NULL, created_at
+/// bigint`, drizzle-orm 0.45 `pg-core/dialect.ts`). Nothing was changed when this is returned.
+#[derive(Debug, thiserror::Error)]
+#[error("the tracking table {table}: {row}, column {column}: {problem}")]
+pub struct TrackingRowError {
+    /// `"schema"."table"`, as quoted in SQL.
+    pub table: String,
+    pub row: RowRef,
+    /// `id`, `hash`, `created_at` or `applied_at`.
+    pub column: &'static str,
+    pub problem: ValueProblem,
+}
+
+/// Which row of the tracking table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowRef {
+    Id(i64),
+    /// 1-based position in `ORDER BY id`, when the id itself cannot be read.
+    Position(usize),
+}
+
+impl std::fmt::Display for RowRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowRef::Id(id) => write!(f, "row id {id}"),
+            RowRef::Position(n) => write!(f, "row {n} in id order (its id cannot be read)"),
+        }
+    }
+}
+
+/// What is wrong with one value of the tracking table.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueProblem {
+    #[error("is NULL; {why}")]
+    Null { why: &'static str },
+    #[error("has the type {}; expected {expected}", crate::plan::printable(found))]
+    Type {
+        /// PostgreSQL's name of the column's type.
+        found: String,
+        expected: &'static str,
+    },
+    #[error("cannot be read: {source}")]
+    Unreadable { source: tokio_postgres::Error },
+}
+
+impl TrackingRowError {
+    /// The next step for the admin.
+    pub fn next_step(&self) -> String {
+        let fix = match self.problem {
+            ValueProblem::Type { expected, .. } => format!(
+                "Change column {} of {} to {expected}, the type Drizzle creates",
+                self.column, self.table
+            ),
+            ValueProblem::Null { .. } | ValueProblem::Unreadable { .. } => format!(
+                "Correct that value of {} by hand, or delete the row if its migration was never applied",
+                self.table
+            ),
+        };
+        format!("{fix}, then run again. Nothing was changed in the database.")
     }
 }
 
@@ -157,14 +249,15 @@ pub async fn connect(config: &Config) -> Result<Client, DbError> {
             client
         }
     };
-    let read_only = client
+    const READ_ONLY: &str = "checking whether the server is read-only";
+    let row = client
         .query_one(
             "SELECT current_setting('transaction_read_only') = 'on'",
             &[],
         )
         .await
-        .map_err(DbError::query("checking whether the server is read-only"))?;
-    if read_only.get::<_, bool>(0) {
+        .map_err(DbError::query(READ_ONLY))?;
+    if value::<bool>(&row, 0, READ_ONLY)? {
         return Err(DbError::ReadOnly { target });
     }
     Ok(client)
@@ -235,12 +328,14 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// Reads the tracking rows; `None` when the table does not exist yet. Read-only, so a dry run
-/// or `status` never changes the database.
+/// Reads the tracking rows in id order; `None` when the table does not exist yet. Read-only,
+/// so a dry run or `status` never changes the database. A value we cannot interpret is a
+/// [`TrackingRowError`] naming its row and column, never a panic.
 pub async fn read_rows(
     client: &Client,
     tracking: &Tracking,
 ) -> Result<Option<Vec<AppliedRow>>, DbError> {
+    const LOOKING: &str = "looking for the tracking table";
     // Whether the table exists, and whether it has our optional `applied_at` column (a table
     // Drizzle created does not).
     let found = client
@@ -250,11 +345,11 @@ pub async fn read_rows(
             &[&tracking.qualified()],
         )
         .await
-        .map_err(DbError::query("looking for the tracking table"))?;
-    if !found.get::<_, bool>(0) {
+        .map_err(DbError::query(LOOKING))?;
+    if !value::<bool>(&found, 0, LOOKING)? {
         return Ok(None);
     }
-    let applied_at = if found.get::<_, bool>(1) {
+    let applied_at = if value::<bool>(&found, 1, LOOKING)? {
         "to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
     } else {
         "NULL::text"
@@ -267,16 +362,85 @@ pub async fn read_rows(
         .query(&sql, &[])
         .await
         .map_err(DbError::query("reading the tracking table"))?;
-    Ok(Some(
-        rows.into_iter()
-            .map(|r| AppliedRow {
-                id: r.get(0),
-                hash: r.get(1),
-                created_at: r.get(2),
-                applied_at: r.get(3),
+    let table = tracking.qualified();
+    let rows = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| tracking_row(row, i + 1, &table))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(rows))
+}
+
+/// One row of `SELECT id, hash, created_at, applied_at`, checked value by value. `id` may be
+/// any integer type (Drizzle creates `serial`; hand-made tables vary), `created_at` an integer
+/// or NULL (rows made by hand), `hash` any non-NULL text.
+fn tracking_row(row: &Row, position: usize, table: &str) -> Result<AppliedRow, TrackingRowError> {
+    let fail = |row, column, problem| TrackingRowError {
+        table: table.to_string(),
+        row,
+        column,
+        problem,
+    };
+    let at = RowRef::Position(position);
+    let id = integer(row, 0, "integer (serial) or bigint")
+        .and_then(|id| {
+            id.ok_or(ValueProblem::Null {
+                why: "every row needs an id",
             })
-            .collect(),
-    ))
+        })
+        .map_err(|p| fail(at, "id", p))?;
+    let at = RowRef::Id(id);
+    let hash = text(row, 1)
+        .and_then(|hash| {
+            hash.ok_or(ValueProblem::Null {
+                why: "every row needs the SHA-256 of its migration file",
+            })
+        })
+        .map_err(|p| fail(at, "hash", p))?;
+    Ok(AppliedRow {
+        id,
+        hash,
+        created_at: integer(row, 2, "bigint").map_err(|p| fail(at, "created_at", p))?,
+        applied_at: text(row, 3).map_err(|p| fail(at, "applied_at", p))?,
+    })
+}
+
+/// An integer column of any width (smallint, integer, bigint), or NULL; `expected` names the
+/// type to use instead of another one.
+fn integer(row: &Row, column: usize, expected: &'static str) -> Result<Option<i64>, ValueProblem> {
+    let read = match column_type(row, column) {
+        Some(&Type::INT4) => row
+            .try_get::<_, Option<i32>>(column)
+            .map(|v| v.map(i64::from)),
+        Some(&Type::INT2) => row
+            .try_get::<_, Option<i16>>(column)
+            .map(|v| v.map(i64::from)),
+        Some(found) if *found != Type::INT8 => {
+            return Err(ValueProblem::Type {
+                found: found.name().to_string(),
+                expected,
+            })
+        }
+        // bigint, or no such column: `try_get` tells which.
+        _ => row.try_get::<_, Option<i64>>(column),
+    };
+    read.map_err(|source| ValueProblem::Unreadable { source })
+}
+
+/// A text column (text, varchar, char, name), or NULL.
+fn text(row: &Row, column: usize) -> Result<Option<String>, ValueProblem> {
+    if let Some(found) = column_type(row, column).filter(|t| !<String as FromSql>::accepts(t)) {
+        return Err(ValueProblem::Type {
+            found: found.name().to_string(),
+            expected: "text",
+        });
+    }
+    row.try_get(column)
+        .map_err(|source| ValueProblem::Unreadable { source })
+}
+
+fn column_type(row: &Row, column: usize) -> Option<&Type> {
+    row.columns().get(column).map(|c| c.type_())
 }
 
 /// Creates Drizzle's schema and table when missing, with the exact shape Drizzle creates plus
@@ -284,14 +448,16 @@ pub async fn read_rows(
 /// EXISTS` needs CREATE on the database even when the schema is there, which an app role that
 /// only owns its schema lacks.
 pub async fn ensure_table(client: &Client, tracking: &Tracking) -> Result<(), DbError> {
+    const LOOKING: &str = "looking for the tracking table";
     let row = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), to_regclass($2) IS NOT NULL",
             &[&tracking.schema, &tracking.qualified()],
         )
         .await
-        .map_err(DbError::query("looking for the tracking table"))?;
-    let (schema_exists, table_exists): (bool, bool) = (row.get(0), row.get(1));
+        .map_err(DbError::query(LOOKING))?;
+    let schema_exists: bool = value(&row, 0, LOOKING)?;
+    let table_exists: bool = value(&row, 1, LOOKING)?;
     if !schema_exists {
         client
             .batch_execute(&format!(
@@ -322,13 +488,13 @@ pub async fn acquire_lock(
     wait: Duration,
     mut on_wait: impl FnMut(Option<i32>),
 ) -> Result<(), DbError> {
+    const TAKING: &str = "taking the migration lock";
     let key = tracking.lock_key();
-    let got: bool = client
+    let row = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
         .await
-        .map_err(DbError::query("taking the migration lock"))?
-        .get(0);
-    if got {
+        .map_err(DbError::query(TAKING))?;
+    if value::<bool>(&row, 0, TAKING)? {
         return Ok(());
     }
     let holder = lock_holder(client, key).await;
@@ -372,7 +538,7 @@ async fn lock_holder(client: &Client, key: i64) -> Option<i32> {
         .await
         .ok()
         .flatten()
-        .map(|r| r.get(0))
+        .and_then(|r| r.try_get(0).ok())
 }
 
 pub async fn release_lock(client: &Client, tracking: &Tracking) -> Result<(), DbError> {
@@ -387,13 +553,14 @@ pub async fn release_lock(client: &Client, tracking: &Tracking) -> Result<(), Db
 pub async fn accept_edit(
     client: &Client,
     tracking: &Tracking,
-    row_id: i32,
+    row_id: i64,
     hash: &str,
 ) -> Result<(), DbError> {
     client
         .execute(
+            // `$2::bigint`: the id column may be integer or bigint (see `tracking_row`).
             &format!(
-                "UPDATE {} SET hash = $1 WHERE id = $2",
+                "UPDATE {} SET hash = $1 WHERE id = $2::bigint",
                 tracking.qualified()
             ),
             &[&hash, &row_id],

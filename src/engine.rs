@@ -152,7 +152,8 @@ impl EngineError {
         match self {
             EngineError::Source(_)
             | EngineError::Config(_)
-            | EngineError::NeedsOwnTransaction { .. } => 2,
+            | EngineError::NeedsOwnTransaction { .. }
+            | EngineError::Db(DbError::TrackingRow(_)) => 2,
             EngineError::Drift(_) => 4,
             EngineError::Backup(_) => 1,
             EngineError::Db(_) | EngineError::Apply(_) => 1,
@@ -192,6 +193,7 @@ impl EngineError {
             EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
             EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
             EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
+            EngineError::Db(DbError::TrackingRow(e)) => e.next_step(),
             EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
             EngineError::Apply(e) => next_step(e),
             EngineError::Backup(e) => e.hint().into(),
@@ -633,7 +635,7 @@ fn warn_missing(missing: &[AppliedRow], emit: &mut dyn FnMut(Event)) {
 }
 
 /// The first 12 characters of a hash from the tracking table (any text: rows can be made by
-/// hand), for messages.
+/// hand), for messages, control characters escaped.
 pub fn short_hash(hash: &str) -> String {
-    hash.chars().take(12).collect()
+    crate::plan::printable(&hash.chars().take(12).collect::<String>())
 }

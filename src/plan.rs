@@ -6,12 +6,30 @@ use crate::source::{Migration, MigrationSet};
 /// One row of Drizzle's tracking table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedRow {
-    pub id: i32,
+    /// Drizzle's `id serial`; hand-made tables may use bigint.
+    pub id: i64,
+    /// Drizzle writes the file's SHA-256 in hex; a row made by hand may hold any text, so
+    /// print it through [`printable`].
     pub hash: String,
     /// The journal `when` of the migration, as Drizzle records it. NULL in hand-made rows.
     pub created_at: Option<i64>,
     /// When the row was written, if the table has our optional `applied_at` column.
     pub applied_at: Option<String>,
+}
+
+/// `text` with its control characters escaped as Rust's `char::escape_debug` does (`\u{1b}`,
+/// `\n`), everything else as is: text read from the database may come from anyone, and raw
+/// control characters would drive the terminal it is printed on.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What the admin allowed for this run.
@@ -134,7 +152,7 @@ impl<'a> Plan<'a> {
                 } => blockers.push(Blocker::Edited {
                     file: item.migration.file_name.clone(),
                     tag: item.migration.tag.clone(),
-                    recorded: row.hash.clone(),
+                    recorded: printable(&row.hash),
                     current: item.migration.hash.clone(),
                 }),
                 State::OutOfOrder { allowed: false } => {
@@ -261,7 +279,7 @@ mod tests {
         }
     }
 
-    fn row(set: &MigrationSet, tag: &str, id: i32) -> AppliedRow {
+    fn row(set: &MigrationSet, tag: &str, id: i64) -> AppliedRow {
         let m = set.get(tag).unwrap();
         AppliedRow {
             id,
@@ -367,6 +385,16 @@ mod tests {
         assert!(p.blockers().is_empty());
         assert!(p.has_drift());
         assert_eq!(p.to_apply().count(), 0);
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(
+            printable("\u{1b}[2Jé\u{7}\n\u{9b}x"),
+            "\\u{1b}[2Jé\\u{7}\\n\\u{9b}x"
+        );
+        let hash = drizzle_hash("SELECT 1;");
+        assert_eq!(printable(&hash), hash);
     }
 
     #[test]

@@ -259,7 +259,7 @@ struct StatusJson<'a> {
 
 #[derive(Serialize)]
 struct MissingRow<'a> {
-    id: i32,
+    id: i64,
     hash: &'a str,
     created_at: Option<i64>,
 }

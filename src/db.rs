@@ -443,6 +443,35 @@ fn column_type(row: &Row, column: usize) -> Option<&Type> {
     row.columns().get(column).map(|c| c.type_())
 }
 
+/// The database a connection is to, as a backup needs it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// `current_database()`.
+    pub name: String,
+    /// `pg_database_size(current_database())`, in bytes.
+    pub bytes: u64,
+    /// The server's major version: `server_version_num` / 10000 (PostgreSQL 10 and later).
+    pub server_major: u32,
+}
+
+/// Reads [`Database`] for the connection of `client`.
+pub async fn database(client: &Client) -> Result<Database, DbError> {
+    const WHAT: &str = "measuring the database";
+    let row = client
+        .query_one(
+            "SELECT current_database()::text, pg_database_size(current_database()), \
+             current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .await
+        .map_err(DbError::query(WHAT))?;
+    Ok(Database {
+        name: value(&row, 0, WHAT)?,
+        bytes: u64::try_from(value::<i64>(&row, 1, WHAT)?).unwrap_or(0),
+        server_major: u32::try_from(value::<i32>(&row, 2, WHAT)?).unwrap_or(0),
+    })
+}
+
 /// Creates Drizzle's schema and table when missing, with the exact shape Drizzle creates plus
 /// an `applied_at` column Drizzle ignores. Existence is checked first: `CREATE SCHEMA IF NOT
 /// EXISTS` needs CREATE on the database even when the schema is there, which an app role that

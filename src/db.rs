@@ -638,12 +638,22 @@ pub struct StatementFailure {
 }
 
 /// Who owns the transaction around a migration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Txn {
     /// This call opens and commits its own transaction.
-    Own,
+    Own(Commit),
     /// The caller holds one transaction open around several migrations (`transaction = "all"`).
     Outer,
+}
+
+/// Whether a COMMIT waits for its WAL flush (PostgreSQL's `synchronous_commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The server's setting (on by default): durable once COMMIT returns.
+    Flushed,
+    /// `SET LOCAL synchronous_commit = off`. Safe: see `engine::apply_all` on why only the
+    /// last commit of a run must be flushed.
+    Deferred,
 }
 
 /// Applies one migration and writes its tracking row. In the normal case both happen in one
@@ -654,7 +664,6 @@ pub async fn apply_migration(
     migration: &Migration,
     limits: Limits,
     txn: Txn,
-    synchronous_commit: bool,
 ) -> Result<(), StatementFailure> {
     let insert = format!(
         "INSERT INTO {} (hash, created_at) VALUES ({}, {})",
@@ -662,82 +671,104 @@ pub async fn apply_migration(
         quote_literal(&migration.hash),
         migration.when
     );
-    let fail = |statement, e: &tokio_postgres::Error, completed| StatementFailure {
-        statement,
-        failure: PgFailure::from_error(e),
-        completed_outside_transaction: completed,
-        during_commit: false,
-    };
-
     if migration.no_transaction {
-        client
-            .batch_execute(&limits.set_sql("SESSION"))
-            .await
-            .map_err(|e| fail(None, &e, 0))?;
-        for (i, statement) in migration.statements.iter().enumerate() {
-            if let Err(e) = client.batch_execute(&statement.sql).await {
-                // The session outlives this migration (the daemon keeps it): do not leave its
-                // timeouts behind. Best effort: a broken connection has none left anyway.
-                let _ = client
-                    .batch_execute("RESET lock_timeout; RESET statement_timeout")
-                    .await;
-                return Err(fail(Some(i + 1), &e, i));
-            }
-        }
-        let n = migration.statements.len();
-        client
-            .batch_execute(&format!(
-                "{insert}; RESET lock_timeout; RESET statement_timeout"
-            ))
-            .await
-            .map_err(|e| fail(None, &e, n))?;
-        return Ok(());
+        return apply_outside_transaction(client, migration, limits, &insert).await;
     }
-
-    let own = matches!(txn, Txn::Own);
     let mut begin = String::new();
-    if own {
+    if let Txn::Own(_) = txn {
         begin.push_str("BEGIN; ");
     }
     begin.push_str(&limits.set_sql("LOCAL"));
-    if own && !synchronous_commit {
-        // Safe: see `engine::apply_all` on why only the last commit of a run must be flushed.
+    if txn == Txn::Own(Commit::Deferred) {
         begin.push_str("; SET LOCAL synchronous_commit = off");
     }
-    let result = async {
-        client
-            .batch_execute(&begin)
-            .await
-            .map_err(|e| fail(None, &e, 0))?;
-        for (i, statement) in migration.statements.iter().enumerate() {
+    let result = run_in_transaction(client, migration, &begin, &insert).await;
+    match (result, txn) {
+        (Ok(()), Txn::Own(_)) => {
             client
-                .batch_execute(&statement.sql)
+                .batch_execute("COMMIT")
                 .await
-                .map_err(|e| fail(Some(i + 1), &e, 0))?;
+                .map_err(|e| StatementFailure {
+                    during_commit: true,
+                    ..failure(None, &e, 0)
+                })
         }
-        client
-            .batch_execute(&insert)
-            .await
-            .map_err(|e| fail(None, &e, 0))
-    }
-    .await;
-    match result {
-        Ok(()) if own => client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| StatementFailure {
-                during_commit: true,
-                ..fail(None, &e, 0)
-            }),
-        Ok(()) => Ok(()),
-        Err(failure) => {
-            if own {
-                // Best effort: if the connection is gone, the server rolls back by itself.
-                let _ = client.batch_execute("ROLLBACK").await;
-            }
+        (Ok(()), Txn::Outer) => Ok(()),
+        (Err(failure), Txn::Own(_)) => {
+            // Best effort: if the connection is gone, the server rolls back by itself.
+            let _ = client.batch_execute("ROLLBACK").await;
             Err(failure)
         }
+        (Err(failure), Txn::Outer) => Err(failure),
     }
+}
+
+fn failure(
+    statement: Option<usize>,
+    e: &tokio_postgres::Error,
+    completed_outside_transaction: usize,
+) -> StatementFailure {
+    StatementFailure {
+        statement,
+        failure: PgFailure::from_error(e),
+        completed_outside_transaction,
+        during_commit: false,
+    }
+}
+
+/// `begin` (which opens the transaction or only sets its limits), the statements, then the
+/// tracking row; the caller commits or rolls back.
+async fn run_in_transaction(
+    client: &Client,
+    migration: &Migration,
+    begin: &str,
+    insert: &str,
+) -> Result<(), StatementFailure> {
+    client
+        .batch_execute(begin)
+        .await
+        .map_err(|e| failure(None, &e, 0))?;
+    for (i, statement) in migration.statements.iter().enumerate() {
+        client
+            .batch_execute(&statement.sql)
+            .await
+            .map_err(|e| failure(Some(i + 1), &e, 0))?;
+    }
+    client
+        .batch_execute(insert)
+        .await
+        .map_err(|e| failure(None, &e, 0))
+}
+
+/// A `no-transaction` migration: statement by statement, each committed on its own, then the
+/// tracking row once all succeeded.
+async fn apply_outside_transaction(
+    client: &Client,
+    migration: &Migration,
+    limits: Limits,
+    insert: &str,
+) -> Result<(), StatementFailure> {
+    client
+        .batch_execute(&limits.set_sql("SESSION"))
+        .await
+        .map_err(|e| failure(None, &e, 0))?;
+    for (i, statement) in migration.statements.iter().enumerate() {
+        if let Err(e) = client.batch_execute(&statement.sql).await {
+            // The session outlives this migration (the daemon keeps it): do not leave its
+            // timeouts behind. Best effort: a broken connection has none left anyway.
+            let _ = client
+                .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                .await;
+            return Err(failure(Some(i + 1), &e, i));
+        }
+    }
+    let n = migration.statements.len();
+    client
+        .batch_execute(&format!(
+            "{insert}; RESET lock_timeout; RESET statement_timeout"
+        ))
+        .await
+        .map_err(|e| failure(None, &e, n))
 }
 
 /// Opens, commits or rolls back the single transaction of `transaction = "all"`.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::{Client, Config};
 
 use crate::config::{Settings, TransactionMode};
-use crate::db::{self, DbError, Limits, PgFailure, StatementFailure, Tracking, Txn};
+use crate::db::{self, Commit, DbError, Limits, PgFailure, StatementFailure, Tracking, Txn};
 use crate::plan::{self, AppliedRow, Blocker, Plan, PlanOptions, State};
 use crate::source::{Migration, MigrationSet, SourceError};
 use crate::summary::summarize;
@@ -516,12 +516,15 @@ impl<'a> Engine<'a> {
         let mut timings = Vec::with_capacity(to_apply.len());
         for (i, m) in to_apply.iter().enumerate() {
             let started = Instant::now();
-            let last = i + 1 == to_apply.len();
-            let txn = if all { Txn::Outer } else { Txn::Own };
+            let commit = if i + 1 == to_apply.len() {
+                Commit::Flushed
+            } else {
+                Commit::Deferred
+            };
+            let txn = if all { Txn::Outer } else { Txn::Own(commit) };
             let mut attempt = 0;
             let result = loop {
-                let result =
-                    db::apply_migration(client, &self.tracking, m, limits, txn, last).await;
+                let result = db::apply_migration(client, &self.tracking, m, limits, txn).await;
                 match result {
                     Err(f) if self.may_retry(&f, all, attempt) => {
                         attempt += 1;

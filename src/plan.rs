@@ -180,39 +180,7 @@ impl<'a> Plan<'a> {
 /// Computes the plan. Rows are matched to journal entries by `created_at` = `when` (the key
 /// Drizzle itself uses), then, for rows left over, by hash (a row written with another `when`).
 pub fn plan<'a>(set: &'a MigrationSet, rows: &[AppliedRow], options: &PlanOptions) -> Plan<'a> {
-    use std::collections::HashMap;
-
-    let mut by_when: HashMap<i64, Vec<usize>> = HashMap::new();
-    let mut by_hash: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, row) in rows.iter().enumerate().rev() {
-        if let Some(when) = row.created_at {
-            by_when.entry(when).or_default().push(i);
-        }
-        by_hash.entry(row.hash.as_str()).or_default().push(i);
-    }
-    let mut used = vec![false; rows.len()];
-    // Candidates are stacked newest-id-last reversed, so `pop` yields the lowest id first.
-    fn take(candidates: Option<&mut Vec<usize>>, used: &mut [bool]) -> Option<usize> {
-        let candidates = candidates?;
-        while let Some(i) = candidates.pop() {
-            if !used[i] {
-                used[i] = true;
-                return Some(i);
-            }
-        }
-        None
-    }
-
-    let mut matched: Vec<Option<usize>> = Vec::with_capacity(set.migrations.len());
-    for m in &set.migrations {
-        matched.push(take(by_when.get_mut(&m.when), &mut used));
-    }
-    for (m, slot) in set.migrations.iter().zip(matched.iter_mut()) {
-        if slot.is_none() {
-            *slot = take(by_hash.get_mut(m.hash.as_str()), &mut used);
-        }
-    }
-
+    let (matched, used) = match_rows(set, rows);
     let newest_created = rows.iter().filter_map(|r| r.created_at).max();
     let last_applied = matched.iter().rposition(Option::is_some);
     let items = set
@@ -247,6 +215,44 @@ pub fn plan<'a>(set: &'a MigrationSet, rows: &[AppliedRow], options: &PlanOption
         .map(|(row, _)| row.clone())
         .collect();
     Plan { items, missing }
+}
+
+/// For each migration, the index of its row in `rows`; and for each row, whether a migration
+/// took it. Each row goes to one migration at most, the lowest id first.
+fn match_rows(set: &MigrationSet, rows: &[AppliedRow]) -> (Vec<Option<usize>>, Vec<bool>) {
+    use std::collections::HashMap;
+
+    let mut by_when: HashMap<i64, Vec<usize>> = HashMap::new();
+    let mut by_hash: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, row) in rows.iter().enumerate().rev() {
+        if let Some(when) = row.created_at {
+            by_when.entry(when).or_default().push(i);
+        }
+        by_hash.entry(row.hash.as_str()).or_default().push(i);
+    }
+    let mut used = vec![false; rows.len()];
+    // Candidates are stacked newest-id-last reversed, so `pop` yields the lowest id first.
+    fn take(candidates: Option<&mut Vec<usize>>, used: &mut [bool]) -> Option<usize> {
+        let candidates = candidates?;
+        while let Some(i) = candidates.pop() {
+            if !used[i] {
+                used[i] = true;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    let mut matched: Vec<Option<usize>> = Vec::with_capacity(set.migrations.len());
+    for m in &set.migrations {
+        matched.push(take(by_when.get_mut(&m.when), &mut used));
+    }
+    for (m, slot) in set.migrations.iter().zip(matched.iter_mut()) {
+        if slot.is_none() {
+            *slot = take(by_hash.get_mut(m.hash.as_str()), &mut used);
+        }
+    }
+    (matched, used)
 }
 
 #[cfg(test)]

@@ -200,7 +200,7 @@ pub enum ValueProblem {
 
 impl TrackingRowError {
     /// The next step for the admin.
-    pub fn next_step(&self) -> String {
+    pub(crate) fn next_step(&self) -> String {
         let fix = match self.problem {
             ValueProblem::Type { expected, .. } => format!(
                 "Change column {} of {} to {expected}, the type Drizzle creates",
@@ -445,7 +445,7 @@ fn column_type(row: &Row, column: usize) -> Option<&Type> {
 
 /// The database a connection is to, as a backup needs it.
 #[derive(Debug, Clone)]
-pub struct Database {
+pub(crate) struct Database {
     /// `current_database()`.
     pub name: String,
     /// `pg_database_size(current_database())`, in bytes.
@@ -455,7 +455,7 @@ pub struct Database {
 }
 
 /// Reads [`Database`] for the connection of `client`.
-pub async fn database(client: &Client) -> Result<Database, DbError> {
+pub(crate) async fn database(client: &Client) -> Result<Database, DbError> {
     const WHAT: &str = "measuring the database";
     let row = client
         .query_one(

@@ -9,7 +9,7 @@ pub struct AppliedRow {
     /// Drizzle's `id serial`; hand-made tables may use bigint.
     pub id: i64,
     /// Drizzle writes the file's SHA-256 in hex; a row made by hand may hold any text, so
-    /// print it through [`printable`].
+    /// print it through `printable`.
     pub hash: String,
     /// The journal `when` of the migration, as Drizzle records it. NULL in hand-made rows.
     pub created_at: Option<i64>,
@@ -20,7 +20,7 @@ pub struct AppliedRow {
 /// `text` with its control characters escaped as Rust's `char::escape_debug` does (`\u{1b}`,
 /// `\n`), everything else as is: text read from the database may come from anyone, and raw
 /// control characters would drive the terminal it is printed on.
-pub fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if c.is_control() {

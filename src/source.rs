@@ -214,9 +214,22 @@ impl MigrationSet {
         dir: &Path,
         previous: Option<&MigrationSet>,
     ) -> Result<MigrationSet, SourceError> {
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        MigrationSet::load_at(dir, previous, now_ns)
+    }
+
+    /// [`load_reusing`](Self::load_reusing) at `now_ns` (nanoseconds since the Unix epoch):
+    /// the time that decides which files are old enough for their stamps to be trusted.
+    fn load_at(
+        dir: &Path,
+        previous: Option<&MigrationSet>,
+        now_ns: i128,
+    ) -> Result<MigrationSet, SourceError> {
         let journal_path = dir.join(JOURNAL);
         let journal = read_journal(&journal_path)?;
-        let reader = FolderReader::new(dir, &journal_path, previous)?;
+        let reader = FolderReader::new(dir, &journal_path, previous, now_ns)?;
         let mut seen_idx = BTreeSet::new();
         let mut seen_tag = BTreeSet::new();
         let mut migrations = Vec::with_capacity(journal.entries.len());
@@ -307,6 +320,7 @@ impl<'a> FolderReader<'a> {
         dir: &'a Path,
         journal_path: &'a Path,
         previous: Option<&'a MigrationSet>,
+        now_ns: i128,
     ) -> Result<FolderReader<'a>, SourceError> {
         let canonical_dir = fs::canonicalize(dir).map_err(|source| SourceError::Io {
             path: dir.to_path_buf(),
@@ -315,9 +329,6 @@ impl<'a> FolderReader<'a> {
         let known = previous
             .map(|p| p.migrations.iter().map(|m| (m.tag.as_str(), m)).collect())
             .unwrap_or_default();
-        let now_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
         Ok(FolderReader {
             dir,
             canonical_dir,
@@ -601,15 +612,28 @@ mod tests {
             r#"{"entries":[{"idx":0,"when":1,"tag":"a"},{"idx":1,"when":2,"tag":"b"}]}"#,
         )
         .unwrap();
-        fs::write(dir.path().join("a.sql"), "SELECT 1;").unwrap();
-        fs::write(dir.path().join("b.sql"), "SELECT 2;").unwrap();
+        let now = std::time::SystemTime::now();
+        for (name, sql) in [("a.sql", "SELECT 1;"), ("b.sql", "SELECT 2;")] {
+            fs::write(dir.path().join(name), sql).unwrap();
+            // An mtime well before the rewrite below, whatever the timestamp granularity.
+            let file = fs::File::options()
+                .write(true)
+                .open(dir.path().join(name))
+                .unwrap();
+            file.set_modified(now - std::time::Duration::from_secs(60))
+                .unwrap();
+        }
         let fresh = MigrationSet::load(dir.path()).unwrap();
         assert!(
             fresh.migrations.iter().all(|m| m.stamp.is_none()),
-            "just written: not trusted yet"
+            "just changed (ctime): not trusted yet"
         );
-        std::thread::sleep(std::time::Duration::from_millis(2100));
-        let first = MigrationSet::load(dir.path()).unwrap();
+        let later = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128
+            + 2 * RACY;
+        let first = MigrationSet::load_at(dir.path(), None, later).unwrap();
         assert!(first.migrations.iter().all(|m| m.stamp.is_some()));
         // Same size, new content: the stamp (ctime, mtime) tells.
         fs::write(dir.path().join("b.sql"), "SELECT 3;").unwrap();

@@ -154,7 +154,8 @@ fn value<'a, T: FromSql<'a>>(
 
 /// A value in the tracking table that we cannot interpret: the table was made or edited by
 /// hand or by another tool (Drizzle's own is `id serial, hash text NOT NULL, created_at
-/// bigint`, drizzle-orm 0.45 `pg-core/dialect.ts`). Nothing was changed when this is returned.
+/// bigint`, as drizzle-orm 0.45's PostgreSQL migrator creates it). Nothing was changed when
+/// this is returned.
 #[derive(Debug, thiserror::Error)]
 #[error("the tracking table {table}: {row}, column {column}: {problem}")]
 pub struct TrackingRowError {
@@ -578,7 +579,8 @@ pub async fn release_lock(client: &Client, tracking: &Tracking) -> Result<(), Db
     Ok(())
 }
 
-/// Records a new hash for an applied migration whose file was edited on purpose.
+/// Records a new hash for an applied migration whose file was edited on purpose: the row
+/// whose `id` (integer or bigint) is `row_id`.
 pub async fn accept_edit(
     client: &Client,
     tracking: &Tracking,

@@ -33,7 +33,7 @@ impl Default for BackupSettings {
 }
 
 /// A finished, verified dump.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone)]
 pub struct Backup {
     pub path: PathBuf,
     /// The database it is a dump of (`current_database()`), for the restore steps.
@@ -62,14 +62,12 @@ pub enum BackupError {
     Dump { status: String, stderr: String },
     #[error("the dump does not read back (pg_restore --list failed: {stderr}); it was removed")]
     Verify { stderr: String },
-    #[error("measuring the database: {0}")]
-    Query(String),
-}
-
-impl BackupError {
-    pub fn hint(&self) -> &'static str {
-        "Nothing was migrated. Fix the cause above, or run without a backup (--no-backup, or backup_enabled = false) if you have one of your own."
-    }
+    #[error(transparent)]
+    Query(Box<crate::db::DbError>),
+    #[error("cannot write the password file for pg_dump: {0}")]
+    PassFile(io::Error),
+    #[error("cannot run pg_dump: {0}")]
+    Spawn(io::Error),
 }
 
 /// `vamsa-20261129T214001.123Z-before-0004_media_tags.dump`: sortable by time (to the
@@ -97,7 +95,7 @@ fn sanitize(s: &str) -> String {
 }
 
 /// One of our dumps, parsed back from its name.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct Listed {
     pub path: PathBuf,
     pub database: String,
@@ -193,17 +191,6 @@ pub fn prune(
     Ok(removed)
 }
 
-/// Removes the temporary file unless the dump completed.
-struct PartialFile(Option<PathBuf>);
-
-impl Drop for PartialFile {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = fs::remove_file(path);
-        }
-    }
-}
-
 /// Takes a verified dump of the database `client` is connected to, named after `label`
 /// (`before-<tag>` or `manual`), then applies retention.
 pub async fn take(
@@ -214,15 +201,50 @@ pub async fn take(
 ) -> Result<Backup, BackupError> {
     let started = Instant::now();
     let dir = &settings.dir;
-    let dir_err = |source| BackupError::Dir {
-        dir: dir.clone(),
+    prepare_dir(dir)?;
+    let db = crate::db::database(client)
+        .await
+        .map_err(|e| BackupError::Query(Box::new(e)))?;
+    let free = free_bytes(dir).map_err(dir_error(dir))?;
+    // The custom format is compressed, so the database's size is a safe upper bound.
+    if free < db.bytes {
+        return Err(BackupError::DiskSpace {
+            dir: dir.clone(),
+            free: human_bytes(free),
+            needed: human_bytes(db.bytes),
+        });
+    }
+    let final_path = dir.join(file_name(&db.name, SystemTime::now(), label));
+    let mut partial = PartialFile::create(&final_path).map_err(dir_error(dir))?;
+    pg_dump(pg, &db, &partial.path).await?;
+    verify(&partial.path).await?;
+    partial.persist(&final_path).map_err(dir_error(dir))?;
+    let bytes = fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
+    if let Err(e) = prune(dir, &db.name, settings.keep.max(1), &final_path) {
+        tracing::warn!("backup retention in {}: {e}", dir.display());
+    }
+    Ok(Backup {
+        path: final_path,
+        database: db.name,
+        bytes,
+        ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn dir_error(dir: &Path) -> impl Fn(io::Error) -> BackupError + '_ {
+    move |source| BackupError::Dir {
+        dir: dir.to_path_buf(),
         source,
-    };
+    }
+}
+
+/// Creates `dir` (mode 0700) when missing; warns when others may read it.
+fn prepare_dir(dir: &Path) -> Result<(), BackupError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(dir_err)?;
+        .map_err(dir_error(dir))?;
     if let Ok(meta) = fs::metadata(dir) {
         if meta.permissions().mode() & 0o077 != 0 {
             tracing::warn!(
@@ -231,132 +253,173 @@ pub async fn take(
             );
         }
     }
+    Ok(())
+}
 
-    let row = client
-        .query_one(
-            "SELECT current_database(), pg_database_size(current_database())",
-            &[],
-        )
-        .await
-        .map_err(|e| BackupError::Query(e.to_string()))?;
-    let (dbname, size): (String, i64) = (row.get(0), row.get(1));
-    let free = free_bytes(dir).map_err(dir_err)?;
-    // The custom format is compressed, so the database's size is a safe upper bound.
-    if free < size as u64 {
-        return Err(BackupError::DiskSpace {
-            dir: dir.clone(),
-            free: human_bytes(free),
-            needed: human_bytes(size as u64),
-        });
-    }
+/// The dump while it is written: `.<final name>.partial` beside the final file, removed on
+/// drop unless [`persist`](Self::persist) renamed it.
+struct PartialFile {
+    path: PathBuf,
+    done: bool,
+}
 
-    let final_path = dir.join(file_name(&dbname, SystemTime::now(), label));
-    let tmp_path = dir.join(format!(
-        ".{}.partial",
-        final_path
+impl PartialFile {
+    /// Fails early (and clearly) on a read-only or full backup_dir. Mode 0600: the dump holds
+    /// all the family data, and pg_dump keeps the mode of the file it is given.
+    fn create(final_path: &Path) -> io::Result<PartialFile> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let name = final_path
             .file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or("backup")
-    ));
-    let mut partial = PartialFile(Some(tmp_path.clone()));
-    // Fails early (and clearly) on a read-only or full backup_dir. Mode 0600: the dump holds
-    // all the family data, and pg_dump keeps the mode of the file it is given.
-    {
-        use std::os::unix::fs::OpenOptionsExt;
+            .unwrap_or("backup");
+        let path = final_path.with_file_name(format!(".{name}.partial"));
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp_path)
-            .map_err(dir_err)?;
+            .open(&path)?;
+        Ok(PartialFile { path, done: false })
     }
 
+    /// Makes the complete dump durable under its final name.
+    fn persist(&mut self, final_path: &Path) -> io::Result<()> {
+        fs::File::open(&self.path)?.sync_all()?;
+        fs::rename(&self.path, final_path)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for PartialFile {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Runs `pg_dump --format=custom` of `db` into `file`. The password reaches it through a
+/// 0600 `PGPASSFILE`, never its command line or environment.
+async fn pg_dump(pg: &Config, db: &crate::db::Database, file: &Path) -> Result<(), BackupError> {
     let pgpass = tempfile::Builder::new()
         .prefix("vamsa-migrate-pgpass")
         .tempfile()
-        .map_err(dir_err)?;
+        .map_err(BackupError::PassFile)?;
+    if let Some(password) = pg.get_password() {
+        fs::set_permissions(pgpass.path(), fs::Permissions::from_mode(0o600))
+            .map_err(BackupError::PassFile)?;
+        let line = format!(
+            "*:*:*:*:{}\n",
+            escape_pgpass(&String::from_utf8_lossy(password))
+        );
+        pgpass
+            .as_file()
+            .write_all(line.as_bytes())
+            .map_err(BackupError::PassFile)?;
+    }
     let mut cmd = Command::new("pg_dump");
     cmd.arg("--format=custom")
         .arg("--file")
-        .arg(&tmp_path)
+        .arg(file)
         .arg("--no-password")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    libpq_env(&mut cmd, pg, &dbname, pgpass.path())?;
-    if let Some(password) = pg.get_password() {
-        // The password reaches pg_dump through a 0600 file, never its command line.
-        let mut file = pgpass.as_file();
-        fs::set_permissions(pgpass.path(), fs::Permissions::from_mode(0o600)).map_err(dir_err)?;
-        let line = format!(
-            "*:*:*:*:{}\n",
-            escape_pgpass(&String::from_utf8_lossy(password))
-        );
-        file.write_all(line.as_bytes()).map_err(dir_err)?;
-    }
+    libpq_env(&mut cmd, pg, &db.name, pgpass.path());
     let output = match cmd.output().await {
         Ok(o) => o,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BackupError::NoPgDump),
-        Err(e) => return Err(dir_err(e)),
+        Err(e) => return Err(BackupError::Spawn(e)),
     };
-    drop(pgpass);
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-        if stderr.contains("server version mismatch") {
-            return Err(BackupError::VersionMismatch { detail: stderr });
-        }
-        return Err(BackupError::Dump {
-            status: output.status.to_string(),
-            stderr,
-        });
+    if output.status.success() {
+        return Ok(());
     }
+    let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
+    // pg_dump refuses a server of a newer major version (PostgreSQL docs, pg_dump); its
+    // message may be translated, so compare the versions themselves.
+    if pg_dump_major()
+        .await
+        .is_some_and(|major| major < db.server_major)
+    {
+        return Err(BackupError::VersionMismatch { detail: stderr });
+    }
+    Err(BackupError::Dump {
+        status: output.status.to_string(),
+        stderr,
+    })
+}
 
+/// The major version of the `pg_dump` on PATH, from `pg_dump --version`
+/// (`pg_dump (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)`).
+async fn pg_dump_major() -> Option<u32> {
+    let output = Command::new("pg_dump")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    major_of_version_line(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn major_of_version_line(line: &str) -> Option<u32> {
+    let version = line.split_whitespace().nth(2)?;
+    let digits = version.split(|c: char| !c.is_ascii_digit()).next()?;
+    digits.parse().ok()
+}
+
+/// Checks that the dump reads back: `pg_restore --list` parses its table of contents.
+async fn verify(file: &Path) -> Result<(), BackupError> {
     let verify = Command::new("pg_restore")
         .arg("--list")
-        .arg(&tmp_path)
+        .arg(file)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
         .await;
     match verify {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            return Err(BackupError::Verify {
-                stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            })
-        }
-        Err(e) => {
-            return Err(BackupError::Verify {
-                stderr: e.to_string(),
-            })
-        }
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(BackupError::Verify {
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        }),
+        Err(e) => Err(BackupError::Verify {
+            stderr: e.to_string(),
+        }),
     }
-    fs::File::open(&tmp_path)
-        .and_then(|f| f.sync_all())
-        .map_err(dir_err)?;
-    fs::rename(&tmp_path, &final_path).map_err(dir_err)?;
-    partial.0 = None;
-    let bytes = fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
-    if let Err(e) = prune(dir, &dbname, settings.keep.max(1), &final_path) {
-        tracing::warn!("backup retention in {}: {e}", dir.display());
-    }
-    Ok(Backup {
-        path: final_path,
-        database: dbname,
-        bytes,
-        ms: started.elapsed().as_millis() as u64,
-    })
 }
 
-/// The connection for pg_dump, as libpq environment variables (never on its command line).
-fn libpq_env(
-    cmd: &mut Command,
-    pg: &Config,
-    dbname: &str,
-    pgpass: &Path,
-) -> Result<(), BackupError> {
+/// The connection for pg_dump, as libpq environment variables (never on its command line);
+/// the caller's own libpq variables that could send it elsewhere are removed.
+fn libpq_env(cmd: &mut Command, pg: &Config, dbname: &str, pgpass: &Path) {
+    // Settings of the caller's shell must not redirect the dump elsewhere.
+    for name in [
+        "PGPASSWORD",
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGOPTIONS",
+        "PGHOSTADDR",
+        "PGHOST",
+        "PGREQUIRESSL",
+        "PGSSLCERT",
+        "PGSSLKEY",
+    ] {
+        cmd.env_remove(name);
+    }
+    for (k, v) in libpq_vars(pg, dbname, pgpass) {
+        cmd.env(k, v);
+    }
+}
+
+/// libpq's environment variables (PostgreSQL docs, "Environment Variables") for `pg`.
+fn libpq_vars(pg: &Config, dbname: &str, pgpass: &Path) -> Vec<(&'static str, OsString)> {
+    let join = |items: Vec<String>| items.join(",");
+    let mut vars: Vec<(&str, OsString)> = vec![
+        ("PGDATABASE", dbname.into()),
+        ("PGPASSFILE", pgpass.into()),
+        ("PGAPPNAME", "vamsa-migrate backup".into()),
+    ];
     let hosts: Vec<String> = pg
         .get_hosts()
         .iter()
@@ -365,26 +428,21 @@ fn libpq_env(
             Host::Unix(path) => path.display().to_string(),
         })
         .collect();
-    let ports: Vec<String> = pg.get_ports().iter().map(u16::to_string).collect();
-    let mut vars: Vec<(&str, OsString)> = vec![
-        ("PGDATABASE", dbname.into()),
-        ("PGPASSFILE", pgpass.into()),
-        ("PGAPPNAME", "vamsa-migrate backup".into()),
-    ];
     if !hosts.is_empty() {
-        vars.push(("PGHOST", hosts.join(",").into()));
+        vars.push(("PGHOST", join(hosts).into()));
     }
     // Always set: an inherited PGPORT must never point pg_dump at another cluster than the
     // one we migrate (a key=value database_url may name no port; we then use 5432).
+    let ports: Vec<String> = pg.get_ports().iter().map(u16::to_string).collect();
     let ports = if ports.is_empty() {
         "5432".to_string()
     } else {
-        ports.join(",")
+        join(ports)
     };
     vars.push(("PGPORT", ports.into()));
     let hostaddrs: Vec<String> = pg.get_hostaddrs().iter().map(|a| a.to_string()).collect();
     if !hostaddrs.is_empty() {
-        vars.push(("PGHOSTADDR", hostaddrs.join(",").into()));
+        vars.push(("PGHOSTADDR", join(hostaddrs).into()));
     }
     if let Some(user) = pg.get_user() {
         vars.push(("PGUSER", user.into()));
@@ -401,41 +459,18 @@ fn libpq_env(
     if let Some(t) = pg.get_connect_timeout() {
         vars.push(("PGCONNECT_TIMEOUT", t.as_secs().max(2).to_string().into()));
     }
-    // Settings of the caller's shell must not redirect the dump elsewhere.
-    for name in [
-        "PGPASSWORD",
-        "PGSERVICE",
-        "PGSERVICEFILE",
-        "PGOPTIONS",
-        "PGHOSTADDR",
-        "PGHOST",
-        "PGREQUIRESSL",
-        "PGSSLCERT",
-        "PGSSLKEY",
-    ] {
-        cmd.env_remove(name);
-    }
-    for (k, v) in vars {
-        cmd.env(k, v);
-    }
-    Ok(())
+    vars
 }
 
 fn escape_pgpass(s: &str) -> String {
     s.replace('\\', "\\\\").replace(':', "\\:")
 }
 
+/// Bytes available to an unprivileged user on the file system holding `dir`: POSIX
+/// `statvfs`'s `f_bavail` blocks of `f_frsize` bytes.
 fn free_bytes(dir: &Path) -> io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
-    unsafe {
-        let mut stat: libc::statvfs = std::mem::zeroed();
-        if libc::statvfs(c.as_ptr(), &mut stat) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
-    }
+    let stat = rustix::fs::statvfs(dir)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -483,6 +518,21 @@ mod tests {
                 .2,
             "manual"
         );
+    }
+
+    #[test]
+    fn pg_dump_major_version_from_its_version_line() {
+        for (line, major) in [
+            (
+                "pg_dump (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)\n",
+                Some(15),
+            ),
+            ("pg_dump (PostgreSQL) 17devel", Some(17)),
+            ("pg_dump (PostgreSQL) 9.6.24", Some(9)),
+            ("pg_dump", None),
+        ] {
+            assert_eq!(major_of_version_line(line), major, "{line}");
+        }
     }
 
     #[test]

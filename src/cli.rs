@@ -133,7 +133,7 @@ impl Cli {
 
     fn settings(&self, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
         let mut settings = Settings::load(self.config.as_deref(), env)?;
-        settings.apply(self.flags_layer()?, "command line");
+        settings.apply(self.flags_layer()?);
         Ok(settings)
     }
 

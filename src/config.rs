@@ -18,7 +18,7 @@ const ENV_NOT_SETTINGS: &[&str] = &["VAMSA_MIGRATE_CONFIG", "VAMSA_MIGRATE_LOG"]
 /// The file systemd's `LoadCredential=database_password:...` puts in `$CREDENTIALS_DIRECTORY`.
 const CREDENTIAL_NAME: &str = "database_password";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum TransactionMode {
     /// Each migration commits with its tracking row; earlier ones stay if a later one fails.
@@ -42,7 +42,7 @@ impl FromStr for TransactionMode {
 }
 
 /// When the daemon applies migrations it finds pending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ApplyPolicy {
     /// Wait for the deploy hook (`vamsa-migrate trigger`).
@@ -83,8 +83,6 @@ pub struct Settings {
     pub lock_retries: u32,
     pub daemon: DaemonSettings,
     pub backup: crate::backup::BackupSettings,
-    /// Where this came from, for messages ("defaults", a file path, ...).
-    pub sources: Vec<String>,
 }
 
 /// Settings only the daemon (and the `trigger` client) read.
@@ -163,7 +161,6 @@ impl Default for Settings {
             lock_retries: 0,
             daemon: DaemonSettings::default(),
             backup: crate::backup::BackupSettings::default(),
-            sources: vec!["defaults".into()],
         }
     }
 }
@@ -247,8 +244,7 @@ pub enum ConfigError {
 
 impl Settings {
     /// Applies one layer over these settings.
-    pub fn apply(&mut self, layer: Layer, origin: &str) {
-        let before = self.sources.len();
+    pub fn apply(&mut self, layer: Layer) {
         macro_rules! set {
             ($($field:ident),*) => {$(
                 if let Some(v) = layer.$field { self.$field = v; }
@@ -304,9 +300,6 @@ impl Settings {
         if let Some(t) = layer.statement_timeout {
             self.statement_timeout = (!t.is_zero()).then_some(t);
         }
-        if self.sources.len() == before {
-            self.sources.push(origin.to_string());
-        }
     }
 
     /// Loads defaults < file < environment. `file` is `--config`; without it the packaged
@@ -322,20 +315,18 @@ impl Settings {
                     path: path.to_path_buf(),
                 })
             }
-            Some(path) => settings.apply(read_file(path)?, &path.display().to_string()),
+            Some(path) => settings.apply(read_file(path)?),
             None => {
                 let path = Path::new(DEFAULT_CONFIG_FILE);
                 if path.exists() {
-                    settings.apply(read_file(path)?, DEFAULT_CONFIG_FILE);
+                    settings.apply(read_file(path)?);
                 }
             }
         }
         if let Some(url) = env.get("DATABASE_URL") {
             settings.database_url = Some(url.clone());
-            settings.sources.push("DATABASE_URL".into());
         }
-        let layer = read_env(env)?;
-        settings.apply(layer, "environment (VAMSA_MIGRATE_*)");
+        settings.apply(read_env(env)?);
         settings.validate()?;
         Ok(settings)
     }
@@ -466,6 +457,7 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -559,6 +551,67 @@ mod tests {
         std::fs::write(dir.path().join("other"), "two").unwrap();
         s.database_password_file = Some(dir.path().join("other"));
         assert_eq!(s.pg_config(&e).unwrap().get_password(), Some(&b"two"[..]));
+    }
+
+    /// The keys [`Layer`] accepts, as serde's derive hands them to `deserialize_struct`: taken
+    /// from the code itself, so the list cannot go stale.
+    fn accepted_keys() -> BTreeSet<&'static str> {
+        use serde::de::{Error, Visitor};
+        struct FieldNames(&'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for &mut FieldNames {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+                Err(Error::custom("Layer is not a struct"))
+            }
+            fn deserialize_struct<V: Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                self.0 = fields;
+                Err(Error::custom("field names read; nothing to deserialize"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let mut names = FieldNames(&[]);
+        let _ = Layer::deserialize(&mut names);
+        names.0.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_packaged_config_documents_every_key_with_a_valid_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/config.toml");
+        read_file(&path).expect("the packaged config loads as it is");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut documented = BTreeSet::new();
+        // `key = value` or `# key = value` (the commented default); indented lines are examples.
+        for line in text.lines() {
+            let entry = line.strip_prefix('#').unwrap_or(line);
+            let entry = entry.strip_prefix(' ').unwrap_or(entry);
+            let Some((key, _)) = entry.split_once(" = ") else {
+                continue;
+            };
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                continue;
+            }
+            let source = config::File::from_str(entry, config::FileFormat::Toml);
+            deserialize_layer(config::Config::builder().add_source(source), "config.toml")
+                .unwrap_or_else(|e| panic!("packaging/config.toml: {line:?}: {e}"));
+            documented.insert(key);
+        }
+        // A key the program refuses already failed above (unknown field).
+        let accepted = accepted_keys();
+        assert!(accepted.len() > 20, "{accepted:?}");
+        let undocumented: Vec<_> = accepted.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "packaging/config.toml does not document: {undocumented:?}"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use tokio_postgres::{Client, Config, SimpleQueryMessage};
+use tokio_postgres::types::{FromSql, Type};
+use tokio_postgres::{Client, Config, Row, SimpleQueryMessage};
 
 use crate::config::describe_target;
 use crate::plan::AppliedRow;
@@ -41,7 +42,7 @@ fn quote_literal(value: &str) -> String {
 }
 
 /// A PostgreSQL error reduced to what a person needs.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct PgFailure {
     pub sqlstate: Option<String>,
     pub message: String,
@@ -112,6 +113,10 @@ pub enum DbError {
         waited: Duration,
         holder: Option<i32>,
     },
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    #[error(transparent)]
+    TrackingRow(#[from] TrackingRowError),
 }
 
 impl DbError {
@@ -120,6 +125,94 @@ impl DbError {
             what,
             failure: PgFailure::from_error(&e),
         }
+    }
+}
+
+/// A value answering one of our own queries did not convert (a server or driver we do not
+/// know): a bug to report, not something the admin can fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: column {column} of the answer cannot be read: {source}")]
+pub struct ValueError {
+    what: &'static str,
+    /// 0-based, in the query's select list.
+    column: usize,
+    source: tokio_postgres::Error,
+}
+
+/// Column `column` of a row answering our own query `what`, converted with a check.
+fn value<'a, T: FromSql<'a>>(
+    row: &'a Row,
+    column: usize,
+    what: &'static str,
+) -> Result<T, ValueError> {
+    row.try_get(column).map_err(|source| ValueError {
+        what,
+        column,
+        source,
+    })
+}
+
+/// A value in the tracking table that we cannot interpret: the table was made or edited by
+/// hand or by another tool (Drizzle's own is `id serial, hash text NOT NULL, created_at
+/// bigint`, as drizzle-orm 0.45's PostgreSQL migrator creates it). Nothing was changed when
+/// this is returned.
+#[derive(Debug, thiserror::Error)]
+#[error("the tracking table {table}: {row}, column {column}: {problem}")]
+pub struct TrackingRowError {
+    /// `"schema"."table"`, as quoted in SQL.
+    pub table: String,
+    pub row: RowRef,
+    /// `id`, `hash`, `created_at` or `applied_at`.
+    pub column: &'static str,
+    pub problem: ValueProblem,
+}
+
+/// Which row of the tracking table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowRef {
+    Id(i64),
+    /// 1-based position in `ORDER BY id`, when the id itself cannot be read.
+    Position(usize),
+}
+
+impl std::fmt::Display for RowRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RowRef::Id(id) => write!(f, "row id {id}"),
+            RowRef::Position(n) => write!(f, "row {n} in id order (its id cannot be read)"),
+        }
+    }
+}
+
+/// What is wrong with one value of the tracking table.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueProblem {
+    #[error("is NULL; {why}")]
+    Null { why: &'static str },
+    #[error("has the type {}; expected {expected}", crate::plan::printable(found))]
+    Type {
+        /// PostgreSQL's name of the column's type.
+        found: String,
+        expected: &'static str,
+    },
+    #[error("cannot be read: {source}")]
+    Unreadable { source: tokio_postgres::Error },
+}
+
+impl TrackingRowError {
+    /// The next step for the admin.
+    pub(crate) fn next_step(&self) -> String {
+        let fix = match self.problem {
+            ValueProblem::Type { expected, .. } => format!(
+                "Change column {} of {} to {expected}, the type Drizzle creates",
+                self.column, self.table
+            ),
+            ValueProblem::Null { .. } | ValueProblem::Unreadable { .. } => format!(
+                "Correct that value of {} by hand, or delete the row if its migration was never applied",
+                self.table
+            ),
+        };
+        format!("{fix}, then run again. Nothing was changed in the database.")
     }
 }
 
@@ -157,14 +250,15 @@ pub async fn connect(config: &Config) -> Result<Client, DbError> {
             client
         }
     };
-    let read_only = client
+    const READ_ONLY: &str = "checking whether the server is read-only";
+    let row = client
         .query_one(
             "SELECT current_setting('transaction_read_only') = 'on'",
             &[],
         )
         .await
-        .map_err(DbError::query("checking whether the server is read-only"))?;
-    if read_only.get::<_, bool>(0) {
+        .map_err(DbError::query(READ_ONLY))?;
+    if value::<bool>(&row, 0, READ_ONLY)? {
         return Err(DbError::ReadOnly { target });
     }
     Ok(client)
@@ -235,12 +329,14 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// Reads the tracking rows; `None` when the table does not exist yet. Read-only, so a dry run
-/// or `status` never changes the database.
+/// Reads the tracking rows in id order; `None` when the table does not exist yet. Read-only,
+/// so a dry run or `status` never changes the database. A value we cannot interpret is a
+/// [`TrackingRowError`] naming its row and column, never a panic.
 pub async fn read_rows(
     client: &Client,
     tracking: &Tracking,
 ) -> Result<Option<Vec<AppliedRow>>, DbError> {
+    const LOOKING: &str = "looking for the tracking table";
     // Whether the table exists, and whether it has our optional `applied_at` column (a table
     // Drizzle created does not).
     let found = client
@@ -250,11 +346,11 @@ pub async fn read_rows(
             &[&tracking.qualified()],
         )
         .await
-        .map_err(DbError::query("looking for the tracking table"))?;
-    if !found.get::<_, bool>(0) {
+        .map_err(DbError::query(LOOKING))?;
+    if !value::<bool>(&found, 0, LOOKING)? {
         return Ok(None);
     }
-    let applied_at = if found.get::<_, bool>(1) {
+    let applied_at = if value::<bool>(&found, 1, LOOKING)? {
         "to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
     } else {
         "NULL::text"
@@ -267,16 +363,114 @@ pub async fn read_rows(
         .query(&sql, &[])
         .await
         .map_err(DbError::query("reading the tracking table"))?;
-    Ok(Some(
-        rows.into_iter()
-            .map(|r| AppliedRow {
-                id: r.get(0),
-                hash: r.get(1),
-                created_at: r.get(2),
-                applied_at: r.get(3),
+    let table = tracking.qualified();
+    let rows = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| tracking_row(row, i + 1, &table))
+        .collect::<Result<_, _>>()?;
+    Ok(Some(rows))
+}
+
+/// One row of `SELECT id, hash, created_at, applied_at`, checked value by value. `id` may be
+/// any integer type (Drizzle creates `serial`; hand-made tables vary), `created_at` an integer
+/// or NULL (rows made by hand), `hash` any non-NULL text.
+fn tracking_row(row: &Row, position: usize, table: &str) -> Result<AppliedRow, TrackingRowError> {
+    let fail = |row, column, problem| TrackingRowError {
+        table: table.to_string(),
+        row,
+        column,
+        problem,
+    };
+    let at = RowRef::Position(position);
+    let id = integer(row, 0, "integer (serial) or bigint")
+        .and_then(|id| {
+            id.ok_or(ValueProblem::Null {
+                why: "every row needs an id",
             })
-            .collect(),
-    ))
+        })
+        .map_err(|p| fail(at, "id", p))?;
+    let at = RowRef::Id(id);
+    let hash = text(row, 1)
+        .and_then(|hash| {
+            hash.ok_or(ValueProblem::Null {
+                why: "every row needs the SHA-256 of its migration file",
+            })
+        })
+        .map_err(|p| fail(at, "hash", p))?;
+    Ok(AppliedRow {
+        id,
+        hash,
+        created_at: integer(row, 2, "bigint").map_err(|p| fail(at, "created_at", p))?,
+        applied_at: text(row, 3).map_err(|p| fail(at, "applied_at", p))?,
+    })
+}
+
+/// An integer column of any width (smallint, integer, bigint), or NULL; `expected` names the
+/// type to use instead of another one.
+fn integer(row: &Row, column: usize, expected: &'static str) -> Result<Option<i64>, ValueProblem> {
+    let read = match column_type(row, column) {
+        Some(&Type::INT4) => row
+            .try_get::<_, Option<i32>>(column)
+            .map(|v| v.map(i64::from)),
+        Some(&Type::INT2) => row
+            .try_get::<_, Option<i16>>(column)
+            .map(|v| v.map(i64::from)),
+        Some(found) if *found != Type::INT8 => {
+            return Err(ValueProblem::Type {
+                found: found.name().to_string(),
+                expected,
+            })
+        }
+        // bigint, or no such column: `try_get` tells which.
+        _ => row.try_get::<_, Option<i64>>(column),
+    };
+    read.map_err(|source| ValueProblem::Unreadable { source })
+}
+
+/// A text column (text, varchar, char, name), or NULL.
+fn text(row: &Row, column: usize) -> Result<Option<String>, ValueProblem> {
+    if let Some(found) = column_type(row, column).filter(|t| !<String as FromSql>::accepts(t)) {
+        return Err(ValueProblem::Type {
+            found: found.name().to_string(),
+            expected: "text",
+        });
+    }
+    row.try_get(column)
+        .map_err(|source| ValueProblem::Unreadable { source })
+}
+
+fn column_type(row: &Row, column: usize) -> Option<&Type> {
+    row.columns().get(column).map(|c| c.type_())
+}
+
+/// The database a connection is to, as a backup needs it.
+#[derive(Debug, Clone)]
+pub(crate) struct Database {
+    /// `current_database()`.
+    pub name: String,
+    /// `pg_database_size(current_database())`, in bytes.
+    pub bytes: u64,
+    /// The server's major version: `server_version_num` / 10000 (PostgreSQL 10 and later).
+    pub server_major: u32,
+}
+
+/// Reads [`Database`] for the connection of `client`.
+pub(crate) async fn database(client: &Client) -> Result<Database, DbError> {
+    const WHAT: &str = "measuring the database";
+    let row = client
+        .query_one(
+            "SELECT current_database()::text, pg_database_size(current_database()), \
+             current_setting('server_version_num')::int / 10000",
+            &[],
+        )
+        .await
+        .map_err(DbError::query(WHAT))?;
+    Ok(Database {
+        name: value(&row, 0, WHAT)?,
+        bytes: u64::try_from(value::<i64>(&row, 1, WHAT)?).unwrap_or(0),
+        server_major: u32::try_from(value::<i32>(&row, 2, WHAT)?).unwrap_or(0),
+    })
 }
 
 /// Creates Drizzle's schema and table when missing, with the exact shape Drizzle creates plus
@@ -284,14 +478,16 @@ pub async fn read_rows(
 /// EXISTS` needs CREATE on the database even when the schema is there, which an app role that
 /// only owns its schema lacks.
 pub async fn ensure_table(client: &Client, tracking: &Tracking) -> Result<(), DbError> {
+    const LOOKING: &str = "looking for the tracking table";
     let row = client
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), to_regclass($2) IS NOT NULL",
             &[&tracking.schema, &tracking.qualified()],
         )
         .await
-        .map_err(DbError::query("looking for the tracking table"))?;
-    let (schema_exists, table_exists): (bool, bool) = (row.get(0), row.get(1));
+        .map_err(DbError::query(LOOKING))?;
+    let schema_exists: bool = value(&row, 0, LOOKING)?;
+    let table_exists: bool = value(&row, 1, LOOKING)?;
     if !schema_exists {
         client
             .batch_execute(&format!(
@@ -322,13 +518,13 @@ pub async fn acquire_lock(
     wait: Duration,
     mut on_wait: impl FnMut(Option<i32>),
 ) -> Result<(), DbError> {
+    const TAKING: &str = "taking the migration lock";
     let key = tracking.lock_key();
-    let got: bool = client
+    let row = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
         .await
-        .map_err(DbError::query("taking the migration lock"))?
-        .get(0);
-    if got {
+        .map_err(DbError::query(TAKING))?;
+    if value::<bool>(&row, 0, TAKING)? {
         return Ok(());
     }
     let holder = lock_holder(client, key).await;
@@ -372,7 +568,7 @@ async fn lock_holder(client: &Client, key: i64) -> Option<i32> {
         .await
         .ok()
         .flatten()
-        .map(|r| r.get(0))
+        .and_then(|r| r.try_get(0).ok())
 }
 
 pub async fn release_lock(client: &Client, tracking: &Tracking) -> Result<(), DbError> {
@@ -383,17 +579,19 @@ pub async fn release_lock(client: &Client, tracking: &Tracking) -> Result<(), Db
     Ok(())
 }
 
-/// Records a new hash for an applied migration whose file was edited on purpose.
+/// Records a new hash for an applied migration whose file was edited on purpose: the row
+/// whose `id` (integer or bigint) is `row_id`.
 pub async fn accept_edit(
     client: &Client,
     tracking: &Tracking,
-    row_id: i32,
+    row_id: i64,
     hash: &str,
 ) -> Result<(), DbError> {
     client
         .execute(
+            // `$2::bigint`: the id column may be integer or bigint (see `tracking_row`).
             &format!(
-                "UPDATE {} SET hash = $1 WHERE id = $2",
+                "UPDATE {} SET hash = $1 WHERE id = $2::bigint",
                 tracking.qualified()
             ),
             &[&hash, &row_id],
@@ -442,12 +640,22 @@ pub struct StatementFailure {
 }
 
 /// Who owns the transaction around a migration.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Txn {
     /// This call opens and commits its own transaction.
-    Own,
+    Own(Commit),
     /// The caller holds one transaction open around several migrations (`transaction = "all"`).
     Outer,
+}
+
+/// Whether a COMMIT waits for its WAL flush (PostgreSQL's `synchronous_commit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// The server's setting (on by default): durable once COMMIT returns.
+    Flushed,
+    /// `SET LOCAL synchronous_commit = off`. Safe: see `engine::apply_all` on why only the
+    /// last commit of a run must be flushed.
+    Deferred,
 }
 
 /// Applies one migration and writes its tracking row. In the normal case both happen in one
@@ -458,7 +666,6 @@ pub async fn apply_migration(
     migration: &Migration,
     limits: Limits,
     txn: Txn,
-    synchronous_commit: bool,
 ) -> Result<(), StatementFailure> {
     let insert = format!(
         "INSERT INTO {} (hash, created_at) VALUES ({}, {})",
@@ -466,82 +673,104 @@ pub async fn apply_migration(
         quote_literal(&migration.hash),
         migration.when
     );
-    let fail = |statement, e: &tokio_postgres::Error, completed| StatementFailure {
-        statement,
-        failure: PgFailure::from_error(e),
-        completed_outside_transaction: completed,
-        during_commit: false,
-    };
-
     if migration.no_transaction {
-        client
-            .batch_execute(&limits.set_sql("SESSION"))
-            .await
-            .map_err(|e| fail(None, &e, 0))?;
-        for (i, statement) in migration.statements.iter().enumerate() {
-            if let Err(e) = client.batch_execute(&statement.sql).await {
-                // The session outlives this migration (the daemon keeps it): do not leave its
-                // timeouts behind. Best effort: a broken connection has none left anyway.
-                let _ = client
-                    .batch_execute("RESET lock_timeout; RESET statement_timeout")
-                    .await;
-                return Err(fail(Some(i + 1), &e, i));
-            }
-        }
-        let n = migration.statements.len();
-        client
-            .batch_execute(&format!(
-                "{insert}; RESET lock_timeout; RESET statement_timeout"
-            ))
-            .await
-            .map_err(|e| fail(None, &e, n))?;
-        return Ok(());
+        return apply_outside_transaction(client, migration, limits, &insert).await;
     }
-
-    let own = matches!(txn, Txn::Own);
     let mut begin = String::new();
-    if own {
+    if let Txn::Own(_) = txn {
         begin.push_str("BEGIN; ");
     }
     begin.push_str(&limits.set_sql("LOCAL"));
-    if own && !synchronous_commit {
-        // Safe: see `engine::apply_all` on why only the last commit of a run must be flushed.
+    if txn == Txn::Own(Commit::Deferred) {
         begin.push_str("; SET LOCAL synchronous_commit = off");
     }
-    let result = async {
-        client
-            .batch_execute(&begin)
-            .await
-            .map_err(|e| fail(None, &e, 0))?;
-        for (i, statement) in migration.statements.iter().enumerate() {
+    let result = run_in_transaction(client, migration, &begin, &insert).await;
+    match (result, txn) {
+        (Ok(()), Txn::Own(_)) => {
             client
-                .batch_execute(&statement.sql)
+                .batch_execute("COMMIT")
                 .await
-                .map_err(|e| fail(Some(i + 1), &e, 0))?;
+                .map_err(|e| StatementFailure {
+                    during_commit: true,
+                    ..failure(None, &e, 0)
+                })
         }
-        client
-            .batch_execute(&insert)
-            .await
-            .map_err(|e| fail(None, &e, 0))
-    }
-    .await;
-    match result {
-        Ok(()) if own => client
-            .batch_execute("COMMIT")
-            .await
-            .map_err(|e| StatementFailure {
-                during_commit: true,
-                ..fail(None, &e, 0)
-            }),
-        Ok(()) => Ok(()),
-        Err(failure) => {
-            if own {
-                // Best effort: if the connection is gone, the server rolls back by itself.
-                let _ = client.batch_execute("ROLLBACK").await;
-            }
+        (Ok(()), Txn::Outer) => Ok(()),
+        (Err(failure), Txn::Own(_)) => {
+            // Best effort: if the connection is gone, the server rolls back by itself.
+            let _ = client.batch_execute("ROLLBACK").await;
             Err(failure)
         }
+        (Err(failure), Txn::Outer) => Err(failure),
     }
+}
+
+fn failure(
+    statement: Option<usize>,
+    e: &tokio_postgres::Error,
+    completed_outside_transaction: usize,
+) -> StatementFailure {
+    StatementFailure {
+        statement,
+        failure: PgFailure::from_error(e),
+        completed_outside_transaction,
+        during_commit: false,
+    }
+}
+
+/// `begin` (which opens the transaction or only sets its limits), the statements, then the
+/// tracking row; the caller commits or rolls back.
+async fn run_in_transaction(
+    client: &Client,
+    migration: &Migration,
+    begin: &str,
+    insert: &str,
+) -> Result<(), StatementFailure> {
+    client
+        .batch_execute(begin)
+        .await
+        .map_err(|e| failure(None, &e, 0))?;
+    for (i, statement) in migration.statements.iter().enumerate() {
+        client
+            .batch_execute(&statement.sql)
+            .await
+            .map_err(|e| failure(Some(i + 1), &e, 0))?;
+    }
+    client
+        .batch_execute(insert)
+        .await
+        .map_err(|e| failure(None, &e, 0))
+}
+
+/// A `no-transaction` migration: statement by statement, each committed on its own, then the
+/// tracking row once all succeeded.
+async fn apply_outside_transaction(
+    client: &Client,
+    migration: &Migration,
+    limits: Limits,
+    insert: &str,
+) -> Result<(), StatementFailure> {
+    client
+        .batch_execute(&limits.set_sql("SESSION"))
+        .await
+        .map_err(|e| failure(None, &e, 0))?;
+    for (i, statement) in migration.statements.iter().enumerate() {
+        if let Err(e) = client.batch_execute(&statement.sql).await {
+            // The session outlives this migration (the daemon keeps it): do not leave its
+            // timeouts behind. Best effort: a broken connection has none left anyway.
+            let _ = client
+                .batch_execute("RESET lock_timeout; RESET statement_timeout")
+                .await;
+            return Err(failure(Some(i + 1), &e, i));
+        }
+    }
+    let n = migration.statements.len();
+    client
+        .batch_execute(&format!(
+            "{insert}; RESET lock_timeout; RESET statement_timeout"
+        ))
+        .await
+        .map_err(|e| failure(None, &e, n))
 }
 
 /// Opens, commits or rolls back the single transaction of `transaction = "all"`.

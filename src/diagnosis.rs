@@ -110,6 +110,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
         EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
         EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
+        EngineError::Db(DbError::TrackingRow(e)) => e.next_step(),
         EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
         EngineError::Apply(a) => apply_next_step(a),
         EngineError::Backup(_) => "Nothing was migrated. Fix the cause above, or run without a backup (--no-backup, or backup_enabled = false) if you have one of your own.".into(),

@@ -78,9 +78,11 @@ impl Outcome {
 
 fn for_kind(kind: ErrorKind) -> u8 {
     match kind {
-        ErrorKind::Config | ErrorKind::Folder | ErrorKind::Usage | ErrorKind::BadRequest => {
-            BAD_INPUT
-        }
+        ErrorKind::Config
+        | ErrorKind::Folder
+        | ErrorKind::TrackingTable
+        | ErrorKind::Usage
+        | ErrorKind::BadRequest => BAD_INPUT,
         ErrorKind::Drift => DRIFT,
         ErrorKind::Refused => REFUSED,
         ErrorKind::Database

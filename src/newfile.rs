@@ -20,6 +20,35 @@ pub enum NewError {
 /// Creates `<dir>/<NNNN>_<name>.sql` and appends its entry to the journal, which is rewritten
 /// atomically (temporary file, fsync, rename): a crash leaves the old or the new journal.
 pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NewError> {
+    let slug = slug(name)?;
+    let meta = dir.join("meta");
+    let journal_path = meta.join("_journal.json");
+    let mut journal = read_journal(&journal_path)?;
+    let tag = append_entry(&mut journal, &journal_path, &slug)?;
+    let sql_path = dir.join(format!("{tag}.sql"));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&sql_path)
+        .map_err(io_error(&sql_path))?;
+    file.write_all(
+        b"-- Write the migration's SQL here. Separate statements with the marker\n\
+          -- --> statement-breakpoint\n\
+          -- An empty migration is refused, so this file must hold SQL before the next run.\n",
+    )
+    .map_err(io_error(&sql_path))?;
+    write_journal(&journal_path, &journal)?;
+    Ok(sql_path)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> NewError {
+    let path = path.to_path_buf();
+    move |source| NewError::Io { path, source }
+}
+
+/// `name` in lowercase ASCII letters and digits, every other character as `_`, without a
+/// leading or trailing `_`.
+fn slug(name: &str) -> Result<String, NewError> {
     let slug: String = name
         .trim()
         .chars()
@@ -35,28 +64,32 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NewError> {
     if slug.is_empty() {
         return Err(NewError::BadName { name: name.into() });
     }
-    let meta = dir.join("meta");
-    let journal_path = meta.join("_journal.json");
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| NewError::Io { path, source }
-    };
-    let mut journal: Value = match fs::read(&journal_path) {
+    Ok(slug)
+}
+
+/// The journal as JSON (every key kept, in its order), or a new empty one (creating `meta/`).
+fn read_journal(journal_path: &Path) -> Result<Value, NewError> {
+    match fs::read(journal_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| NewError::Journal {
-            path: journal_path.clone(),
+            path: journal_path.to_path_buf(),
             message: e.to_string(),
-        })?,
+        }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(&meta).map_err(io_err(&meta))?;
-            json!({"version": "7", "dialect": "postgresql", "entries": []})
+            let meta = journal_path.parent().unwrap_or(Path::new("."));
+            fs::create_dir_all(meta).map_err(io_error(meta))?;
+            Ok(json!({"version": "7", "dialect": "postgresql", "entries": []}))
         }
-        Err(e) => return Err(io_err(&journal_path)(e)),
-    };
+        Err(e) => Err(io_error(journal_path)(e)),
+    }
+}
+
+/// Appends the next entry (Drizzle's journal format, version 7) and returns its tag.
+fn append_entry(journal: &mut Value, journal_path: &Path, slug: &str) -> Result<String, NewError> {
     let entries = journal
         .get_mut("entries")
         .and_then(Value::as_array_mut)
         .ok_or_else(|| NewError::Journal {
-            path: journal_path.clone(),
+            path: journal_path.to_path_buf(),
             message: "no \"entries\" array".into(),
         })?;
     let idx = entries
@@ -77,30 +110,22 @@ pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NewError> {
     let tag = format!("{idx:04}_{slug}");
     entries
         .push(json!({"idx": idx, "version": "7", "when": when, "tag": tag, "breakpoints": true}));
+    Ok(tag)
+}
 
-    let sql_path = dir.join(format!("{tag}.sql"));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&sql_path)
-        .map_err(io_err(&sql_path))?;
-    file.write_all(
-        b"-- Write the migration's SQL here. Separate statements with the marker\n\
-          -- --> statement-breakpoint\n\
-          -- An empty migration is refused, so this file must hold SQL before the next run.\n",
-    )
-    .map_err(io_err(&sql_path))?;
-
-    let mut text = serde_json::to_string_pretty(&journal).map_err(|e| NewError::Journal {
-        path: journal_path.clone(),
+/// Replaces the journal atomically: a temporary file beside it, fsync, rename.
+fn write_journal(journal_path: &Path, journal: &Value) -> Result<(), NewError> {
+    let mut text = serde_json::to_string_pretty(journal).map_err(|e| NewError::Journal {
+        path: journal_path.to_path_buf(),
         message: e.to_string(),
     })?;
     text.push('\n');
-    let mut tmp = tempfile::NamedTempFile::new_in(&meta).map_err(io_err(&meta))?;
+    let meta = journal_path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(meta).map_err(io_error(meta))?;
     tmp.write_all(text.as_bytes())
-        .map_err(io_err(&journal_path))?;
-    tmp.as_file().sync_all().map_err(io_err(&journal_path))?;
-    tmp.persist(&journal_path)
-        .map_err(|e| io_err(&journal_path)(e.error))?;
-    Ok(sql_path)
+        .map_err(io_error(journal_path))?;
+    tmp.as_file().sync_all().map_err(io_error(journal_path))?;
+    tmp.persist(journal_path)
+        .map_err(|e| io_error(journal_path)(e.error))?;
+    Ok(())
 }

@@ -6,12 +6,30 @@ use crate::source::{Migration, MigrationSet};
 /// One row of Drizzle's tracking table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedRow {
-    pub id: i32,
+    /// Drizzle's `id serial`; hand-made tables may use bigint.
+    pub id: i64,
+    /// Drizzle writes the file's SHA-256 in hex; a row made by hand may hold any text, so
+    /// print it through `printable`.
     pub hash: String,
     /// The journal `when` of the migration, as Drizzle records it. NULL in hand-made rows.
     pub created_at: Option<i64>,
     /// When the row was written, if the table has our optional `applied_at` column.
     pub applied_at: Option<String>,
+}
+
+/// `text` with its control characters escaped as Rust's `char::escape_debug` does (`\u{1b}`,
+/// `\n`), everything else as is: text read from the database may come from anyone, and raw
+/// control characters would drive the terminal it is printed on.
+pub(crate) fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// What the admin allowed for this run.
@@ -134,7 +152,7 @@ impl<'a> Plan<'a> {
                 } => blockers.push(Blocker::Edited {
                     file: item.migration.file_name.clone(),
                     tag: item.migration.tag.clone(),
-                    recorded: row.hash.clone(),
+                    recorded: printable(&row.hash),
                     current: item.migration.hash.clone(),
                 }),
                 State::OutOfOrder { allowed: false } => {
@@ -162,39 +180,7 @@ impl<'a> Plan<'a> {
 /// Computes the plan. Rows are matched to journal entries by `created_at` = `when` (the key
 /// Drizzle itself uses), then, for rows left over, by hash (a row written with another `when`).
 pub fn plan<'a>(set: &'a MigrationSet, rows: &[AppliedRow], options: &PlanOptions) -> Plan<'a> {
-    use std::collections::HashMap;
-
-    let mut by_when: HashMap<i64, Vec<usize>> = HashMap::new();
-    let mut by_hash: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (i, row) in rows.iter().enumerate().rev() {
-        if let Some(when) = row.created_at {
-            by_when.entry(when).or_default().push(i);
-        }
-        by_hash.entry(row.hash.as_str()).or_default().push(i);
-    }
-    let mut used = vec![false; rows.len()];
-    // Candidates are stacked newest-id-last reversed, so `pop` yields the lowest id first.
-    fn take(candidates: Option<&mut Vec<usize>>, used: &mut [bool]) -> Option<usize> {
-        let candidates = candidates?;
-        while let Some(i) = candidates.pop() {
-            if !used[i] {
-                used[i] = true;
-                return Some(i);
-            }
-        }
-        None
-    }
-
-    let mut matched: Vec<Option<usize>> = Vec::with_capacity(set.migrations.len());
-    for m in &set.migrations {
-        matched.push(take(by_when.get_mut(&m.when), &mut used));
-    }
-    for (m, slot) in set.migrations.iter().zip(matched.iter_mut()) {
-        if slot.is_none() {
-            *slot = take(by_hash.get_mut(m.hash.as_str()), &mut used);
-        }
-    }
-
+    let (matched, used) = match_rows(set, rows);
     let newest_created = rows.iter().filter_map(|r| r.created_at).max();
     let last_applied = matched.iter().rposition(Option::is_some);
     let items = set
@@ -231,6 +217,44 @@ pub fn plan<'a>(set: &'a MigrationSet, rows: &[AppliedRow], options: &PlanOption
     Plan { items, missing }
 }
 
+/// For each migration, the index of its row in `rows`; and for each row, whether a migration
+/// took it. Each row goes to one migration at most, the lowest id first.
+fn match_rows(set: &MigrationSet, rows: &[AppliedRow]) -> (Vec<Option<usize>>, Vec<bool>) {
+    use std::collections::HashMap;
+
+    let mut by_when: HashMap<i64, Vec<usize>> = HashMap::new();
+    let mut by_hash: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, row) in rows.iter().enumerate().rev() {
+        if let Some(when) = row.created_at {
+            by_when.entry(when).or_default().push(i);
+        }
+        by_hash.entry(row.hash.as_str()).or_default().push(i);
+    }
+    let mut used = vec![false; rows.len()];
+    // Candidates are stacked newest-id-last reversed, so `pop` yields the lowest id first.
+    fn take(candidates: Option<&mut Vec<usize>>, used: &mut [bool]) -> Option<usize> {
+        let candidates = candidates?;
+        while let Some(i) = candidates.pop() {
+            if !used[i] {
+                used[i] = true;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    let mut matched: Vec<Option<usize>> = Vec::with_capacity(set.migrations.len());
+    for m in &set.migrations {
+        matched.push(take(by_when.get_mut(&m.when), &mut used));
+    }
+    for (m, slot) in set.migrations.iter().zip(matched.iter_mut()) {
+        if slot.is_none() {
+            *slot = take(by_hash.get_mut(m.hash.as_str()), &mut used);
+        }
+    }
+    (matched, used)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,7 +285,7 @@ mod tests {
         }
     }
 
-    fn row(set: &MigrationSet, tag: &str, id: i32) -> AppliedRow {
+    fn row(set: &MigrationSet, tag: &str, id: i64) -> AppliedRow {
         let m = set.get(tag).unwrap();
         AppliedRow {
             id,
@@ -367,6 +391,16 @@ mod tests {
         assert!(p.blockers().is_empty());
         assert!(p.has_drift());
         assert_eq!(p.to_apply().count(), 0);
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(
+            printable("\u{1b}[2Jé\u{7}\n\u{9b}x"),
+            "\\u{1b}[2Jé\\u{7}\\n\\u{9b}x"
+        );
+        let hash = drizzle_hash("SELECT 1;");
+        assert_eq!(printable(&hash), hash);
     }
 
     #[test]

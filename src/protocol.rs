@@ -177,6 +177,9 @@ pub enum ErrorKind {
     Folder,
     /// An edited file or a hole: nothing was applied.
     Drift,
+    /// The tracking table holds a value we cannot interpret (a row made by hand or by another
+    /// tool: a NULL hash, a text id): nothing was applied.
+    TrackingTable,
     /// A command-line argument that cannot be used (never sent by the daemon).
     Usage,
     /// PostgreSQL: cannot connect, a read-only server, a failed query, the migration lock not
@@ -303,7 +306,7 @@ impl MigrationState {
 /// A tracking-table row that matches no migration on disk.
 #[derive(Debug, Clone, Serialize)]
 pub struct MissingRow {
-    pub id: i32,
+    pub id: i64,
     pub hash: String,
     /// Drizzle's `created_at`: the journal's `when` in milliseconds since the epoch.
     pub created_at: Option<i64>,

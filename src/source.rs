@@ -2,7 +2,7 @@
 //! journal entry. Everything here is read-only and validated before anything touches a database,
 //! so a bad folder is always reported with nothing changed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -214,164 +214,31 @@ impl MigrationSet {
         dir: &Path,
         previous: Option<&MigrationSet>,
     ) -> Result<MigrationSet, SourceError> {
-        let journal_path = dir.join(JOURNAL);
-        let journal_text = match fs::read(&journal_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SourceError::NoJournal { path: journal_path })
-            }
-            Err(source) => {
-                return Err(SourceError::Io {
-                    path: journal_path,
-                    source,
-                })
-            }
-        };
-        let journal: Journal =
-            serde_json::from_slice(&journal_text).map_err(|e| SourceError::InvalidJournal {
-                path: journal_path.clone(),
-                line: e.line(),
-                column: e.column().max(1),
-                message: strip_serde_position(&e.to_string()),
-            })?;
-
-        // Canonical form of the folder, so that a symlinked file can be checked against it.
-        let canonical_dir = fs::canonicalize(dir).map_err(|source| SourceError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-
-        let known: HashMap<&str, &Migration> = previous
-            .map(|p| p.migrations.iter().map(|m| (m.tag.as_str(), m)).collect())
-            .unwrap_or_default();
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
+        MigrationSet::load_at(dir, previous, now_ns)
+    }
+
+    /// [`load_reusing`](Self::load_reusing) at `now_ns` (nanoseconds since the Unix epoch):
+    /// the time that decides which files are old enough for their stamps to be trusted.
+    fn load_at(
+        dir: &Path,
+        previous: Option<&MigrationSet>,
+        now_ns: i128,
+    ) -> Result<MigrationSet, SourceError> {
+        let journal_path = dir.join(JOURNAL);
+        let journal = read_journal(&journal_path)?;
+        let reader = FolderReader::new(dir, &journal_path, previous, now_ns)?;
         let mut seen_idx = BTreeSet::new();
         let mut seen_tag = BTreeSet::new();
         let mut migrations = Vec::with_capacity(journal.entries.len());
-        let mut warnings = Vec::new();
         for entry in journal.entries {
-            if !seen_idx.insert(entry.idx) {
-                return Err(SourceError::DuplicateIdx {
-                    path: journal_path,
-                    idx: entry.idx,
-                });
-            }
-            if !is_safe_tag(&entry.tag) {
-                return Err(SourceError::UnsafeTag {
-                    path: journal_path,
-                    idx: entry.idx,
-                    tag: entry.tag,
-                });
-            }
-            if !seen_tag.insert(entry.tag.clone()) {
-                return Err(SourceError::DuplicateTag {
-                    path: journal_path,
-                    tag: entry.tag,
-                });
-            }
-            let file_name = format!("{}.sql", entry.tag);
-            let path = dir.join(&file_name);
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(SourceError::MissingFile {
-                        path: journal_path,
-                        idx: entry.idx,
-                        tag: entry.tag,
-                        file_name,
-                    })
-                }
-                Err(source) => return Err(SourceError::Io { path, source }),
-            };
-            // Symlinks always take the full path below (it checks where they lead).
-            let is_link = meta.file_type().is_symlink();
-            let stamp = meta.file_type().is_file().then(|| FileStamp::of(&meta));
-            if let Some(known) = known.get(entry.tag.as_str()) {
-                if stamp.is_some() && known.stamp == stamp {
-                    migrations.push(Migration {
-                        idx: entry.idx,
-                        when: entry.when,
-                        ..(*known).clone()
-                    });
-                    continue;
-                }
-            }
-            let bytes = read_migration_file(
-                &path,
-                is_link,
-                &canonical_dir,
-                &file_name,
-                &journal_path,
-                &entry,
-            )?;
-            let text = String::from_utf8(bytes).map_err(|e| {
-                let bytes = e.as_bytes();
-                let at = e.utf8_error().valid_up_to();
-                SourceError::NotUtf8 {
-                    path: path.clone(),
-                    line: 1 + bytes[..at].iter().filter(|b| **b == b'\n').count(),
-                    byte: at,
-                }
-            })?;
-            let statements = split_statements(&text);
-            if statements.is_empty() {
-                return Err(SourceError::Empty { path });
-            }
-            migrations.push(Migration {
-                idx: entry.idx,
-                no_transaction: has_no_transaction_marker(&text),
-                hash: drizzle_hash(&text),
-                tag: entry.tag,
-                when: entry.when,
-                file_name,
-                statements,
-                stamp: stamp.and_then(|s| s.trusted(now_ns)),
-            });
+            check_entry(&entry, &mut seen_idx, &mut seen_tag, &journal_path)?;
+            migrations.push(reader.migration(entry)?);
         }
-
-        let mut newest: Option<&Migration> = None;
-        for m in &migrations {
-            match newest {
-                Some(prev) if m.when < prev.when => warnings.push(SourceWarning::WhenGoesBack {
-                    file_name: m.file_name.clone(),
-                    when: m.when,
-                    earlier_file: prev.file_name.clone(),
-                    earlier_when: prev.when,
-                }),
-                Some(prev) if prev.when >= m.when => {}
-                _ => newest = Some(m),
-            }
-        }
-
-        let named: HashMap<&str, ()> = migrations
-            .iter()
-            .map(|m| (m.file_name.as_str(), ()))
-            .collect();
-        let mut strays = Vec::new();
-        let listing = fs::read_dir(dir).map_err(|source| SourceError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        for item in listing {
-            let item = item.map_err(|source| SourceError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-            let name = item.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.ends_with(".sql") && !named.contains_key(name) {
-                strays.push(name.to_string());
-            }
-        }
-        strays.sort();
-        warnings.extend(
-            strays
-                .into_iter()
-                .map(|file_name| SourceWarning::NotInJournal { file_name }),
-        );
-
+        let mut warnings = when_goes_back(&migrations);
+        warnings.extend(not_in_journal(dir, &migrations)?);
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
             migrations,
@@ -384,45 +251,232 @@ impl MigrationSet {
     }
 }
 
-/// Reads a migration file that exists (`is_link` from its `lstat`).
-fn read_migration_file(
-    path: &Path,
-    is_link: bool,
-    canonical_dir: &Path,
-    file_name: &str,
-    journal_path: &Path,
-    entry: &JournalEntry,
-) -> Result<Vec<u8>, SourceError> {
-    let io_err = |source| SourceError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    // The tag is one plain name, so only a symlink can lead out of the folder; resolving every
-    // path would cost two readlink calls per file for nothing.
-    if !is_link {
-        return fs::read(path).map_err(io_err);
-    }
-    let target = match fs::canonicalize(path) {
-        Ok(target) => target,
+fn read_journal(journal_path: &Path) -> Result<Journal, SourceError> {
+    let text = match fs::read(journal_path) {
+        Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(SourceError::MissingFile {
+            return Err(SourceError::NoJournal {
                 path: journal_path.to_path_buf(),
-                idx: entry.idx,
-                tag: entry.tag.clone(),
-                file_name: file_name.to_string(),
             })
         }
-        Err(source) => return Err(io_err(source)),
+        Err(source) => {
+            return Err(SourceError::Io {
+                path: journal_path.to_path_buf(),
+                source,
+            })
+        }
     };
-    // A symlink that leaves the folder could make a release apply SQL nobody reviewed with it.
-    if target.parent() != Some(canonical_dir) {
-        return Err(SourceError::OutsideFolder {
-            path: path.to_path_buf(),
-            file_name: file_name.to_string(),
-            target,
+    serde_json::from_slice(&text).map_err(|e| SourceError::InvalidJournal {
+        path: journal_path.to_path_buf(),
+        line: e.line(),
+        column: e.column().max(1),
+        message: strip_serde_position(&e.to_string()),
+    })
+}
+
+/// Refuses a duplicate idx, a tag that would name a file outside the folder, and a duplicate
+/// tag, in that order.
+fn check_entry(
+    entry: &JournalEntry,
+    seen_idx: &mut BTreeSet<u64>,
+    seen_tag: &mut BTreeSet<String>,
+    journal_path: &Path,
+) -> Result<(), SourceError> {
+    let path = journal_path.to_path_buf();
+    if !seen_idx.insert(entry.idx) {
+        return Err(SourceError::DuplicateIdx {
+            path,
+            idx: entry.idx,
         });
     }
-    fs::read(path).map_err(io_err)
+    if !is_safe_tag(&entry.tag) {
+        return Err(SourceError::UnsafeTag {
+            path,
+            idx: entry.idx,
+            tag: entry.tag.clone(),
+        });
+    }
+    if !seen_tag.insert(entry.tag.clone()) {
+        return Err(SourceError::DuplicateTag {
+            path,
+            tag: entry.tag.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads the migration files of one folder, reusing what a previous read of it still holds.
+struct FolderReader<'a> {
+    dir: &'a Path,
+    /// Canonical form of `dir`, so that a symlinked file can be checked against it.
+    canonical_dir: PathBuf,
+    journal_path: &'a Path,
+    known: HashMap<&'a str, &'a Migration>,
+    now_ns: i128,
+}
+
+impl<'a> FolderReader<'a> {
+    fn new(
+        dir: &'a Path,
+        journal_path: &'a Path,
+        previous: Option<&'a MigrationSet>,
+        now_ns: i128,
+    ) -> Result<FolderReader<'a>, SourceError> {
+        let canonical_dir = fs::canonicalize(dir).map_err(|source| SourceError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let known = previous
+            .map(|p| p.migrations.iter().map(|m| (m.tag.as_str(), m)).collect())
+            .unwrap_or_default();
+        Ok(FolderReader {
+            dir,
+            canonical_dir,
+            journal_path,
+            known,
+            now_ns,
+        })
+    }
+
+    /// The migration of one checked journal entry: the previous read's when the file's stamp
+    /// is unchanged, else read, checked, hashed and split.
+    fn migration(&self, entry: JournalEntry) -> Result<Migration, SourceError> {
+        let file_name = format!("{}.sql", entry.tag);
+        let path = self.dir.join(&file_name);
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(self.missing(&entry, file_name))
+            }
+            Err(source) => return Err(SourceError::Io { path, source }),
+        };
+        // Symlinks always take the full path below (it checks where they lead).
+        let stamp = meta.file_type().is_file().then(|| FileStamp::of(&meta));
+        if let Some(known) = self.known.get(entry.tag.as_str()) {
+            if stamp.is_some() && known.stamp == stamp {
+                return Ok(Migration {
+                    idx: entry.idx,
+                    when: entry.when,
+                    ..(*known).clone()
+                });
+            }
+        }
+        let bytes = self.read(&path, meta.file_type(), &file_name, &entry)?;
+        let text = utf8_text(bytes, &path)?;
+        let statements = split_statements(&text);
+        if statements.is_empty() {
+            return Err(SourceError::Empty { path });
+        }
+        Ok(Migration {
+            idx: entry.idx,
+            no_transaction: has_no_transaction_marker(&text),
+            hash: drizzle_hash(&text),
+            tag: entry.tag,
+            when: entry.when,
+            file_name,
+            statements,
+            stamp: stamp.and_then(|s| s.trusted(self.now_ns)),
+        })
+    }
+
+    /// Reads a migration file that exists (`file_type` from its `lstat`).
+    fn read(
+        &self,
+        path: &Path,
+        file_type: fs::FileType,
+        file_name: &str,
+        entry: &JournalEntry,
+    ) -> Result<Vec<u8>, SourceError> {
+        let io_err = |source| SourceError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        // The tag is one plain name, so only a symlink can lead out of the folder; resolving
+        // every path would cost two readlink calls per file for nothing.
+        if !file_type.is_symlink() {
+            return fs::read(path).map_err(io_err);
+        }
+        let target = match fs::canonicalize(path) {
+            Ok(target) => target,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(self.missing(entry, file_name.to_string()))
+            }
+            Err(source) => return Err(io_err(source)),
+        };
+        // A symlink that leaves the folder could make a release apply SQL nobody reviewed with
+        // it.
+        if target.parent() != Some(self.canonical_dir.as_path()) {
+            return Err(SourceError::OutsideFolder {
+                path: path.to_path_buf(),
+                file_name: file_name.to_string(),
+                target,
+            });
+        }
+        fs::read(path).map_err(io_err)
+    }
+
+    fn missing(&self, entry: &JournalEntry, file_name: String) -> SourceError {
+        SourceError::MissingFile {
+            path: self.journal_path.to_path_buf(),
+            idx: entry.idx,
+            tag: entry.tag.clone(),
+            file_name,
+        }
+    }
+}
+
+/// The file's text, or the line and byte of its first invalid UTF-8 sequence.
+fn utf8_text(bytes: Vec<u8>, path: &Path) -> Result<String, SourceError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let bytes = e.as_bytes();
+        let at = e.utf8_error().valid_up_to();
+        SourceError::NotUtf8 {
+            path: path.to_path_buf(),
+            line: 1 + bytes[..at].iter().filter(|b| **b == b'\n').count(),
+            byte: at,
+        }
+    })
+}
+
+/// Entries whose `when` is older than that of an earlier entry.
+fn when_goes_back(migrations: &[Migration]) -> Vec<SourceWarning> {
+    let mut warnings = Vec::new();
+    let mut newest: Option<&Migration> = None;
+    for m in migrations {
+        match newest {
+            Some(prev) if m.when < prev.when => warnings.push(SourceWarning::WhenGoesBack {
+                file_name: m.file_name.clone(),
+                when: m.when,
+                earlier_file: prev.file_name.clone(),
+                earlier_when: prev.when,
+            }),
+            Some(prev) if prev.when >= m.when => {}
+            _ => newest = Some(m),
+        }
+    }
+    warnings
+}
+
+/// `.sql` files in `dir` that no journal entry names, sorted by name.
+fn not_in_journal(dir: &Path, migrations: &[Migration]) -> Result<Vec<SourceWarning>, SourceError> {
+    let io_err = |source| SourceError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let named: HashSet<&str> = migrations.iter().map(|m| m.file_name.as_str()).collect();
+    let mut strays = Vec::new();
+    for item in fs::read_dir(dir).map_err(io_err)? {
+        let name = item.map_err(io_err)?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".sql") && !named.contains(name) {
+            strays.push(name.to_string());
+        }
+    }
+    strays.sort();
+    Ok(strays
+        .into_iter()
+        .map(|file_name| SourceWarning::NotInJournal { file_name })
+        .collect())
 }
 
 /// A tag must be one plain file-name component, so `<tag>.sql` stays inside the folder.
@@ -558,15 +612,28 @@ mod tests {
             r#"{"entries":[{"idx":0,"when":1,"tag":"a"},{"idx":1,"when":2,"tag":"b"}]}"#,
         )
         .unwrap();
-        fs::write(dir.path().join("a.sql"), "SELECT 1;").unwrap();
-        fs::write(dir.path().join("b.sql"), "SELECT 2;").unwrap();
+        let now = std::time::SystemTime::now();
+        for (name, sql) in [("a.sql", "SELECT 1;"), ("b.sql", "SELECT 2;")] {
+            fs::write(dir.path().join(name), sql).unwrap();
+            // An mtime well before the rewrite below, whatever the timestamp granularity.
+            let file = fs::File::options()
+                .write(true)
+                .open(dir.path().join(name))
+                .unwrap();
+            file.set_modified(now - std::time::Duration::from_secs(60))
+                .unwrap();
+        }
         let fresh = MigrationSet::load(dir.path()).unwrap();
         assert!(
             fresh.migrations.iter().all(|m| m.stamp.is_none()),
-            "just written: not trusted yet"
+            "just changed (ctime): not trusted yet"
         );
-        std::thread::sleep(std::time::Duration::from_millis(2100));
-        let first = MigrationSet::load(dir.path()).unwrap();
+        let later = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i128
+            + 2 * RACY;
+        let first = MigrationSet::load_at(dir.path(), None, later).unwrap();
         assert!(first.migrations.iter().all(|m| m.stamp.is_some()));
         // Same size, new content: the stamp (ctime, mtime) tells.
         fs::write(dir.path().join("b.sql"), "SELECT 3;").unwrap();

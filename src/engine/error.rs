@@ -70,6 +70,7 @@ impl EngineError {
         match self {
             EngineError::Source(_) => ErrorKind::Folder,
             EngineError::Config(_) | EngineError::NeedsOwnTransaction { .. } => ErrorKind::Config,
+            EngineError::Db(DbError::TrackingRow(_)) => ErrorKind::TrackingTable,
             EngineError::Db(_) => ErrorKind::Database,
             EngineError::Drift(_) => ErrorKind::Drift,
             EngineError::Apply(_) => ErrorKind::Apply,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, Config};
 
 use crate::config::{Settings, TransactionMode};
-use crate::db::{self, DbError, Limits, StatementFailure, Tracking, Txn};
+use crate::db::{self, Commit, DbError, Limits, StatementFailure, Tracking, Txn};
 use crate::plan::{self, AppliedRow, Plan, PlanOptions, State};
 use crate::protocol::{Event, PendingMigration};
 use crate::source::{Migration, MigrationSet};
@@ -269,9 +269,13 @@ impl<'a> Engine<'a> {
         let mut timings = Vec::with_capacity(to_apply.len());
         for (i, m) in to_apply.iter().enumerate() {
             let started = Instant::now();
-            let last = i + 1 == to_apply.len();
-            let txn = if all { Txn::Outer } else { Txn::Own };
-            let result = self.apply_one(client, m, txn, last, emit).await;
+            let commit = if i + 1 == to_apply.len() {
+                Commit::Flushed
+            } else {
+                Commit::Deferred
+            };
+            let txn = if all { Txn::Outer } else { Txn::Own(commit) };
+            let result = self.apply_one(client, m, txn, emit).await;
             if let Err(failure) = result {
                 if all {
                     let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
@@ -307,7 +311,6 @@ impl<'a> Engine<'a> {
         client: &Client,
         m: &Migration,
         txn: Txn,
-        last: bool,
         emit: &mut dyn FnMut(Event),
     ) -> Result<(), StatementFailure> {
         let limits = Limits {
@@ -316,7 +319,7 @@ impl<'a> Engine<'a> {
         };
         let mut attempt = 0;
         loop {
-            match db::apply_migration(client, &self.tracking, m, limits, txn, last).await {
+            match db::apply_migration(client, &self.tracking, m, limits, txn).await {
                 Err(f) if self.may_retry(&f, txn, attempt) => {
                     attempt += 1;
                     // 1 s, 2 s, 4 s, ... capped at 30 s: the application's transaction that
@@ -342,7 +345,7 @@ impl<'a> Engine<'a> {
     /// again, up to `lock_retries` times. Not in `transaction = "all"`, where the whole run's
     /// transaction is already aborted.
     fn may_retry(&self, f: &StatementFailure, txn: Txn, attempt: u32) -> bool {
-        matches!(txn, Txn::Own)
+        matches!(txn, Txn::Own(_))
             && attempt < self.settings.lock_retries
             && crate::diagnosis::is_retryable_lock_timeout(f)
     }
@@ -400,7 +403,7 @@ fn warn_missing(missing: &[AppliedRow], emit: &mut dyn FnMut(Event)) {
 }
 
 /// The first 12 characters of a hash from the tracking table (any text: rows can be made by
-/// hand), for messages.
+/// hand), for messages, control characters escaped.
 pub fn short_hash(hash: &str) -> String {
-    hash.chars().take(12).collect()
+    crate::plan::printable(&hash.chars().take(12).collect::<String>())
 }

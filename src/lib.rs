@@ -12,7 +12,6 @@ pub mod demo;
 pub mod engine;
 pub mod logging;
 pub mod newfile;
-pub mod pgcluster;
 pub mod plan;
 pub mod report;
 pub mod source;

@@ -13,6 +13,13 @@ pub(crate) fn bench_uptodate(
     db: &str,
     table: &mut Table,
 ) -> Res<()> {
+    let runs = measure(ctx, folder, db)?;
+    report(table, folder.n, &runs);
+    Ok(())
+}
+
+/// The runs with the URL a user writes (TLS probed, `prefer`), then with `sslmode=disable`.
+fn measure(ctx: &mut Ctx, folder: &Folder, db: &str) -> Res<[Vec<RunResult>; 2]> {
     let args = ctx.migrate_args();
     let urls = [ctx.url(db), format!("{}?sslmode=disable", ctx.url(db))];
     let mut runs: [Vec<RunResult>; 2] = Default::default();
@@ -30,9 +37,13 @@ pub(crate) fn bench_uptodate(
             runs[which].push(r);
         }
     }
-    let p = Point::of(folder.n, &runs[0]);
-    let plain = Point::of(folder.n, &runs[1]);
-    let n = fmt_n(folder.n);
+    Ok(runs)
+}
+
+fn report(table: &mut Table, n: usize, runs: &[Vec<RunResult>; 2]) {
+    let p = Point::of(n, &runs[0]);
+    let plain = Point::of(n, &runs[1]);
+    let n = fmt_n(n);
     table.row(
         "2. up to date: migrate, wall",
         &n,
@@ -68,5 +79,4 @@ pub(crate) fn bench_uptodate(
             .map(|r| (r.ms() * 10.0).round() / 10.0)
             .collect::<Vec<_>>()
     ));
-    Ok(())
 }

@@ -17,7 +17,6 @@ pub mod engine;
 pub(crate) mod exit;
 pub mod logging;
 pub mod newfile;
-pub mod pgcluster;
 pub mod plan;
 pub mod protocol;
 pub mod report;

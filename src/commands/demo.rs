@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use crate::config::Settings;
 use crate::engine::RunOptions;
 use crate::exit::Outcome;
-use crate::pgcluster::TempCluster;
 use crate::report::Format;
+use vamsa_testkit::TempCluster;
 
 /// The bundled migrations: `./migrations` when run from a checkout, else the copy the build
 /// was made from, else the packaged copy.

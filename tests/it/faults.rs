@@ -2,16 +2,17 @@
 //! clients and replicas. Each case checks the invariant: the database sits exactly at a
 //! migration boundary, the tracking table matches the schema, and the next run finishes the job.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::daemon::{request, Daemon};
-use common::{Db, Folder, Run, TempCluster};
+use crate::support::{
+    self, cli, eventually, own_cluster, request, root_or_skip, Cli, ClusterOptions, Daemon, Db,
+    Folder, Signal, Spawned, StopMode, TempCluster,
+};
 
 const SLEEP: &str = "2";
 
@@ -67,11 +68,16 @@ fn assert_boundary_then_complete(
     entries: &[(String, i64, String)],
     folder: &Path,
 ) -> usize {
+    // The killed client's backend runs on until it next talks to the client: a COMMIT it was
+    // in still commits. The boundary is the state once that session is gone.
+    eventually("the killed run's session to end", || {
+        !db.has_activity("backend_type = 'client backend'")
+    });
     let hashes = tracked_hashes(db);
     let k = hashes.len();
     let expected: Vec<String> = entries[..k]
         .iter()
-        .map(|(_, _, s)| common::sha256_hex(s.as_bytes()))
+        .map(|(_, _, s)| support::sha256_hex(s.as_bytes()))
         .collect();
     assert_eq!(
         hashes, expected,
@@ -94,7 +100,7 @@ fn assert_boundary_then_complete(
     db.run(folder, &["migrate", "--no-backup"]).ok();
     let all: Vec<String> = entries
         .iter()
-        .map(|(_, _, s)| common::sha256_hex(s.as_bytes()))
+        .map(|(_, _, s)| support::sha256_hex(s.as_bytes()))
         .collect();
     assert_eq!(tracked_hashes(db), all);
     let full = Db::new();
@@ -105,7 +111,7 @@ fn assert_boundary_then_complete(
 
 /// Waits until a statement of the slow migration is running on `cluster`'s database `app`.
 fn wait_for_sleep(cluster: &TempCluster) {
-    wait_until("the slow statement", || {
+    eventually("the slow statement", || {
         cluster
             .psql(
                 "app",
@@ -116,40 +122,18 @@ fn wait_for_sleep(cluster: &TempCluster) {
     });
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// `vamsa-migrate migrate --no-backup` against `url` and `folder`.
+fn migrate_no_backup(url: &str, folder: &Path) -> Cli {
+    let mut migrate = cli();
+    migrate
+        .args(["migrate", "--no-backup"])
+        .database_url(url)
+        .migrations_dir(folder);
+    migrate
 }
 
-fn activity(db: &Db, condition: &str) -> bool {
-    db.psql(&format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() AND {condition}"
-    )) != "0"
-}
-
-fn kill9(child: &mut Child) {
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    let _ = child.wait();
-}
-
-fn spawn_migrate(db: &Db, folder: &Path) -> Child {
-    common::bin()
-        .args([
-            "migrate",
-            "--no-backup",
-            "--database-url",
-            &db.url(),
-            "--migrations-dir",
-        ])
-        .arg(folder)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn spawn_migrate(db: &Db, folder: &Path) -> Spawned {
+    migrate_no_backup(&db.url(), folder).spawn()
 }
 
 /// Makes the COMMIT of migration `when` pause inside the server, after its tracking row is
@@ -184,9 +168,9 @@ fn kill_9_of_migrate_at_each_point_leaves_a_boundary() {
         db.run(first.path(), &["migrate", "--no-backup"]).ok();
         slow_commit_of(&db, 2000);
         let f = folder_of(&entries);
-        let mut child = spawn_migrate(&db, f.path());
-        wait_until(point, || activity(&db, condition));
-        kill9(&mut child);
+        let child = spawn_migrate(&db, f.path());
+        eventually(point, || db.has_activity(condition));
+        child.kill();
         let k = assert_boundary_then_complete(&db, &entries, f.path());
         eprintln!("kill -9 {point}: boundary after {k} migration(s)");
     }
@@ -202,6 +186,7 @@ fn kill_9_of_the_daemon_mid_migration_leaves_a_boundary() {
         slow_commit_of(&db, 2000);
         let f = folder_of(&entries);
         let mut d = Daemon::start(
+            cli(),
             &db.url(),
             f.path(),
             "apply_on_start = false\nbackup_enabled = false",
@@ -209,8 +194,8 @@ fn kill_9_of_the_daemon_mid_migration_leaves_a_boundary() {
         d.ready();
         let socket = d.socket.clone();
         let client = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
-        wait_until(point, || activity(&db, condition));
-        kill9(&mut d.child);
+        eventually(point, || db.has_activity(condition));
+        d.kill();
         let _ = client.join();
         assert_boundary_then_complete(&db, &entries, f.path());
     }
@@ -218,31 +203,18 @@ fn kill_9_of_the_daemon_mid_migration_leaves_a_boundary() {
 
 #[test]
 fn postgres_dying_mid_migration_loses_nothing_and_the_daemon_recovers() {
-    let mut cluster = TempCluster::start().unwrap();
-    common::reap_after_exit(&cluster);
+    let mut cluster = own_cluster(ClusterOptions::default());
     cluster.create_database("app").unwrap();
     let url = cluster.url("app");
     let entries = entries();
     let f = folder_of(&entries[..1]);
     // The CLI: the error says the connection was lost and nothing of that migration committed.
-    common::run_migrate(&url, f.path(), &["--no-backup"]).ok();
+    migrate_no_backup(&url, f.path()).run().ok();
     let f = folder_of(&entries);
-    let child = common::bin()
-        .args([
-            "migrate",
-            "--no-backup",
-            "--database-url",
-            &url,
-            "--migrations-dir",
-        ])
-        .arg(f.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = migrate_no_backup(&url, f.path()).spawn();
     wait_for_sleep(&cluster);
-    cluster.stop("immediate").unwrap();
-    let run = Run::from(child.wait_with_output().unwrap());
+    cluster.stop(StopMode::Immediate).unwrap();
+    let run = child.wait();
     run.code(1);
     assert!(
         run.stderr.contains("The connection to PostgreSQL was lost"),
@@ -271,6 +243,7 @@ fn postgres_dying_mid_migration_loses_nothing_and_the_daemon_recovers() {
 
     // The daemon: the trigger fails, PostgreSQL comes back, the next trigger applies it once.
     let mut d = Daemon::start(
+        cli(),
         &url,
         f.path(),
         "apply_on_start = false\nbackup_enabled = false",
@@ -279,7 +252,7 @@ fn postgres_dying_mid_migration_loses_nothing_and_the_daemon_recovers() {
     let socket = d.socket.clone();
     let client = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
     wait_for_sleep(&cluster);
-    cluster.stop("immediate").unwrap();
+    cluster.stop(StopMode::Immediate).unwrap();
     let events = client.join().unwrap();
     let done = events.last().unwrap();
     assert_eq!(done["ok"], false);
@@ -318,35 +291,21 @@ fn eight_clis_and_two_daemons_at_once_apply_fifty_migrations_exactly_once() {
         .collect();
     let f = folder_of(&entries);
     let mut daemons: Vec<Daemon> = (0..2)
-        .map(|_| Daemon::start(&db.url(), f.path(), "backup_enabled = false"))
+        .map(|_| Daemon::start(cli(), &db.url(), f.path(), "backup_enabled = false"))
         .collect();
-    let clis: Vec<Child> = (0..8)
-        .map(|_| {
-            common::bin()
-                .args([
-                    "migrate",
-                    "--no-backup",
-                    "--database-url",
-                    &db.url(),
-                    "--migrations-dir",
-                ])
-                .arg(f.path())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+    let clis: Vec<Spawned> = (0..8)
+        .map(|_| migrate_no_backup(&db.url(), f.path()).spawn())
         .collect();
     let mut applied = 0;
     for c in clis {
-        let run = Run::from(c.wait_with_output().unwrap());
+        let run = c.wait();
         run.ok();
         applied += run.stdout.matches("Applied:").count();
     }
     for d in &mut daemons {
         d.ready();
-        d.signal(libc::SIGTERM);
-        assert_eq!(d.wait_exit(Duration::from_secs(30)), 0);
+        d.signal(Signal::SIGTERM);
+        assert_eq!(d.wait_exit(), 0);
         applied += d.log().matches("Applied: ").count();
     }
     assert_eq!(applied, 50, "each migration applied by exactly one process");
@@ -379,7 +338,7 @@ fn lock_timeout_protects_the_application_and_lock_retries_wait_it_out() {
         .write_all(b"BEGIN; SELECT * FROM persons;\n")
         .unwrap();
     app_in.flush().unwrap();
-    wait_until("the app's lock", || {
+    eventually("the app's lock", || {
         db.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'persons' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())") != "0"
     });
 
@@ -437,19 +396,12 @@ fn lock_timeout_protects_the_application_and_lock_retries_wait_it_out() {
         drop(app_in);
         let _ = app.wait();
     });
-    let mut cmd = common::bin();
-    cmd.args([
-        "migrate",
-        "--no-backup",
-        "--lock-timeout",
-        "500ms",
-        "--database-url",
-        &db.url(),
-        "--migrations-dir",
-    ])
-    .arg(f.path())
-    .env("VAMSA_MIGRATE_LOCK_RETRIES", "4");
-    let run = Run::from(cmd.output().unwrap());
+    let run = cli()
+        .args(["migrate", "--no-backup", "--lock-timeout", "500ms"])
+        .database_url(&db.url())
+        .migrations_dir(f.path())
+        .env("VAMSA_MIGRATE_LOCK_RETRIES", "4")
+        .run();
     releaser.join().unwrap();
     run.ok();
     assert!(
@@ -463,17 +415,19 @@ fn lock_timeout_protects_the_application_and_lock_retries_wait_it_out() {
 
 #[test]
 fn a_full_disk_fails_with_53100_rolls_back_and_the_next_run_succeeds() {
+    if !root_or_skip("mount a small tmpfs in the server's own mount namespace") {
+        return;
+    }
     let ts = tempfile::tempdir().unwrap();
     std::os::unix::fs::chown(ts.path(), Some(postgres_uid()), None).unwrap_or(());
-    let options = vamsa_migrate::pgcluster::ClusterOptions {
+    let options = ClusterOptions {
         pre_start: Some(format!(
             "mount -t tmpfs -o size=24m,mode=0700 tmpfs {0} && chown postgres {0}",
             ts.path().display()
         )),
         ..Default::default()
     };
-    let cluster = TempCluster::start_with(options).unwrap();
-    common::reap_after_exit(&cluster);
+    let cluster = own_cluster(options);
     cluster.create_database("app").unwrap();
     cluster
         .psql(
@@ -489,7 +443,7 @@ fn a_full_disk_fails_with_53100_rolls_back_and_the_next_run_succeeds() {
         ("0001_big", 2000, big),
     ]);
     let url = cluster.url("app");
-    let migrate = || common::run_migrate(&url, f.path(), &["--no-backup"]);
+    let migrate = || migrate_no_backup(&url, f.path()).run();
     let run = migrate();
     run.code(1);
     assert!(run.stderr.contains("SQLSTATE 53100"), "{}", run.stderr);
@@ -539,10 +493,13 @@ fn postgres_uid() -> u32 {
 
 #[test]
 fn the_trigger_socket_under_abuse_while_a_migration_runs() {
+    if !root_or_skip("connect as another user (nobody)") {
+        return;
+    }
     let db = Db::new();
     let slow = "CREATE TABLE slow (id int);--> statement-breakpoint\nSELECT pg_sleep(3);";
     let f = Folder::new(&[("0000_a", 1000, "CREATE TABLE a (id int);")]);
-    let mut d = Daemon::start(&db.url(), f.path(), "backup_enabled = false");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "backup_enabled = false");
     d.ready();
     f.write(&[
         ("0000_a", 1000, "CREATE TABLE a (id int);"),
@@ -550,14 +507,15 @@ fn the_trigger_socket_under_abuse_while_a_migration_runs() {
     ]);
     let socket = d.socket.clone();
     let applier = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
-    wait_until("the slow migration", || {
-        activity(&db, "query LIKE '%pg_sleep(3)%'")
+    eventually("the slow migration", || {
+        db.has_activity("query LIKE '%pg_sleep(3)%'")
     });
     // Unauthorised peers, from a process running as nobody.
     d.open_socket_to_everyone();
     let mut nobody = Command::new("python3");
     nobody.args(["-c", "import socket,sys\nrefused=0\nfor i in range(200):\n s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{\"command\":\"apply\"}\\n'); r=s.makefile().readline(); refused+=('permission denied' in r); s.close()\nprint(refused)", d.socket.to_str().unwrap()]);
-    common::as_nobody(&mut nobody);
+    // As uid and gid 65534; std drops the supplementary groups of root.
+    nobody.uid(65534).gid(65534);
     let nobody = nobody.stdout(Stdio::piped()).spawn().unwrap();
 
     let mut abusers = Vec::new();
@@ -621,18 +579,21 @@ fn the_trigger_socket_under_abuse_while_a_migration_runs() {
 
 #[test]
 fn replicas_only_the_primary_is_migrated() {
-    let primary = TempCluster::start().unwrap();
-    common::reap_after_exit(&primary);
+    let primary = own_cluster(ClusterOptions::default());
     primary.create_database("app").unwrap();
     let replica = TempCluster::replica_of(&primary).unwrap();
-    common::reap_after_exit(&replica);
+    vamsa_testkit::reaper::reap_after_exit(&replica).unwrap();
     let f = Folder::new(&[("0000_a", 1000, "CREATE TABLE a (id int);")]);
     let both = format!(
         "host=127.0.0.1,127.0.0.1 port={},{} user=postgres dbname=app target_session_attrs=read-write sslmode=disable",
         replica.port(),
         primary.port()
     );
-    let run = common::run_migrate(&both, f.path(), &[]);
+    let run = cli()
+        .arg("migrate")
+        .database_url(&both)
+        .migrations_dir(f.path())
+        .run();
     run.ok();
     assert_eq!(
         primary
@@ -646,7 +607,11 @@ fn replicas_only_the_primary_is_migrated() {
     );
 
     let only_replica = replica.url("app");
-    let run = common::run_migrate(&only_replica, f.path(), &[]);
+    let run = cli()
+        .arg("migrate")
+        .database_url(&only_replica)
+        .migrations_dir(f.path())
+        .run();
     run.code(1);
     assert!(
         run.stderr.contains(&format!(

@@ -1,9 +1,8 @@
 //! The engine and CLI end to end, against a real PostgreSQL.
 
-mod common;
-
-use common::{Db, Folder};
 use std::path::Path;
+
+use crate::support::{self, eventually, Db, Folder};
 
 const A: &str =
     "CREATE TABLE \"persons\" (\n\t\"id\" serial PRIMARY KEY,\n\t\"name\" text NOT NULL\n);\n";
@@ -31,9 +30,9 @@ fn migrate_prints_the_documented_lines_and_records_drizzle_rows() {
     assert_eq!(
         db.rows(),
         vec![
-            (common::sha256_hex(A.as_bytes()), 1000),
-            (common::sha256_hex(B.as_bytes()), 2000),
-            (common::sha256_hex(C.as_bytes()), 3000)
+            (support::sha256_hex(A.as_bytes()), 1000),
+            (support::sha256_hex(B.as_bytes()), 2000),
+            (support::sha256_hex(C.as_bytes()), 3000)
         ]
     );
     assert!(db.table_exists("persons_name_idx"));
@@ -78,7 +77,7 @@ fn dry_run_shows_statements_and_changes_nothing_in_the_catalog() {
 #[test]
 fn vamsa_corpus_applies_in_journal_order() {
     let db = Db::new();
-    let f = Folder::copy_of("tests/data/vamsa-drizzle");
+    let f = support::repo_folder("tests/data/vamsa-drizzle");
     db.psql("SELECT 1");
     let run = db.run(f.path(), &["migrate"]);
     run.ok();
@@ -92,7 +91,7 @@ fn vamsa_corpus_applies_in_journal_order() {
         .zip([1769236042522_i64, 1707528000000])
         .map(|(file, when)| {
             (
-                common::sha256_hex(&std::fs::read(f.path().join(file)).unwrap()),
+                support::sha256_hex(&std::fs::read(f.path().join(file)).unwrap()),
                 when,
             )
         })
@@ -114,9 +113,9 @@ fn vamsa_corpus_applies_in_journal_order() {
 #[test]
 fn an_entry_older_than_the_newest_row_is_applied_and_flagged_where_drizzle_would_skip_it() {
     let db = Db::new();
-    let full = Folder::copy_of("tests/data/vamsa-drizzle");
+    let full = support::repo_folder("tests/data/vamsa-drizzle");
     // First release: only 0000 in the journal.
-    let first = Folder::copy_of("tests/data/vamsa-drizzle");
+    let first = support::repo_folder("tests/data/vamsa-drizzle");
     let journal = std::fs::read_to_string(first.path().join("meta/_journal.json")).unwrap();
     let cut = journal
         .find(",\n    {\n      \"idx\": 1")
@@ -154,7 +153,9 @@ fn assert_untouched(db: &Db) {
 #[test]
 fn bad_folders_are_refused_with_the_file_named_and_nothing_changed() {
     let db = Db::new();
-    type Breaker = Box<dyn Fn(&Path)>;
+    let outside_dir = tempfile::tempdir().unwrap();
+    let outside = outside_dir.path().join("outside.sql");
+    type Breaker<'a> = Box<dyn Fn(&Path) + 'a>;
     let cases: Vec<(&str, Breaker, &str)> = vec![
         (
             "no journal",
@@ -209,10 +210,6 @@ fn bad_folders_are_refused_with_the_file_named_and_nothing_changed() {
         (
             "symlink outside",
             Box::new(|p: &Path| {
-                let outside = p
-                    .parent()
-                    .unwrap()
-                    .join(format!("outside-{}.sql", std::process::id()));
                 std::fs::write(&outside, "SELECT 1;").unwrap();
                 std::fs::remove_file(p.join("0001_media.sql")).unwrap();
                 std::os::unix::fs::symlink(&outside, p.join("0001_media.sql")).unwrap();
@@ -303,7 +300,7 @@ fn edited_migration_blocks_the_run_until_accepted() {
         run.stdout
     );
     assert!(run.stdout.contains("Applied: 0002_index.sql"));
-    assert_eq!(db.rows()[0].0, common::sha256_hex(edited.as_bytes()));
+    assert_eq!(db.rows()[0].0, support::sha256_hex(edited.as_bytes()));
     db.run(f.path(), &["status"]).ok();
 }
 
@@ -486,7 +483,7 @@ fn transaction_all_rolls_back_the_whole_run() {
     assert_eq!(db.rows().len(), 0);
 }
 
-fn failing_run(db: &Db, sql: &str) -> common::Run {
+fn failing_run(db: &Db, sql: &str) -> support::Run {
     let f = Folder::new(&[("0000_bad", 1000, sql)]);
     let run = db.run(f.path(), &["migrate", "--lock-timeout", "1s"]);
     run.code(1);
@@ -547,7 +544,11 @@ fn permission_denied_says_which_statement_needs_it() {
     let url = db
         .url()
         .replace("user=postgres", &format!("user=app_{}", db.name));
-    let run = common::run_migrate(&url, f.path(), &[]);
+    let run = support::cli()
+        .arg("migrate")
+        .database_url(&url)
+        .migrations_dir(f.path())
+        .run();
     run.code(1);
     assert!(run.stderr.contains("SQLSTATE 42501"), "{}", run.stderr);
     assert!(
@@ -575,7 +576,7 @@ fn lock_timeout_fails_fast_with_a_hint() {
         ])
         .spawn()
         .unwrap();
-    wait_for(|| {
+    eventually("the other session's lock on persons", || {
         db.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'persons' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())") != "0"
     });
     let started = std::time::Instant::now();
@@ -604,18 +605,16 @@ fn lost_connection_says_nothing_was_committed() {
             "CREATE TABLE slow (id int);--> statement-breakpoint\nSELECT pg_sleep(30);",
         ),
     ]);
-    let child = common::bin()
-        .args(["migrate", "--database-url", &db.url(), "--migrations-dir"])
-        .arg(f.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(|| {
+    let child = support::cli()
+        .arg("migrate")
+        .database_url(&db.url())
+        .migrations_dir(f.path())
+        .spawn();
+    eventually("the slow statement", || {
         db.psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()", db.name)) == "1"
     });
     db.psql(&format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()", db.name));
-    let run = common::Run::from(child.wait_with_output().unwrap());
+    let run = child.wait();
     run.code(1);
     assert!(
         run.stderr.contains("connection to PostgreSQL was lost"),
@@ -643,19 +642,14 @@ fn concurrent_runs_apply_each_migration_exactly_once() {
     ]);
     let children: Vec<_> = (0..4)
         .map(|_| {
-            common::bin()
-                .args(["migrate", "--database-url", &db.url(), "--migrations-dir"])
-                .arg(f.path())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
+            support::cli()
+                .arg("migrate")
+                .database_url(&db.url())
+                .migrations_dir(f.path())
                 .spawn()
-                .unwrap()
         })
         .collect();
-    let runs: Vec<common::Run> = children
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap().into())
-        .collect();
+    let runs: Vec<support::Run> = children.into_iter().map(|c| c.wait()).collect();
     for run in &runs {
         run.ok();
     }
@@ -695,7 +689,7 @@ fn lock_wait_is_bounded() {
         ])
         .spawn();
     let mut holder = key_holder.unwrap();
-    wait_for(|| {
+    eventually("the other session's advisory lock", || {
         db.psql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())") != "0"
     });
     let run = db.run(f.path(), &["migrate", "--lock-wait", "1s"]);
@@ -746,13 +740,10 @@ fn no_transaction_migration_runs_statement_by_statement() {
 #[test]
 fn new_creates_the_next_file_and_journal_entry() {
     let f = abc();
-    let run = common::Run::from(
-        common::bin()
-            .args(["new", "Add media tags", "--migrations-dir"])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    );
+    let run = support::cli()
+        .args(["new", "Add media tags"])
+        .migrations_dir(f.path())
+        .run();
     run.ok();
     assert!(
         f.path().join("0003_add_media_tags.sql").exists(),
@@ -784,13 +775,7 @@ fn config_errors_name_the_key_and_file_and_passwords_never_show() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.toml");
     std::fs::write(&file, "migrations_dir = \"/x\"\nlock_timout = \"5s\"\n").unwrap();
-    let run = common::Run::from(
-        common::bin()
-            .args(["status", "--config"])
-            .arg(&file)
-            .output()
-            .unwrap(),
-    );
+    let run = support::cli().args(["status", "--config"]).arg(&file).run();
     run.code(2);
     assert!(
         run.stderr.contains("lock_timout") && run.stderr.contains(&file.display().to_string()),
@@ -800,18 +785,11 @@ fn config_errors_name_the_key_and_file_and_passwords_never_show() {
 
     let f = abc();
     // Nothing listens on port 1: the connection error must not echo the password.
-    let run = common::Run::from(
-        common::bin()
-            .args([
-                "migrate",
-                "--database-url",
-                "postgres://vamsa:hunter2secret@127.0.0.1:1/vamsa",
-                "--migrations-dir",
-            ])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    );
+    let run = support::cli()
+        .arg("migrate")
+        .database_url("postgres://vamsa:hunter2secret@127.0.0.1:1/vamsa")
+        .migrations_dir(f.path())
+        .run();
     run.code(1);
     assert!(
         run.stderr
@@ -836,15 +814,12 @@ fn settings_come_from_the_environment_and_the_file() {
         ),
     )
     .unwrap();
-    let run = common::Run::from(
-        common::bin()
-            .args(["migrate", "--config"])
-            .arg(&file)
-            .env("DATABASE_URL", db.url())
-            .env("VAMSA_MIGRATE_MIGRATIONS_TABLE", "applied")
-            .output()
-            .unwrap(),
-    );
+    let run = support::cli()
+        .args(["migrate", "--config"])
+        .arg(&file)
+        .env("DATABASE_URL", db.url())
+        .env("VAMSA_MIGRATE_MIGRATIONS_TABLE", "applied")
+        .run();
     run.ok();
     assert_eq!(db.psql("SELECT count(*) FROM meta.applied"), "3");
 }
@@ -859,17 +834,13 @@ fn several_hosts_with_read_write_migrate_only_the_primary() {
         db.cluster.port(),
         db.name
     );
-    let run = common::run_migrate(&url, f.path(), &[]);
+    let run = support::cli()
+        .arg("migrate")
+        .database_url(&url)
+        .migrations_dir(f.path())
+        .run();
     run.ok();
     assert_eq!(db.rows().len(), 3);
-}
-
-pub fn wait_for(mut f: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -904,7 +875,7 @@ fn sslmode_require_encrypts_the_connection() {
     );
     let readable = |p: &Path| {
         std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        if unsafe { libc::geteuid() } == 0 {
+        if vamsa_testkit::is_root() {
             std::process::Command::new("chown")
                 .arg("postgres")
                 .arg(p)
@@ -919,16 +890,14 @@ fn sslmode_require_encrypts_the_connection() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let cluster = common::TempCluster::start_with(vamsa_migrate::pgcluster::ClusterOptions {
+    let cluster = support::own_cluster(support::ClusterOptions {
         settings: vec![
             ("ssl".into(), "on".into()),
             ("ssl_cert_file".into(), crt.display().to_string()),
             ("ssl_key_file".into(), key.display().to_string()),
         ],
         ..Default::default()
-    })
-    .unwrap();
-    common::reap_after_exit(&cluster);
+    });
     cluster.create_database("app").unwrap();
     // The migration itself checks that its own connection is encrypted.
     let check = "DO $$ BEGIN IF NOT (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) THEN RAISE EXCEPTION 'not encrypted'; END IF; END $$;";
@@ -936,11 +905,19 @@ fn sslmode_require_encrypts_the_connection() {
     let url = cluster
         .url("app")
         .replace("sslmode=disable", "sslmode=require");
-    let run = common::run_migrate(&url, f.path(), &["--no-backup"]);
+    let run = support::cli()
+        .args(["migrate", "--no-backup"])
+        .database_url(&url)
+        .migrations_dir(f.path())
+        .run();
     run.ok();
     let plain = cluster.url("app");
     let f2 = Folder::new(&[("0000_tls", 1000, check), ("0001_again", 2000, check)]);
-    let run = common::run_migrate(&plain, f2.path(), &["--no-backup"]);
+    let run = support::cli()
+        .args(["migrate", "--no-backup"])
+        .database_url(&plain)
+        .migrations_dir(f2.path())
+        .run();
     run.code(1);
     assert!(run.stderr.contains("not encrypted"), "{}", run.stderr);
 }

@@ -2,12 +2,7 @@
 //! read with a check, one we cannot interpret is an error naming the table, the row and the
 //! column (exit 2, nothing changed), and text from the table reaches the terminal escaped.
 
-mod common;
-
-use std::time::Duration;
-
-use common::daemon::Daemon;
-use common::{Db, Folder, Run};
+use crate::support::{cli, sha256_hex, Daemon, Db, Folder, Run, Signal};
 
 const A: &str = "CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY);\n";
 const B: &str = "CREATE TABLE \"media\" (\"id\" serial PRIMARY KEY);\n";
@@ -82,7 +77,7 @@ fn a_value_of_another_type_names_the_type_and_the_fix() {
         "CREATE SCHEMA drizzle; \
          CREATE TABLE {TABLE} (id serial PRIMARY KEY, hash text NOT NULL, created_at numeric); \
          INSERT INTO {TABLE} (hash, created_at) VALUES ('{}', 1000)",
-        common::sha256_hex(A.as_bytes())
+        sha256_hex(A.as_bytes())
     ));
     let run = db.run(f.path(), &["status"]);
     assert_names_the_value(
@@ -150,7 +145,7 @@ fn a_bigint_id_works_like_drizzles_serial_one() {
     .ok();
     assert_eq!(
         db.psql(&format!("SELECT hash FROM {TABLE} WHERE id = 5000000000")),
-        common::sha256_hex(edited.as_bytes())
+        sha256_hex(edited.as_bytes())
     );
     db.run(f.path(), &["status"]).ok();
 }
@@ -211,7 +206,12 @@ fn the_daemon_answers_a_status_request_on_a_bad_row_with_an_error_and_keeps_serv
     let db = Db::new();
     let f = ab();
     let backups = db.backups.path().display().to_string();
-    let mut d = Daemon::start(&db.url(), f.path(), &format!("backup_dir = {backups:?}"));
+    let mut d = Daemon::start(
+        cli(),
+        &db.url(),
+        f.path(),
+        &format!("backup_dir = {backups:?}"),
+    );
     d.ready();
     db.psql(&format!(
         "ALTER TABLE {TABLE} ALTER COLUMN hash DROP NOT NULL; \
@@ -227,7 +227,7 @@ fn the_daemon_answers_a_status_request_on_a_bad_row_with_an_error_and_keeps_serv
     );
     let pong = d.request(b"{\"command\":\"ping\"}\n");
     assert_eq!(pong[0]["event"], "pong", "{pong:?}");
-    assert!(d.child.try_wait().unwrap().is_none(), "the daemon exited");
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(30)), 0);
+    assert!(!d.has_exited(), "the daemon exited");
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
 }

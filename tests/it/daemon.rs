@@ -1,15 +1,16 @@
 //! The daemon end to end: a real PostgreSQL, real sockets, real signals, and a test-owned
 //! NOTIFY_SOCKET standing in for systemd.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use common::daemon::{request, Daemon};
-use common::{Db, Folder, Run};
 use serde_json::Value;
+
+use crate::support::{
+    cli, eventually, own_cluster, request, root_or_skip, ClusterOptions, Daemon, Db, Folder,
+    Signal, StopMode,
+};
 
 const A: &str = "CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY, \"name\" text);\n";
 const B: &str = "CREATE TABLE \"media\" (\"id\" serial PRIMARY KEY);--> statement-breakpoint\nALTER TABLE \"persons\" ADD COLUMN \"born\" date;\n";
@@ -19,7 +20,7 @@ const C: &str = "CREATE INDEX \"persons_name_idx\" ON \"persons\" (\"name\");\n"
 fn ready_only_after_pending_migrations_are_in_the_database() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A), ("0001_b", 2000, B)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "");
     let ready = d.ready();
     // The daemon's rows are there at the moment READY=1 arrives.
     assert_eq!(db.rows().len(), 2);
@@ -37,9 +38,9 @@ fn ready_only_after_pending_migrations_are_in_the_database() {
         "{log}"
     );
 
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(10)), 0);
-    d.wait_notify(|m| m.contains("STOPPING=1"), Duration::from_secs(1));
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
+    d.wait_notify(|m| m.contains("STOPPING=1"));
     assert!(!d.socket.exists(), "the socket file is removed on exit");
 }
 
@@ -50,16 +51,12 @@ fn start_up_failure_exits_non_zero_without_ready() {
         ("0000_a", 1000, A),
         ("0001_bad", 2000, "SELECT * FROM nope;"),
     ]);
-    let mut d = Daemon::start(&db.url(), f.path(), "");
-    assert_eq!(
-        d.wait_exit(Duration::from_secs(20)),
-        3,
-        "exit 3: the start-up migration failed"
-    );
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "");
+    assert_eq!(d.wait_exit(), 3, "exit 3: the start-up migration failed");
     assert!(
-        !d.messages.iter().any(|m| m.contains("READY=1")),
+        !d.messages().iter().any(|m| m.contains("READY=1")),
         "{:?}",
-        d.messages
+        d.messages()
     );
     let log = d.log();
     assert!(
@@ -77,22 +74,22 @@ fn a_database_that_cannot_work_ends_the_start_instead_of_waiting_for_ever() {
     let url = db
         .url()
         .replace(&format!("dbname={}", db.name), "dbname=no_such_database");
-    let mut d = Daemon::start(&url, f.path(), "");
-    assert_eq!(d.wait_exit(Duration::from_secs(20)), 2);
+    let mut d = Daemon::start(cli(), &url, f.path(), "");
+    assert_eq!(d.wait_exit(), 2);
     let log = d.log();
     assert!(
         log.contains("SQLSTATE=\"3D000\"") || log.contains("3D000"),
         "{log}"
     );
     assert!(log.contains("fix database_url"), "{log}");
-    assert!(!d.messages.iter().any(|m| m.contains("READY=1")));
+    assert!(!d.messages().iter().any(|m| m.contains("READY=1")));
 }
 
 #[test]
 fn trigger_applies_and_prints_the_migrate_lines() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "apply_on_start = true");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "apply_on_start = true");
     d.ready();
     f.write(&[
         ("0000_a", 1000, A),
@@ -142,7 +139,7 @@ fn trigger_applies_and_prints_the_migrate_lines() {
     bad.code(1);
     assert!(bad.stderr.contains("SQLSTATE 42701"), "{}", bad.stderr);
     assert!(bad.stderr.contains("Likely cause:"), "{}", bad.stderr);
-    d.wait_log("SQLSTATE", Duration::from_secs(5));
+    d.wait_log("SQLSTATE");
 
     let json = d.trigger(&["--format", "json"]);
     json.code(1);
@@ -156,13 +153,10 @@ fn trigger_applies_and_prints_the_migrate_lines() {
 #[test]
 fn trigger_without_a_daemon_says_how_to_start_it() {
     let dir = tempfile::tempdir().unwrap();
-    let run = Run::from(
-        common::bin()
-            .arg("trigger")
-            .env("VAMSA_MIGRATE_SOCKET_PATH", dir.path().join("none.sock"))
-            .output()
-            .unwrap(),
-    );
+    let run = cli()
+        .arg("trigger")
+        .env("VAMSA_MIGRATE_SOCKET_PATH", dir.path().join("none.sock"))
+        .run();
     run.code(69);
     assert!(run.stderr.contains("vamsa-migrate is not running: start it with `systemctl start vamsa-migrate` or run `vamsa-migrate migrate`"), "{}", run.stderr);
 }
@@ -171,7 +165,7 @@ fn trigger_without_a_daemon_says_how_to_start_it() {
 fn socket_protocol_ping_status_dry_run_and_bad_input() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "apply_on_start = false");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "apply_on_start = false");
     let ready = d.ready();
     assert!(
         ready.contains("STATUS=1 pending; waiting for trigger"),
@@ -241,7 +235,7 @@ fn socket_protocol_ping_status_dry_run_and_bad_input() {
 fn a_stalled_client_times_out_and_does_not_block_others() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "");
     d.ready();
     let mut stalled = UnixStream::connect(&d.socket).unwrap();
     stalled.write_all(b"{\"command\":\"app").unwrap();
@@ -265,7 +259,7 @@ fn two_hundred_concurrent_clients_and_triggers_during_a_run() {
     let db = Db::new();
     let slow = "CREATE TABLE slow (id int);--> statement-breakpoint\nSELECT pg_sleep(1.5);";
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "");
     d.ready();
     f.write(&[
         ("0000_a", 1000, A),
@@ -274,7 +268,9 @@ fn two_hundred_concurrent_clients_and_triggers_during_a_run() {
     ]);
     let socket = d.socket.clone();
     let applier = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
-    std::thread::sleep(Duration::from_millis(300));
+    eventually("the slow migration", || {
+        db.has_activity("query LIKE '%pg_sleep(1.5)%'")
+    });
     // While the run is in progress: 200 clients at once, and more triggers.
     let threads: Vec<_> = (0..200)
         .map(|i| {
@@ -318,34 +314,28 @@ fn two_hundred_concurrent_clients_and_triggers_during_a_run() {
 
 #[test]
 fn an_unauthorised_peer_may_not_apply() {
-    let db = Db::new();
-    let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "apply_on_start = false");
-    d.ready();
-    // SAFETY (test): only meaningful as root; otherwise every uid is "another user" already.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("not root: cannot switch uid; skipping");
+    // Only meaningful as root: otherwise every uid is "another user" already.
+    if !root_or_skip("run the trigger as another user (nobody)") {
         return;
     }
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "apply_on_start = false");
+    d.ready();
     // Let anyone connect, so that the daemon itself must refuse.
     d.open_socket_to_everyone();
-    let mut cmd = common::bin();
+    let mut cmd = cli();
     cmd.arg("trigger")
-        .env("VAMSA_MIGRATE_SOCKET_PATH", &d.socket);
-    let cfg = std::env::temp_dir().join(format!("vamsa-migrate-empty-{}.toml", std::process::id()));
-    let _ = std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644));
-    common::as_nobody(&mut cmd);
-    let run = Run::from(cmd.output().unwrap());
+        .env("VAMSA_MIGRATE_SOCKET_PATH", &d.socket)
+        .as_nobody();
+    let run = cmd.run();
     run.code(77);
     assert!(
         run.stderr.contains("permission denied: uid 65534"),
         "{}",
         run.stderr
     );
-    d.wait_log(
-        "refused an apply request from uid 65534",
-        Duration::from_secs(5),
-    );
+    d.wait_log("refused an apply request from uid 65534");
     assert_eq!(
         db.psql("SELECT count(*) FROM pg_namespace WHERE nspname = 'drizzle'"),
         "0"
@@ -354,9 +344,9 @@ fn an_unauthorised_peer_may_not_apply() {
     // allowed_users lets it through after a reload.
     let text = std::fs::read_to_string(&d.config).unwrap();
     std::fs::write(&d.config, format!("{text}allowed_users = [\"65534\"]\n")).unwrap();
-    d.signal(libc::SIGHUP);
-    d.wait_log("configuration reloaded", Duration::from_secs(5));
-    let run = Run::from(cmd.output().unwrap());
+    d.signal(Signal::SIGHUP);
+    d.wait_log("configuration reloaded");
+    let run = cmd.run();
     run.ok();
     assert_eq!(db.rows().len(), 1);
 }
@@ -365,24 +355,18 @@ fn an_unauthorised_peer_may_not_apply() {
 fn watched_folder_reports_new_migrations_and_ignores_half_written_state() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "");
     d.ready();
     // Half-written: the journal names a file that is not there yet.
     let journal = f.path().join("meta/_journal.json");
     let text = std::fs::read_to_string(&journal).unwrap();
     std::fs::write(&journal, text.replace("}]}", "},{\"idx\":1,\"version\":\"7\",\"when\":2000,\"tag\":\"0001_b\",\"breakpoints\":true}]}")).unwrap();
-    d.wait_log("not consistent yet", Duration::from_secs(5));
+    d.wait_log("not consistent yet");
     let started = Instant::now();
     std::fs::write(f.path().join("0001_b.sql"), B).unwrap();
-    d.wait_log(
-        "1 pending migration detected: 0001_b.sql",
-        Duration::from_secs(2),
-    );
+    d.wait_log("1 pending migration detected: 0001_b.sql");
     assert!(started.elapsed() < Duration::from_secs(2));
-    d.wait_notify(
-        |m| m.contains("STATUS=1 pending; waiting for trigger"),
-        Duration::from_secs(2),
-    );
+    d.wait_notify(|m| m.contains("STATUS=1 pending; waiting for trigger"));
     assert_eq!(
         db.rows().len(),
         1,
@@ -396,18 +380,18 @@ fn on_change_applies_and_a_replaced_folder_is_still_watched() {
     let root = tempfile::tempdir().unwrap();
     let live = root.path().join("drizzle");
     let first = Folder::new(&[("0000_a", 1000, A)]);
-    std::fs::rename(first.dir.keep(), &live).unwrap();
-    let mut d = Daemon::start(&db.url(), &live, "apply = \"on-change\"");
+    std::fs::rename(first.keep(), &live).unwrap();
+    let mut d = Daemon::start(cli(), &db.url(), &live, "apply = \"on-change\"");
     d.ready();
     assert_eq!(db.rows().len(), 1);
 
     // A release replaces the whole folder by a rename, as rsync/git/symlink swaps do.
     let next = Folder::new(&[("0000_a", 1000, A), ("0001_b", 2000, B)]);
     let staged = root.path().join("drizzle.new");
-    std::fs::rename(next.dir.keep(), &staged).unwrap();
+    std::fs::rename(next.keep(), &staged).unwrap();
     std::fs::rename(&live, root.path().join("drizzle.old")).unwrap();
     std::fs::rename(&staged, &live).unwrap();
-    d.wait_log("Applied: 0001_b.sql", Duration::from_secs(5));
+    d.wait_log("Applied: 0001_b.sql");
     assert_eq!(db.rows().len(), 2);
 
     // And the new folder's own changes are seen too.
@@ -422,7 +406,7 @@ fn on_change_applies_and_a_replaced_folder_is_still_watched() {
         live.join("meta/_journal.json"),
     )
     .unwrap();
-    d.wait_log("Applied: 0002_c.sql", Duration::from_secs(5));
+    d.wait_log("Applied: 0002_c.sql");
     assert_eq!(db.rows().len(), 3);
 }
 
@@ -431,23 +415,23 @@ fn sigterm_during_a_long_migration_rolls_it_back_and_the_next_start_applies_it()
     let db = Db::new();
     let slow = "CREATE TABLE slow (id int);--> statement-breakpoint\nSELECT pg_sleep(60);";
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "stop_grace = \"1s\"");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "stop_grace = \"1s\"");
     d.ready();
     f.write(&[("0000_a", 1000, A), ("0001_slow", 2000, slow)]);
     let socket = d.socket.clone();
     let applier = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
-    common_wait(|| {
-        db.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()") == "1"
+    eventually("the slow statement", || {
+        db.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()") == "1"
     });
     let started = Instant::now();
-    d.signal(libc::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
+    d.signal(Signal::SIGTERM);
+    assert_eq!(d.wait_exit(), 0);
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
-    d.wait_notify(|m| m.contains("STOPPING=1"), Duration::from_secs(1));
+    d.wait_notify(|m| m.contains("STOPPING=1"));
     let events = applier.join().unwrap();
     assert_eq!(events.last().unwrap()["ok"], false, "{events:?}");
     assert!(
@@ -471,7 +455,7 @@ fn sigterm_during_a_long_migration_rolls_it_back_and_the_next_start_applies_it()
             "CREATE TABLE slow (id int);--> statement-breakpoint\nSELECT pg_sleep(0.1);",
         ),
     ]);
-    let mut d2 = Daemon::start(&db.url(), f.path(), "");
+    let mut d2 = Daemon::start(cli(), &db.url(), f.path(), "");
     d2.ready();
     assert!(db.table_exists("slow"));
     assert_eq!(db.rows().len(), 2);
@@ -481,39 +465,18 @@ fn sigterm_during_a_long_migration_rolls_it_back_and_the_next_start_applies_it()
 fn sighup_reloads_with_reloading_then_ready_and_keeps_a_bad_config_out() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&db.url(), f.path(), "");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "");
     d.ready();
-    let before = d.messages.len();
-    d.signal(libc::SIGHUP);
-    d.wait_notify(
-        |m| m.contains("RELOADING=1") && m.contains("MONOTONIC_USEC="),
-        Duration::from_secs(5),
-    );
-    let after_reload = d
-        .messages
-        .iter()
-        .skip(before)
-        .position(|m| m.contains("RELOADING=1"))
-        .unwrap()
-        + before;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !d
-        .messages
-        .iter()
-        .skip(after_reload + 1)
-        .any(|m| m.contains("READY=1"))
-    {
-        assert!(Instant::now() < deadline, "{:?}", d.messages);
-        std::thread::sleep(Duration::from_millis(50));
-        d.pump();
-    }
+    let before = d.events().len();
+    d.signal(Signal::SIGHUP);
+    let (reloading, _) = d.wait_event(before, |e| {
+        e.is_notify_with("RELOADING=1") && e.text.contains("MONOTONIC_USEC=")
+    });
+    d.wait_event(reloading + 1, |e| e.is_notify_with("READY=1"));
     // A broken config is refused and the daemon keeps working with the old one.
     std::fs::write(&d.config, "this is = = not toml").unwrap();
-    d.signal(libc::SIGHUP);
-    d.wait_log(
-        "configuration reload failed, keeping the previous one",
-        Duration::from_secs(5),
-    );
+    d.signal(Signal::SIGHUP);
+    d.wait_log("configuration reload failed, keeping the previous one");
     assert_eq!(d.request(b"{\"command\":\"ping\"}\n")[0]["event"], "pong");
     let run = d.trigger(&["--dry-run"]);
     run.ok();
@@ -523,14 +486,13 @@ fn sighup_reloads_with_reloading_then_ready_and_keeps_a_bad_config_out() {
 fn watchdog_pings_when_systemd_asks_for_them() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start_with(&db.url(), f.path(), "", |cmd| {
-        cmd.env("WATCHDOG_USEC", "400000");
-    });
+    let mut watched = cli();
+    watched.env("WATCHDOG_USEC", "400000");
+    let mut d = Daemon::start(watched, &db.url(), f.path(), "");
     d.ready();
-    let start = d.messages.len();
+    let start = d.messages().len();
     std::thread::sleep(Duration::from_secs(3));
-    d.pump();
-    let pings = d.messages[start..]
+    let pings = d.messages()[start..]
         .iter()
         .filter(|m| m.contains("WATCHDOG=1"))
         .count();
@@ -547,8 +509,7 @@ fn socket_activation_serves_on_the_passed_descriptor() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("activated.sock");
     let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
-    let mut d = Daemon::spawn(&db.url(), f.path(), "", Some(fd), |_| {});
+    let mut d = Daemon::start_activated(cli(), &db.url(), f.path(), "", &listener);
     d.ready();
     assert!(
         !d.socket.exists(),
@@ -562,22 +523,20 @@ fn socket_activation_serves_on_the_passed_descriptor() {
 
 #[test]
 fn database_down_at_start_extends_the_timeout_then_becomes_ready() {
-    let mut cluster = common::TempCluster::start().unwrap();
-    common::reap_after_exit(&cluster);
+    let mut cluster = own_cluster(ClusterOptions::default());
     cluster.create_database("app").unwrap();
-    cluster.stop("fast").unwrap();
+    cluster.stop(StopMode::Fast).unwrap();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start(&cluster.url("app"), f.path(), "db_retry_max = \"500ms\"");
-    let waiting = d.wait_notify(
-        |m| m.contains("STATUS=Waiting for database at 127.0.0.1:"),
-        Duration::from_secs(10),
+    let mut d = Daemon::start(
+        cli(),
+        &cluster.url("app"),
+        f.path(),
+        "db_retry_max = \"500ms\"",
     );
+    let waiting = d.wait_notify(|m| m.contains("STATUS=Waiting for database at 127.0.0.1:"));
     assert!(waiting.contains("(attempt "), "{waiting}");
-    d.wait_notify(
-        |m| m.contains("EXTEND_TIMEOUT_USEC="),
-        Duration::from_secs(5),
-    );
-    assert!(!d.messages.iter().any(|m| m.contains("READY=1")));
+    d.wait_notify(|m| m.contains("EXTEND_TIMEOUT_USEC="));
+    assert!(!d.messages().iter().any(|m| m.contains("READY=1")));
     cluster.pg_ctl_start().unwrap();
     let ready = d.ready();
     assert!(
@@ -586,7 +545,7 @@ fn database_down_at_start_extends_the_timeout_then_becomes_ready() {
     );
 
     // PostgreSQL restarted while the daemon is idle: the next trigger reconnects.
-    cluster.stop("fast").unwrap();
+    cluster.stop(StopMode::Fast).unwrap();
     cluster.pg_ctl_start().unwrap();
     let run = d.trigger(&[]);
     run.ok();
@@ -597,10 +556,10 @@ fn database_down_at_start_extends_the_timeout_then_becomes_ready() {
 fn logs_go_to_stderr_without_a_journal() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = Daemon::start_with(&db.url(), f.path(), "", |cmd| {
-        // `auto` follows JOURNAL_STREAM only; make sure there is none.
-        cmd.env_remove("JOURNAL_STREAM");
-    });
+    let mut journal_less = cli();
+    // `auto` follows JOURNAL_STREAM only; make sure there is none.
+    journal_less.env_remove("JOURNAL_STREAM");
+    let mut d = Daemon::start(journal_less, &db.url(), f.path(), "");
     d.ready();
     let log = d.log();
     assert!(
@@ -611,12 +570,4 @@ fn logs_go_to_stderr_without_a_journal() {
         log.contains("ready: Up to date: 1 migrations applied"),
         "{log}"
     );
-}
-
-fn common_wait(mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }

@@ -1,12 +1,11 @@
 //! Interoperability with Drizzle's own migrator (drizzle-orm pinned in tests/interop), both ways.
 //! The first test to need it runs `npm ci` there (the lockfile pins the versions).
 
-mod common;
-
-use common::{Db, Folder};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
+
+use crate::support::{repo_folder, Db, Folder};
 
 /// Installs the pinned node modules once per test run.
 fn ensure_node_modules(interop: &Path) {
@@ -80,8 +79,8 @@ fn schema_dump(db: &Db) -> String {
 
 fn folders() -> Vec<Folder> {
     vec![
-        Folder::copy_of("tests/data/vamsa-drizzle"),
-        Folder::copy_of("migrations"),
+        repo_folder("tests/data/vamsa-drizzle"),
+        repo_folder("migrations"),
     ]
 }
 

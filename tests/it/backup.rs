@@ -1,12 +1,10 @@
 //! Automatic backups with the real pg_dump and pg_restore.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{Db, Folder, Run};
+use crate::support::{cli, root_or_skip, Cli, Db, Folder, Run};
 
 const A: &str = "CREATE TABLE persons (id serial PRIMARY KEY, name text NOT NULL);\n";
 const B: &str = "ALTER TABLE persons ADD COLUMN born date;--> statement-breakpoint\nCREATE TABLE media (id serial PRIMARY KEY, person_id int REFERENCES persons(id));\n";
@@ -164,13 +162,11 @@ fn retention_keeps_the_newest_n_and_never_touches_other_files() {
             .map(|(t, w, s)| (t.as_str(), *w, s.as_str()))
             .collect();
         let f = Folder::new(&refs);
-        let mut cmd = common::bin();
-        cmd.args(["migrate", "--database-url", &db.url(), "--migrations-dir"])
-            .arg(f.path())
-            .arg("--backup-dir")
-            .arg(db.backups.path())
-            .env("VAMSA_MIGRATE_BACKUP_KEEP", "2");
-        Run::from(cmd.output().unwrap()).ok();
+        db.cli(f.path())
+            .arg("migrate")
+            .env("VAMSA_MIGRATE_BACKUP_KEEP", "2")
+            .run()
+            .ok();
         // Distinct timestamps (second resolution).
         std::thread::sleep(std::time::Duration::from_millis(1100));
     }
@@ -192,13 +188,7 @@ fn retention_keeps_the_newest_n_and_never_touches_other_files() {
     );
     assert!(names.contains(&"otherdb-20200101T000000.000Z-before-0000_x.dump".to_string()));
 
-    let list = Run::from(
-        common::bin()
-            .args(["backups", "--backup-dir"])
-            .arg(db.backups.path())
-            .output()
-            .unwrap(),
-    );
+    let list = cli().arg("backups").backup_dir(db.backups.path()).run();
     list.ok();
     assert_eq!(list.stdout.lines().count(), 3, "{}", list.stdout);
     assert!(
@@ -211,38 +201,37 @@ fn retention_keeps_the_newest_n_and_never_touches_other_files() {
         list.stdout
     );
 
-    let manual = Run::from(
-        common::bin()
-            .args(["backup", "--database-url", &db.url(), "--backup-dir"])
-            .arg(db.backups.path())
-            .env("VAMSA_MIGRATE_BACKUP_KEEP", "3")
-            .output()
-            .unwrap(),
-    );
+    let manual = cli()
+        .arg("backup")
+        .database_url(&db.url())
+        .backup_dir(db.backups.path())
+        .env("VAMSA_MIGRATE_BACKUP_KEEP", "3")
+        .run();
     manual.ok();
     assert!(manual.stdout.contains("-manual.dump"), "{}", manual.stdout);
 }
 
 /// Runs `migrate` inside a private mount namespace where `prepare` (shell) has run first.
 fn migrate_in_namespace(db: &Db, folder: &Path, backup_dir: &Path, prepare: &str) -> Run {
-    let script = format!(
-        "{prepare} && exec \"$0\" migrate --database-url \"$1\" --migrations-dir \"$2\" --backup-dir \"$3\""
-    );
-    let mut cmd = common::bin();
-    let bin = cmd.get_program().to_owned();
+    let mut migrate = cli();
+    migrate
+        .arg("migrate")
+        .database_url(&db.url())
+        .migrations_dir(folder)
+        .backup_dir(backup_dir);
+    let cmd = migrate.command();
     let mut unshare = Command::new("unshare");
     unshare
-        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
-        .arg(bin)
-        .arg(db.url())
-        .arg(folder)
-        .arg(backup_dir);
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("{prepare} && exec \"$0\" \"$@\""))
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            unshare.env(k, v);
-        }
+        match v {
+            Some(v) => unshare.env(k, v),
+            None => unshare.env_remove(k),
+        };
     }
-    let _ = &mut cmd;
     Run::from(unshare.output().unwrap())
 }
 
@@ -264,6 +253,9 @@ fn assert_nothing_applied_and_no_partial(db: &Db, dir: &Path) {
 
 #[test]
 fn a_read_only_backup_dir_stops_the_run() {
+    if !root_or_skip("bind-mount the backup folder read-only in a private mount namespace") {
+        return;
+    }
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
     let dir = db.backups.path();
@@ -294,6 +286,9 @@ fn a_read_only_backup_dir_stops_the_run() {
 
 #[test]
 fn a_too_small_filesystem_stops_the_run_before_dumping() {
+    if !root_or_skip("mount a small tmpfs in a private mount namespace") {
+        return;
+    }
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
     let dir = db.backups.path();
@@ -321,12 +316,7 @@ fn a_too_small_filesystem_stops_the_run_before_dumping() {
 fn a_missing_pg_dump_stops_the_run_and_no_backup_skips_it() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let run = Run::from(
-        db_cmd(&db, f.path())
-            .env("PATH", "/nonexistent")
-            .output()
-            .unwrap(),
-    );
+    let run = migrate_cli(&db, f.path()).env("PATH", "/nonexistent").run();
     run.code(1);
     assert!(
         run.stderr.contains("pg_dump was not found on PATH"),
@@ -335,24 +325,19 @@ fn a_missing_pg_dump_stops_the_run_and_no_backup_skips_it() {
     );
     assert_nothing_applied_and_no_partial(&db, db.backups.path());
 
-    let run = Run::from(
-        db_cmd(&db, f.path())
-            .arg("--no-backup")
-            .env("PATH", "/nonexistent")
-            .output()
-            .unwrap(),
-    );
+    let run = migrate_cli(&db, f.path())
+        .arg("--no-backup")
+        .env("PATH", "/nonexistent")
+        .run();
     run.ok();
     assert!(db.table_exists("persons"));
 }
 
-fn db_cmd(db: &Db, folder: &Path) -> Command {
-    let mut cmd = common::bin();
-    cmd.args(["migrate", "--database-url", &db.url(), "--migrations-dir"])
-        .arg(folder)
-        .arg("--backup-dir")
-        .arg(db.backups.path());
-    cmd
+/// `migrate` against `db` and `folder`, backing up into the test's backup folder.
+fn migrate_cli(db: &Db, folder: &Path) -> Cli {
+    let mut migrate = db.cli(folder);
+    migrate.arg("migrate");
+    migrate
 }
 
 #[test]
@@ -390,13 +375,13 @@ fn the_password_reaches_pg_dump_through_a_private_file_not_its_command_line() {
         shim.path().display(),
         std::env::var("PATH").unwrap()
     );
-    let mut cmd = common::bin();
-    cmd.args(["migrate", "--database-url", &url, "--migrations-dir"])
-        .arg(f.path())
-        .arg("--backup-dir")
-        .arg(db.backups.path())
-        .env("PATH", path);
-    let run = Run::from(cmd.output().unwrap());
+    let run = cli()
+        .arg("migrate")
+        .database_url(&url)
+        .migrations_dir(f.path())
+        .backup_dir(db.backups.path())
+        .env("PATH", path)
+        .run();
     run.ok();
     let recorded = std::fs::read_to_string(&record).unwrap();
     let mut lines = recorded.lines();
@@ -443,15 +428,12 @@ fn the_callers_libpq_environment_cannot_send_pg_dump_elsewhere() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
     // Were these passed through, pg_dump would try another server and the run would stop.
-    let run = Run::from(
-        db_cmd(&db, f.path())
-            .env("PGHOSTADDR", "192.0.2.1")
-            .env("PGPORT", "1")
-            .env("PGHOST", "/nonexistent")
-            .env("PGSERVICE", "nope")
-            .output()
-            .unwrap(),
-    );
+    let run = migrate_cli(&db, f.path())
+        .env("PGHOSTADDR", "192.0.2.1")
+        .env("PGPORT", "1")
+        .env("PGHOST", "/nonexistent")
+        .env("PGSERVICE", "nope")
+        .run();
     run.ok();
     assert_eq!(dumps(db.backups.path()).len(), 1, "{}", run.stderr);
     assert!(db.table_exists("persons"));

@@ -1,0 +1,48 @@
+//! The bench parameters, from the environment (`BENCH_QUICK`, `BENCH_REPS`).
+
+use std::time::Duration;
+
+pub(crate) struct Params {
+    pub(crate) quick: bool,
+    pub(crate) reps: usize,
+    /// Workload 1: applied to an empty database.
+    pub(crate) apply_ns: [usize; 2],
+    /// Workload 2 and the daemon: this many already applied.
+    pub(crate) uptodate_n: usize,
+    /// Workload 3 and `new`: small and large folder (plus N = 1 as the fixed-cost baseline).
+    pub(crate) scan_ns: [usize; 2],
+    pub(crate) idle: Duration,
+    pub(crate) settle: Duration,
+}
+
+impl Params {
+    pub(crate) fn from_env() -> Params {
+        let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let reps = std::env::var("BENCH_REPS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|r| *r > 0)
+            .unwrap_or(if quick { 3 } else { 5 });
+        if quick {
+            Params {
+                quick,
+                reps,
+                apply_ns: [100, 500],
+                uptodate_n: 500,
+                scan_ns: [100, 1_000],
+                idle: Duration::from_secs(3),
+                settle: Duration::from_millis(500),
+            }
+        } else {
+            Params {
+                quick,
+                reps,
+                apply_ns: [200, 2_000],
+                uptodate_n: 2_000,
+                scan_ns: [1_000, 10_000],
+                idle: Duration::from_secs(10),
+                settle: Duration::from_millis(500),
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The integration suite, one test binary: the engine and CLI, the daemon, faults, backups,
+//! interoperability with Drizzle's own migrator and property tests over generated folders,
+//! all against real PostgreSQL servers that `support` starts. Its tests run in parallel.
+
+mod backup;
+mod daemon;
+mod faults;
+mod folders_prop;
+mod interop;
+mod migrate;
+mod support;
+mod tracking_rows;

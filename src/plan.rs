@@ -264,6 +264,7 @@ mod tests {
     fn set(entries: &[(&str, i64)]) -> MigrationSet {
         MigrationSet {
             dir: PathBuf::from("/x"),
+            layout: Default::default(),
             warnings: Vec::new(),
             migrations: entries
                 .iter()

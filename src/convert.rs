@@ -10,6 +10,10 @@
 //! Drizzle 1.0's upgrade rule (`upgrade::names_for_rows`): a database whose 0.x rows were written
 //! from this journal must have each row matched to its own folder.
 
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
 use crate::plan::AppliedRow;
 use crate::source::{Migration, MigrationSet};
 
@@ -25,7 +29,7 @@ pub struct Renamed {
 }
 
 /// Why a journal folder cannot be converted safely.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     #[error("{file_name} would become {folder}, but Drizzle 1.0's upgrade of an existing tracking table would give its row to {matched} instead; two entries are written in the same second or an entry's \"when\" lands on another's. Set that entry's \"when\" in meta/_journal.json to a second of its own, then convert again")]
     Ambiguous {
@@ -35,6 +39,84 @@ pub enum ConvertError {
     },
     #[error("the folder is already in Drizzle 1.0's folder layout")]
     AlreadyFolders,
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("after converting, {dir} does not read back as planned ({what}); the old files are still there: remove the new folders and try again")]
+    ReadBack { dir: PathBuf, what: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ConvertError + '_ {
+    move |source| ConvertError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes the conversion of `set` planned as `renamed`: each `<tag>.sql` copied byte for byte
+/// to `<folder>/migration.sql` (its hash unchanged) with `meta/<idx>_snapshot.json`, when
+/// there is one, as `<folder>/snapshot.json`; the new folder read back and checked; only then
+/// the old `.sql` files, the journal and the copied snapshots removed (and `meta/` if empty).
+pub fn write(set: &MigrationSet, renamed: &[Renamed]) -> Result<(), ConvertError> {
+    let dir = &set.dir;
+    for (m, r) in set.migrations.iter().zip(renamed) {
+        let folder = dir.join(&r.folder);
+        fs::create_dir(&folder).map_err(io_err(&folder))?;
+        let to = folder.join(crate::source::v1::MIGRATION_FILE);
+        fs::copy(dir.join(&m.file_name), &to).map_err(io_err(&to))?;
+        let snapshot = snapshot_path(dir, m.idx);
+        if snapshot.is_file() {
+            let to = folder.join("snapshot.json");
+            fs::copy(&snapshot, &to).map_err(io_err(&to))?;
+        }
+    }
+    check_read_back(set, renamed)?;
+    for m in &set.migrations {
+        let old = dir.join(&m.file_name);
+        fs::remove_file(&old).map_err(io_err(&old))?;
+        let snapshot = snapshot_path(dir, m.idx);
+        if snapshot.is_file() {
+            fs::remove_file(&snapshot).map_err(io_err(&snapshot))?;
+        }
+    }
+    let journal = dir.join("meta/_journal.json");
+    fs::remove_file(&journal).map_err(io_err(&journal))?;
+    // Only when nothing else is left in it.
+    let _ = fs::remove_dir(dir.join("meta"));
+    Ok(())
+}
+
+/// drizzle-kit 0.x's snapshot of journal entry `idx`.
+fn snapshot_path(dir: &Path, idx: u64) -> PathBuf {
+    dir.join(format!("meta/{idx:04}_snapshot.json"))
+}
+
+/// The new folders, read as Drizzle 1.0 reads them, hold exactly the planned migrations.
+fn check_read_back(set: &MigrationSet, renamed: &[Renamed]) -> Result<(), ConvertError> {
+    let expected = converted_set(set, renamed);
+    let mut got = Vec::new();
+    for name in crate::source::v1::folder_names(&set.dir).map_err(|e| ConvertError::ReadBack {
+        dir: set.dir.clone(),
+        what: e.to_string(),
+    })? {
+        let path = set.dir.join(crate::source::v1::file_name(&name));
+        let text = fs::read(&path).map_err(io_err(&path))?;
+        got.push((
+            name,
+            crate::source::drizzle_hash(&String::from_utf8_lossy(&text)),
+        ));
+    }
+    let want: Vec<_> = expected
+        .migrations
+        .iter()
+        .map(|m| (m.tag.clone(), m.hash.clone()))
+        .collect();
+    if got != want {
+        return Err(ConvertError::ReadBack {
+            dir: set.dir.clone(),
+            what: format!("expected {want:?}, found {got:?}"),
+        });
+    }
+    Ok(())
 }
 
 /// The folder name of each entry of a journal-layout `set`, in journal order.

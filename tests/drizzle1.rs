@@ -34,6 +34,20 @@ fn v1_rows(db: &Db) -> Vec<String> {
     .collect()
 }
 
+/// The application's schema (`public`): relations, columns with types, constraints, indexes.
+fn app_schema(db: &Db) -> String {
+    db.psql(
+        "SELECT string_agg(x, E'\\n' ORDER BY x) FROM ( \
+           SELECT 'c:' || relname || ':' || relkind::text AS x FROM pg_class WHERE relnamespace = 'public'::regnamespace \
+           UNION ALL SELECT 'a:' || attrelid::regclass || '.' || attname || ' ' || format_type(atttypid, atttypmod) \
+             || ' ' || attnotnull FROM pg_attribute JOIN pg_class c ON c.oid = attrelid \
+             WHERE c.relnamespace = 'public'::regnamespace AND attnum > 0 AND NOT attisdropped \
+           UNION ALL SELECT 'k:' || conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE connamespace = 'public'::regnamespace \
+           UNION ALL SELECT 'i:' || indexdef FROM pg_indexes WHERE schemaname = 'public') s",
+    )
+}
+
 #[test]
 fn a_folder_layout_gets_drizzle_1_table_and_named_rows() {
     let db = Db::new();
@@ -193,4 +207,70 @@ fn a_half_converted_folder_is_refused_naming_what_is_left() {
         "{run:#?}"
     );
     assert!(!db.table_exists("persons"));
+}
+
+#[test]
+fn convert_shows_then_writes_vamsa_keeping_its_order_and_existing_databases_up_to_date() {
+    let old_db = Db::new();
+    let old = Folder::copy_of("tests/data/vamsa-drizzle");
+    old_db.run(old.path(), &["migrate"]).ok();
+    let f = Folder::copy_of("tests/data/vamsa-drizzle");
+    let dry = common::bin()
+        .args(["convert", "--migrations-dir"])
+        .arg(f.path())
+        .output()
+        .unwrap();
+    let dry = common::Run::from(dry);
+    dry.ok();
+    assert!(
+        dry.stdout.contains("  0001_grandfather_verified_users.sql -> 20260124062723_grandfather_verified_users/migration.sql (its \"when\" goes back")
+            && f.path().join("meta/_journal.json").exists(),
+        "{dry:#?}"
+    );
+    let write = common::bin()
+        .args(["convert", "--write", "--migrations-dir"])
+        .arg(f.path())
+        .output()
+        .unwrap();
+    common::Run::from(write).ok();
+    assert!(!f.path().join("meta").exists());
+    for (tag, folder) in [
+        ("0000_initial", "20260124062722_initial"),
+        (
+            "0001_grandfather_verified_users",
+            "20260124062723_grandfather_verified_users",
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read(old.path().join(format!("{tag}.sql"))).unwrap(),
+            std::fs::read(f.path().join(folder).join("migration.sql")).unwrap(),
+            "byte for byte"
+        );
+    }
+    // A fresh database gets the old layout's schema (the UPDATE runs after its table exists).
+    let fresh = Db::new();
+    fresh.run(f.path(), &["migrate"]).ok();
+    assert_eq!(app_schema(&fresh), app_schema(&old_db));
+    // The existing database is up to date: its rows are matched, nothing runs again.
+    let run = old_db.run(f.path(), &["migrate"]);
+    run.ok();
+    assert!(!run.stdout.contains("Applied:"), "{run:#?}");
+    old_db.run(f.path(), &["status"]).ok();
+}
+
+#[test]
+fn status_warns_when_name_order_differs_from_the_order_applied() {
+    let db = Db::new();
+    let dir = folders(&[("20250301000000_media", C)]);
+    db.run(dir.path(), &["migrate"]).ok();
+    add(dir.path(), &[("20250101120000_create_persons", A)]);
+    db.run(dir.path(), &["migrate"]).ok();
+    let status = db.run(dir.path(), &["status"]);
+    status.ok();
+    assert!(
+        status.stderr.contains(
+            "20250301000000_media sorts after 20250101120000_create_persons but was applied before it (row id 1 < 2)"
+        ),
+        "{status:#?}"
+    );
 }

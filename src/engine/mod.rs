@@ -140,8 +140,33 @@ impl Table {
             ));
         }
         notes.extend(out_of_order_notes(plan));
+        notes.extend(applied_order_notes(plan));
         notes
     }
+}
+
+/// Folder-layout migrations whose name order differs from the order their rows were written
+/// in (row ids): a fresh database would apply them in another order than this one saw.
+fn applied_order_notes(plan: &Plan<'_>) -> Vec<String> {
+    if plan.layout != Layout::Folders {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    let mut newest: Option<(&str, i64)> = None;
+    for item in &plan.items {
+        let (State::Applied(row) | State::Edited { row, .. }) = &item.state else {
+            continue;
+        };
+        match newest {
+            Some((name, id)) if row.id < id => notes.push(format!(
+                "{} sorts after {name} but was applied before it (row id {} < {id}); \
+                 a fresh database applies them in name order",
+                item.migration.tag, row.id
+            )),
+            _ => newest = Some((item.migration.tag.as_str(), row.id)),
+        }
+    }
+    notes
 }
 
 /// Folder-layout migrations older (in name order) than an applied one.
@@ -289,7 +314,10 @@ impl<'a> Engine<'a> {
         let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
         let plan = plan::plan(set, &table.rows, &options.plan);
         warn_missing(&plan.missing, emit);
-        for message in out_of_order_notes(&plan) {
+        for message in out_of_order_notes(&plan)
+            .into_iter()
+            .chain(applied_order_notes(&plan))
+        {
             emit(Event::Warning { message });
         }
         let blockers = plan.blockers();

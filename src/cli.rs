@@ -32,7 +32,8 @@ pub struct Cli {
     /// PostgreSQL URL or key=value string (overrides the config file and DATABASE_URL).
     #[arg(long, global = true)]
     pub database_url: Option<String>,
-    /// The Drizzle migrations folder (the one holding meta/_journal.json).
+    /// The Drizzle migrations folder (holding meta/_journal.json, or Drizzle 1.0's migration
+    /// folders).
     #[arg(long, global = true)]
     pub migrations_dir: Option<PathBuf>,
     /// `per-migration` (default) or `all` (one transaction for the whole run, like Drizzle).
@@ -70,6 +71,13 @@ pub enum Command {
     New {
         /// Short name, e.g. add_media_tags.
         name: String,
+    },
+    /// Convert a journal folder (drizzle-kit 0.x) to Drizzle 1.0's folder layout, keeping the
+    /// journal's order. Shows the plan; changes files only with --write.
+    Convert {
+        /// Do the conversion (default: only show it).
+        #[arg(long)]
+        write: bool,
     },
     /// Take a backup now (pg_dump --format=custom into backup_dir).
     Backup,
@@ -190,6 +198,9 @@ pub fn main() -> ExitCode {
         }),
         Command::New { name } => run(verbose, async {
             Ok(commands::new::run(&cli.settings(&env)?, name))
+        }),
+        Command::Convert { write } => run(verbose, async {
+            Ok(commands::convert::run(&cli.settings(&env)?, *write))
         }),
         Command::Backup => run(verbose, async {
             Ok(commands::backup::take(&cli.settings(&env)?, &env).await)

@@ -162,7 +162,7 @@ pub struct TrackingRowError {
     /// `"schema"."table"`, as quoted in SQL.
     pub table: String,
     pub row: RowRef,
-    /// `id`, `hash`, `created_at` or `applied_at`.
+    /// `id`, `hash`, `created_at`, `applied_at` or `name`.
     pub column: &'static str,
     pub problem: ValueProblem,
 }
@@ -329,20 +329,41 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
+/// The shape of the tracking table, as Drizzle 1.0 tells it (drizzle-orm 1.0.0-rc.5
+/// `up-migrations/utils.js`): version 1 iff a column `name` exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableVersion {
+    /// drizzle-orm 0.x: `id serial, hash text NOT NULL, created_at bigint` (ours adds
+    /// `applied_at`).
+    V0,
+    /// drizzle-orm 1.0: also `name text, applied_at timestamptz DEFAULT now()`.
+    V1,
+}
+
+/// The tracking table as read: its version and its rows in id order.
+#[derive(Debug, Clone)]
+pub struct TrackingTable {
+    pub version: TableVersion,
+    pub rows: Vec<AppliedRow>,
+}
+
 /// Reads the tracking rows in id order; `None` when the table does not exist yet. Read-only,
 /// so a dry run or `status` never changes the database. A value we cannot interpret is a
 /// [`TrackingRowError`] naming its row and column, never a panic.
 pub async fn read_rows(
     client: &Client,
     tracking: &Tracking,
-) -> Result<Option<Vec<AppliedRow>>, DbError> {
+) -> Result<Option<TrackingTable>, DbError> {
     const LOOKING: &str = "looking for the tracking table";
-    // Whether the table exists, and whether it has our optional `applied_at` column (a table
-    // Drizzle created does not).
+    // Whether the table exists, whether it has the optional `applied_at` column (a table
+    // Drizzle 0.x created does not), and whether it has Drizzle 1.0's `name`.
     let found = client
         .query_one(
-            "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attname = 'applied_at' AND NOT attisdropped)",
+            "SELECT to_regclass($1) IS NOT NULL, \
+             EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+               AND attname = 'applied_at' AND attnum > 0 AND NOT attisdropped), \
+             EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+               AND attname = 'name' AND attnum > 0 AND NOT attisdropped)",
             &[&tracking.qualified()],
         )
         .await
@@ -355,8 +376,13 @@ pub async fn read_rows(
     } else {
         "NULL::text"
     };
+    let (version, name) = if value::<bool>(&found, 2, LOOKING)? {
+        (TableVersion::V1, "name")
+    } else {
+        (TableVersion::V0, "NULL::text")
+    };
     let sql = format!(
-        "SELECT id, hash, created_at, {applied_at} FROM {} ORDER BY id",
+        "SELECT id, hash, created_at, {applied_at}, {name} FROM {} ORDER BY id",
         tracking.qualified()
     );
     let rows = client
@@ -369,10 +395,10 @@ pub async fn read_rows(
         .enumerate()
         .map(|(i, row)| tracking_row(row, i + 1, &table))
         .collect::<Result<_, _>>()?;
-    Ok(Some(rows))
+    Ok(Some(TrackingTable { version, rows }))
 }
 
-/// One row of `SELECT id, hash, created_at, applied_at`, checked value by value. `id` may be
+/// One row of `SELECT id, hash, created_at, applied_at, name`, checked value by value. `id` may be
 /// any integer type (Drizzle creates `serial`; hand-made tables vary), `created_at` an integer
 /// or NULL (rows made by hand), `hash` any non-NULL text.
 fn tracking_row(row: &Row, position: usize, table: &str) -> Result<AppliedRow, TrackingRowError> {
@@ -403,6 +429,7 @@ fn tracking_row(row: &Row, position: usize, table: &str) -> Result<AppliedRow, T
         hash,
         created_at: integer(row, 2, "bigint").map_err(|p| fail(at, "created_at", p))?,
         applied_at: text(row, 3).map_err(|p| fail(at, "applied_at", p))?,
+        name: text(row, 4).map_err(|p| fail(at, "name", p))?,
     })
 }
 
@@ -473,11 +500,16 @@ pub(crate) async fn database(client: &Client) -> Result<Database, DbError> {
     })
 }
 
-/// Creates Drizzle's schema and table when missing, with the exact shape Drizzle creates plus
-/// an `applied_at` column Drizzle ignores. Existence is checked first: `CREATE SCHEMA IF NOT
-/// EXISTS` needs CREATE on the database even when the schema is there, which an app role that
-/// only owns its schema lacks.
-pub async fn ensure_table(client: &Client, tracking: &Tracking) -> Result<(), DbError> {
+/// Creates Drizzle's schema and table when missing, with the exact shape Drizzle creates: for
+/// [`TableVersion::V1`] drizzle-orm 1.0.0-rc.5's DDL (`pg-core/async/session.js` l.152-160),
+/// for `V0` 0.45's plus an `applied_at` column Drizzle ignores. Existence is checked first:
+/// `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database even when the schema is there,
+/// which an app role that only owns its schema lacks.
+pub async fn ensure_table(
+    client: &Client,
+    tracking: &Tracking,
+    version: TableVersion,
+) -> Result<(), DbError> {
     const LOOKING: &str = "looking for the tracking table";
     let row = client
         .query_one(
@@ -497,15 +529,53 @@ pub async fn ensure_table(client: &Client, tracking: &Tracking) -> Result<(), Db
             .await
             .map_err(DbError::query("creating the tracking schema"))?;
     }
+    let columns = match version {
+        TableVersion::V0 => {
+            "id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint, \
+             applied_at timestamptz DEFAULT now()"
+        }
+        TableVersion::V1 => {
+            "id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint, name text, \
+             applied_at timestamp with time zone DEFAULT now()"
+        }
+    };
     if !table_exists {
         client
             .batch_execute(&format!(
-                "CREATE TABLE IF NOT EXISTS {} (id SERIAL PRIMARY KEY, hash text NOT NULL, created_at bigint, \
-                 applied_at timestamptz DEFAULT now())",
+                "CREATE TABLE IF NOT EXISTS {} ({columns})",
                 tracking.qualified()
             ))
             .await
             .map_err(DbError::query("creating the tracking table"))?;
+    }
+    Ok(())
+}
+
+/// Upgrades a [`TableVersion::V0`] table as drizzle-orm 1.0.0-rc.5 does
+/// (`up-migrations/pg.js` l.36-46), in one transaction: adds `name` and `applied_at` when
+/// missing, then gives each row `(id, name)` its name and a NULL `applied_at`. The caller holds
+/// the migration lock and has matched every row (`upgrade::names_for_rows`).
+pub async fn upgrade_table(
+    client: &Client,
+    tracking: &Tracking,
+    names: &[(i64, String)],
+) -> Result<(), DbError> {
+    const WHAT: &str = "upgrading the tracking table to Drizzle 1.0's shape";
+    let table = tracking.qualified();
+    let mut sql = format!(
+        "BEGIN; ALTER TABLE {table} ADD COLUMN IF NOT EXISTS \"name\" text; \
+         ALTER TABLE {table} ADD COLUMN IF NOT EXISTS \"applied_at\" timestamp with time zone DEFAULT now();"
+    );
+    for (id, name) in names {
+        sql.push_str(&format!(
+            " UPDATE {table} SET \"name\" = {}, \"applied_at\" = NULL WHERE \"id\" = {id};",
+            quote_literal(name)
+        ));
+    }
+    sql.push_str(" COMMIT");
+    if let Err(e) = client.batch_execute(&sql).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(DbError::query(WHAT)(e));
     }
     Ok(())
 }
@@ -658,21 +728,33 @@ pub enum Commit {
     Deferred,
 }
 
-/// Applies one migration and writes its tracking row. In the normal case both happen in one
-/// transaction: either the migration and its row are committed, or neither is.
+/// Applies one migration and writes its tracking row: `(hash, created_at)`, and with `name`
+/// (Drizzle 1.0's table) `(hash, created_at, name)` as drizzle-orm 1.0 inserts it. In the
+/// normal case both happen in one transaction: either the migration and its row are committed,
+/// or neither is.
 pub async fn apply_migration(
     client: &Client,
     tracking: &Tracking,
     migration: &Migration,
+    name: Option<&str>,
     limits: Limits,
     txn: Txn,
 ) -> Result<(), StatementFailure> {
-    let insert = format!(
-        "INSERT INTO {} (hash, created_at) VALUES ({}, {})",
-        tracking.qualified(),
-        quote_literal(&migration.hash),
-        migration.when
-    );
+    let insert = match name {
+        None => format!(
+            "INSERT INTO {} (hash, created_at) VALUES ({}, {})",
+            tracking.qualified(),
+            quote_literal(&migration.hash),
+            migration.when
+        ),
+        Some(name) => format!(
+            "INSERT INTO {} (hash, created_at, name) VALUES ({}, {}, {})",
+            tracking.qualified(),
+            quote_literal(&migration.hash),
+            migration.when,
+            quote_literal(name)
+        ),
+    };
     if migration.no_transaction {
         return apply_outside_transaction(client, migration, limits, &insert).await;
     }

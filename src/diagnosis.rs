@@ -97,6 +97,9 @@ pub(crate) fn cause(e: &EngineError) -> Option<String> {
         EngineError::Db(DbError::LockWait { .. }) => Some(
             "Another vamsa-migrate (a deploy hook, the service, or an admin) is applying migrations right now.".into(),
         ),
+        EngineError::Unmatched(_) => Some(
+            "Migrations were applied to this database from a folder that is not here (another branch or a newer release), or the folder was converted without them.".into(),
+        ),
         _ => None,
     }
 }
@@ -104,6 +107,8 @@ pub(crate) fn cause(e: &EngineError) -> Option<String> {
 /// What to do next.
 pub(crate) fn next_step(e: &EngineError) -> String {
     match e {
+        EngineError::Unmatched(_) => "Nothing was changed. Deploy the release whose migrations folder holds those migrations; if they were never applied, delete those rows; then run again.".into(),
+        EngineError::Convert(_) => "Fix meta/_journal.json as said above; nothing was changed in the database.".into(),
         EngineError::Source(_) => "Fix the file named above (or pull a complete release); nothing was changed in the database.".into(),
         EngineError::Config(_) => "Fix the setting named above; nothing was changed in the database.".into(),
         EngineError::Drift(_) => "Nothing was applied. See `vamsa-migrate status` for the full picture.".into(),

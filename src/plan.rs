@@ -1,7 +1,7 @@
 //! Planning: from the migrations on disk and the rows in the tracking table, decide what is
 //! applied, what is pending and what has drifted. Pure: no I/O, so every rule is unit-tested.
 
-use crate::source::{Migration, MigrationSet};
+use crate::source::{Layout, Migration, MigrationSet};
 
 /// One row of Drizzle's tracking table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,9 @@ pub struct AppliedRow {
     pub created_at: Option<i64>,
     /// When the row was written, if the table has our optional `applied_at` column.
     pub applied_at: Option<String>,
+    /// The migration's folder name, in Drizzle 1.0's table (column `name`); `None` in a 0.x
+    /// table and in rows Drizzle 0.x wrote into a 1.0 table.
+    pub name: Option<String>,
 }
 
 /// `text` with its control characters escaped as Rust's `char::escape_debug` does (`\u{1b}`,
@@ -71,6 +74,9 @@ pub struct Plan<'a> {
     pub items: Vec<Item<'a>>,
     /// Rows that match no migration on disk (for example after `git checkout` of older code).
     pub missing: Vec<AppliedRow>,
+    /// The folder's layout: in the folder layout an out-of-order migration is applied (as
+    /// Drizzle 1.0 does), not drift.
+    pub layout: Layout,
 }
 
 /// Drift that stops a run until the admin decides.
@@ -169,17 +175,25 @@ impl<'a> Plan<'a> {
     }
 
     pub fn has_drift(&self) -> bool {
+        let journal = self.layout == Layout::Journal;
         !self.missing.is_empty()
-            || self
-                .items
-                .iter()
-                .any(|i| matches!(i.state, State::Edited { .. } | State::OutOfOrder { .. }))
+            || self.items.iter().any(|i| match i.state {
+                State::Edited { .. } => true,
+                State::OutOfOrder { .. } => journal,
+                _ => false,
+            })
     }
 }
 
 /// Computes the plan. Rows are matched to journal entries by `created_at` = `when` (the key
 /// Drizzle itself uses), then, for rows left over, by hash (a row written with another `when`).
+///
+/// In the folder layout rows are matched by `name` only, as Drizzle 1.0 does
+/// (drizzle-orm 1.0.0-rc.5 `migrator.utils.js`): see [`plan_by_name`].
 pub fn plan<'a>(set: &'a MigrationSet, rows: &[AppliedRow], options: &PlanOptions) -> Plan<'a> {
+    if set.layout == Layout::Folders {
+        return plan_by_name(set, rows, options);
+    }
     let (matched, used) = match_rows(set, rows);
     let newest_created = rows.iter().filter_map(|r| r.created_at).max();
     let last_applied = matched.iter().rposition(Option::is_some);
@@ -214,7 +228,69 @@ pub fn plan<'a>(set: &'a MigrationSet, rows: &[AppliedRow], options: &PlanOption
         .filter(|(_, used)| !**used)
         .map(|(row, _)| row.clone())
         .collect();
-    Plan { items, missing }
+    Plan {
+        items,
+        missing,
+        layout: set.layout,
+    }
+}
+
+/// The folder layout's plan: a migration is applied when a row carries its name (the first
+/// such row by id; its hash still tells an edited file), else it is to apply. One older (in
+/// name order) than an applied one is `OutOfOrder { allowed: true }`: Drizzle 1.0 applies it,
+/// and so do we, with a note. Rows whose name is NULL or names no folder are `missing`.
+pub fn plan_by_name<'a>(
+    set: &'a MigrationSet,
+    rows: &[AppliedRow],
+    options: &PlanOptions,
+) -> Plan<'a> {
+    use std::collections::HashMap;
+    let mut by_name: HashMap<&str, &AppliedRow> = HashMap::new();
+    for row in rows.iter().rev() {
+        if let Some(name) = &row.name {
+            by_name.insert(name.as_str(), row);
+        }
+    }
+    let last_applied = set
+        .migrations
+        .iter()
+        .rposition(|m| by_name.contains_key(m.tag.as_str()));
+    let items = set
+        .migrations
+        .iter()
+        .enumerate()
+        .map(|(pos, m)| {
+            let state = match by_name.get(m.tag.as_str()) {
+                Some(row) if row.hash == m.hash => State::Applied((*row).clone()),
+                Some(row) => State::Edited {
+                    row: (*row).clone(),
+                    accepted: options.accept_edited.contains(&m.tag),
+                },
+                None if last_applied.is_some_and(|last| last > pos) => {
+                    State::OutOfOrder { allowed: true }
+                }
+                None => State::Pending {
+                    drizzle_would_skip: false,
+                },
+            };
+            Item {
+                migration: m,
+                state,
+            }
+        })
+        .collect();
+    let names: std::collections::HashSet<&str> =
+        set.migrations.iter().map(|m| m.tag.as_str()).collect();
+    let missing = rows
+        .iter()
+        .filter(|r| !r.name.as_deref().is_some_and(|n| names.contains(n)))
+        .cloned()
+        .collect();
+    Plan {
+        items,
+        missing,
+        layout: set.layout,
+    }
 }
 
 /// For each migration, the index of its row in `rows`; and for each row, whether a migration
@@ -264,6 +340,7 @@ mod tests {
     fn set(entries: &[(&str, i64)]) -> MigrationSet {
         MigrationSet {
             dir: PathBuf::from("/x"),
+            layout: Default::default(),
             warnings: Vec::new(),
             migrations: entries
                 .iter()
@@ -292,6 +369,7 @@ mod tests {
             hash: m.hash.clone(),
             created_at: Some(m.when),
             applied_at: None,
+            name: None,
         }
     }
 
@@ -384,6 +462,7 @@ mod tests {
                 hash: "f".repeat(64),
                 created_at: Some(99),
                 applied_at: None,
+                name: None,
             },
         ];
         let p = plan(&s, &rows, &PlanOptions::default());

@@ -300,6 +300,11 @@ fn status_row(item: &Item<'_>) -> StatusRow {
             ),
         ),
         State::Pending { .. } => (MigrationState::Pending, None, None),
+        State::OutOfOrder { allowed: true } => (
+            MigrationState::Pending,
+            None,
+            Some("sorts before an applied migration; applied next run, as Drizzle 1.0 does".into()),
+        ),
         State::OutOfOrder { .. } => (
             MigrationState::OutOfOrder,
             None,

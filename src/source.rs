@@ -1,6 +1,10 @@
-//! Reading a Drizzle migrations folder from disk: `meta/_journal.json` plus one `.sql` file per
-//! journal entry. Everything here is read-only and validated before anything touches a database,
-//! so a bad folder is always reported with nothing changed.
+//! Reading a Drizzle migrations folder from disk, in either layout (detected, see [`Layout`]):
+//! `meta/_journal.json` plus one `.sql` file per journal entry (drizzle-kit 0.x), or one folder
+//! per migration holding `migration.sql` (Drizzle 1.0, module `v1`). Everything here is
+//! read-only and validated before anything touches a database, so a bad folder is always
+//! reported with nothing changed.
+
+pub mod v1;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -31,14 +35,18 @@ pub struct Statement {
     pub sql_start_line: usize,
 }
 
-/// A migration file together with its journal entry.
+/// A migration file together with its journal entry (journal layout) or folder (folder layout).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
+    /// The journal's `idx`; in the folder layout the 0-based position in name order.
     pub idx: u64,
+    /// The journal's `tag`; in the folder layout the folder's name, which Drizzle 1.0 records
+    /// in the tracking table's `name` column.
     pub tag: String,
-    /// The journal's `when` (milliseconds); Drizzle stores it as `created_at`.
+    /// Milliseconds Drizzle stores as `created_at`: the journal's `when`, or in the folder
+    /// layout the UTC time of the name's 14-digit prefix ([`v1::created_at`]).
     pub when: i64,
-    /// `<tag>.sql`
+    /// `<tag>.sql`, or `<tag>/migration.sql` in the folder layout: relative to the folder.
     pub file_name: String,
     /// Lowercase hex SHA-256 of the file's text: the `hash` column Drizzle writes.
     pub hash: String,
@@ -86,6 +94,8 @@ impl FileStamp {
 pub enum SourceWarning {
     /// A `.sql` file on disk that no journal entry names.
     NotInJournal { file_name: String },
+    /// A top-level `.sql` file in the folder layout, which Drizzle 1.0 ignores.
+    NotInFolder { file_name: String },
     /// An entry whose `when` is older than an earlier entry's (a migration merged from a branch).
     WhenGoesBack {
         file_name: String,
@@ -101,6 +111,11 @@ impl fmt::Display for SourceWarning {
             SourceWarning::NotInJournal { file_name } => write!(
                 f,
                 "{file_name} is not in meta/_journal.json; it will not be applied"
+            ),
+            SourceWarning::NotInFolder { file_name } => write!(
+                f,
+                "{file_name} is not in a migration folder (<YYYYMMDDHHMMSS>_<name>/migration.sql); \
+                 it will not be applied"
             ),
             SourceWarning::WhenGoesBack {
                 file_name,
@@ -119,8 +134,21 @@ impl fmt::Display for SourceWarning {
 /// Why a migrations folder could not be read. Each variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("{path}: no migrations journal; is migrations_dir the Drizzle folder (the one holding meta/_journal.json)?")]
+    #[error("{path}: no migrations journal; is migrations_dir the Drizzle folder (the one holding meta/_journal.json, or with Drizzle 1.0 one folder per migration holding migration.sql)?")]
     NoJournal { path: PathBuf },
+    #[error("{path}: {problem}; Drizzle 1.0 could not apply this folder either")]
+    FolderName {
+        path: PathBuf,
+        problem: v1::NameProblem,
+    },
+    #[error("{path}: holds both migrations layouts, a conversion stopped half-way: left behind of the journal layout: {}; already in the folder layout: {}. Restore the old layout (for example `git checkout -- {}` and remove the new folders) and run `vamsa-migrate convert --write`, which converts every entry; or make `drizzle-kit up` finish (it needs meta/<idx>_snapshot.json for every entry)", left_behind.join(", "), folders_shown(folders), path.display())]
+    MixedLayout {
+        path: PathBuf,
+        /// `meta/_journal.json` and the top-level `.sql` files.
+        left_behind: Vec<String>,
+        /// Folders already holding `migration.sql`, in name order.
+        folders: Vec<String>,
+    },
     #[error("{path}: cannot read: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}:{line}:{column}: invalid journal: {message}")]
@@ -168,6 +196,8 @@ impl SourceError {
     pub fn path(&self) -> &Path {
         match self {
             SourceError::NoJournal { path }
+            | SourceError::FolderName { path, .. }
+            | SourceError::MixedLayout { path, .. }
             | SourceError::Io { path, .. }
             | SourceError::InvalidJournal { path, .. }
             | SourceError::MissingFile { path, .. }
@@ -181,10 +211,47 @@ impl SourceError {
     }
 }
 
-/// A whole migrations folder, validated, in journal order.
+/// The first few folder names, for a message.
+fn folders_shown(folders: &[String]) -> String {
+    let mut shown = folders
+        .iter()
+        .take(3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if folders.len() > 3 {
+        shown.push_str(&format!(" and {} more", folders.len() - 3));
+    }
+    shown
+}
+
+/// How a migrations folder is laid out; detected from what is on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// drizzle-kit 0.x: `meta/_journal.json` and `<tag>.sql` files, applied in journal order.
+    #[default]
+    Journal,
+    /// Drizzle 1.0: `<YYYYMMDDHHMMSS>_<name>/migration.sql`, applied in name order, tracked by
+    /// name.
+    Folders,
+}
+
+impl Layout {
+    /// The path of migration `tag`'s SQL file relative to the migrations folder.
+    fn file_name(self, tag: &str) -> String {
+        match self {
+            Layout::Journal => format!("{tag}.sql"),
+            Layout::Folders => v1::file_name(tag),
+        }
+    }
+}
+
+/// A whole migrations folder, validated, in apply order (journal order, or name order in the
+/// folder layout).
 #[derive(Debug, Clone)]
 pub struct MigrationSet {
     pub dir: PathBuf,
+    pub layout: Layout,
     pub migrations: Vec<Migration>,
     pub warnings: Vec<SourceWarning>,
 }
@@ -228,8 +295,12 @@ impl MigrationSet {
         now_ns: i128,
     ) -> Result<MigrationSet, SourceError> {
         let journal_path = dir.join(JOURNAL);
+        let folders = v1::folder_names(dir)?;
+        if !folders.is_empty() {
+            return MigrationSet::load_folders(dir, folders, &journal_path, previous, now_ns);
+        }
         let journal = read_journal(&journal_path)?;
-        let reader = FolderReader::new(dir, &journal_path, previous, now_ns)?;
+        let reader = FolderReader::new(dir, &journal_path, Layout::Journal, previous, now_ns)?;
         let mut seen_idx = BTreeSet::new();
         let mut seen_tag = BTreeSet::new();
         let mut migrations = Vec::with_capacity(journal.entries.len());
@@ -241,6 +312,42 @@ impl MigrationSet {
         warnings.extend(not_in_journal(dir, &migrations)?);
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
+            layout: Layout::Journal,
+            migrations,
+            warnings,
+        })
+    }
+
+    /// The folder layout: `folders` are the migration folders in Drizzle 1.0's order. A journal
+    /// next to them is a half-done conversion, refused.
+    fn load_folders(
+        dir: &Path,
+        folders: Vec<String>,
+        journal_path: &Path,
+        previous: Option<&MigrationSet>,
+        now_ns: i128,
+    ) -> Result<MigrationSet, SourceError> {
+        if journal_path.exists() {
+            return Err(SourceError::MixedLayout {
+                path: dir.to_path_buf(),
+                left_behind: v1::left_behind(dir, journal_path)?,
+                folders,
+            });
+        }
+        let reader = FolderReader::new(dir, journal_path, Layout::Folders, previous, now_ns)?;
+        let mut migrations = Vec::with_capacity(folders.len());
+        for (idx, tag) in folders.into_iter().enumerate() {
+            let when = v1::created_at(&tag).unwrap_or_default();
+            let idx = idx as u64;
+            migrations.push(reader.migration(JournalEntry { idx, when, tag })?);
+        }
+        let warnings = v1::loose_sql_files(dir)?
+            .into_iter()
+            .map(|file_name| SourceWarning::NotInFolder { file_name })
+            .collect();
+        Ok(MigrationSet {
+            dir: dir.to_path_buf(),
+            layout: Layout::Folders,
             migrations,
             warnings,
         })
@@ -311,6 +418,7 @@ struct FolderReader<'a> {
     /// Canonical form of `dir`, so that a symlinked file can be checked against it.
     canonical_dir: PathBuf,
     journal_path: &'a Path,
+    layout: Layout,
     known: HashMap<&'a str, &'a Migration>,
     now_ns: i128,
 }
@@ -319,6 +427,7 @@ impl<'a> FolderReader<'a> {
     fn new(
         dir: &'a Path,
         journal_path: &'a Path,
+        layout: Layout,
         previous: Option<&'a MigrationSet>,
         now_ns: i128,
     ) -> Result<FolderReader<'a>, SourceError> {
@@ -333,6 +442,7 @@ impl<'a> FolderReader<'a> {
             dir,
             canonical_dir,
             journal_path,
+            layout,
             known,
             now_ns,
         })
@@ -341,7 +451,7 @@ impl<'a> FolderReader<'a> {
     /// The migration of one checked journal entry: the previous read's when the file's stamp
     /// is unchanged, else read, checked, hashed and split.
     fn migration(&self, entry: JournalEntry) -> Result<Migration, SourceError> {
-        let file_name = format!("{}.sql", entry.tag);
+        let file_name = self.layout.file_name(&entry.tag);
         let path = self.dir.join(&file_name);
         let meta = match fs::symlink_metadata(&path) {
             Ok(meta) => meta,
@@ -405,7 +515,11 @@ impl<'a> FolderReader<'a> {
         };
         // A symlink that leaves the folder could make a release apply SQL nobody reviewed with
         // it.
-        if target.parent() != Some(self.canonical_dir.as_path()) {
+        let home = match self.layout {
+            Layout::Journal => self.canonical_dir.clone(),
+            Layout::Folders => self.canonical_dir.join(&entry.tag),
+        };
+        if target.parent() != Some(home.as_path()) {
             return Err(SourceError::OutsideFolder {
                 path: path.to_path_buf(),
                 file_name: file_name.to_string(),

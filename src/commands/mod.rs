@@ -4,6 +4,7 @@
 //! through the CLI.
 
 pub(crate) mod backup;
+pub(crate) mod convert;
 pub(crate) mod demo;
 pub(crate) mod migrate;
 pub(crate) mod new;

@@ -36,7 +36,8 @@ pub(crate) async fn run(
         Ok(s) => s,
         Err(e) => return show_error(&e, format),
     };
-    let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
+    let mut warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
+    warnings.extend(status.notes.iter().cloned());
     let status = report::status_report(&status, &warnings);
     let mut out = io::BufWriter::new(io::stdout().lock());
     let _ = report::write_status(&mut out, &status, format);

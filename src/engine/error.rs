@@ -48,6 +48,10 @@ pub enum EngineError {
     Apply(Box<ApplyError>),
     #[error("backup before migrating failed: {0}")]
     Backup(#[from] crate::backup::BackupError),
+    #[error(transparent)]
+    Unmatched(#[from] crate::upgrade::UnmatchedRows),
+    #[error(transparent)]
+    Convert(#[from] crate::convert::ConvertError),
     #[error("{file} must run outside a transaction (-- vamsa-migrate: no-transaction), but transaction = \"all\" runs the whole run in one")]
     NeedsOwnTransaction { file: String },
 }
@@ -68,7 +72,8 @@ impl EngineError {
     /// The kind clients see on the wire and decide from.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::Source(_) => ErrorKind::Folder,
+            EngineError::Source(_) | EngineError::Convert(_) => ErrorKind::Folder,
+            EngineError::Unmatched(_) => ErrorKind::TrackingTable,
             EngineError::Config(_) | EngineError::NeedsOwnTransaction { .. } => ErrorKind::Config,
             EngineError::Db(DbError::TrackingRow(_)) => ErrorKind::TrackingTable,
             EngineError::Db(_) => ErrorKind::Database,

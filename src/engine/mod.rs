@@ -3,16 +3,19 @@
 
 pub mod error;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Config};
 
 use crate::config::{Settings, TransactionMode};
-use crate::db::{self, Commit, DbError, Limits, StatementFailure, Tracking, Txn};
+use crate::db::{
+    self, Commit, DbError, Limits, StatementFailure, TableVersion, Tracking, TrackingTable, Txn,
+};
 use crate::plan::{self, AppliedRow, Plan, PlanOptions, State};
 use crate::protocol::{Event, PendingMigration};
-use crate::source::{Migration, MigrationSet};
+use crate::source::{Layout, Migration, MigrationSet};
 use crate::summary::summarize;
 
 pub use error::{ApplyError, EngineError};
@@ -53,6 +56,141 @@ pub struct RunSummary {
 pub struct Status<'s> {
     pub plan: Plan<'s>,
     pub table_exists: bool,
+    /// What the next run will do beyond applying: the table's upgrade to Drizzle 1.0's
+    /// shape, out-of-order folders applied as Drizzle 1.0 does.
+    pub notes: Vec<String>,
+}
+
+/// The tracking table as a plan must see it.
+struct Table {
+    /// Rows in id order; a 0.x table read for a folder-layout folder has each row's name as
+    /// Drizzle 1.0's upgrade would give it.
+    rows: Vec<AppliedRow>,
+    version: Option<TableVersion>,
+    /// `(id, name)` to write when upgrading a 0.x table for a folder-layout folder.
+    upgrade: Vec<(i64, String)>,
+}
+
+impl Table {
+    /// Matches a 0.x table's rows to a folder-layout folder as Drizzle 1.0 would; refuses
+    /// rows that match no folder.
+    fn new(
+        set: &MigrationSet,
+        found: Option<TrackingTable>,
+    ) -> Result<Table, crate::upgrade::UnmatchedRows> {
+        let Some(found) = found else {
+            return Ok(Table {
+                rows: Vec::new(),
+                version: None,
+                upgrade: Vec::new(),
+            });
+        };
+        let mut rows = found.rows;
+        let mut upgrade = Vec::new();
+        if set.layout == Layout::Folders && found.version == TableVersion::V0 {
+            let names = crate::upgrade::names_for_rows(set, &rows)?;
+            for (row, name) in rows.iter_mut().zip(names) {
+                row.name = Some(name.clone());
+                upgrade.push((row.id, name));
+            }
+        }
+        Ok(Table {
+            rows,
+            version: Some(found.version),
+            upgrade,
+        })
+    }
+
+    /// The `name` each new row gets, by tag: the folder name in the folder layout; in the
+    /// journal layout with Drizzle 1.0's table, the folder `convert` will give it (a row
+    /// without a name would make Drizzle 1.0 apply its migration again). `None`: a 0.x table.
+    fn row_names(
+        &self,
+        set: &MigrationSet,
+    ) -> Result<Option<HashMap<String, String>>, crate::convert::ConvertError> {
+        match (set.layout, self.version) {
+            (Layout::Folders, _) => Ok(Some(
+                set.migrations
+                    .iter()
+                    .map(|m| (m.tag.clone(), m.tag.clone()))
+                    .collect(),
+            )),
+            (Layout::Journal, Some(TableVersion::V1)) => {
+                let renamed = crate::convert::plan(set)?;
+                Ok(Some(
+                    set.migrations
+                        .iter()
+                        .zip(renamed)
+                        .map(|(m, r)| (m.tag.clone(), r.folder))
+                        .collect(),
+                ))
+            }
+            (Layout::Journal, _) => Ok(None),
+        }
+    }
+
+    /// Notes for `status` and the run's output.
+    fn notes(&self, plan: &Plan<'_>) -> Vec<String> {
+        let mut notes = Vec::new();
+        if !self.upgrade.is_empty() {
+            notes.push(format!(
+                "the tracking table has Drizzle 0.x's shape; the next run upgrades it to Drizzle 1.0's \
+                 (adds name and applied_at, names its {} rows) as Drizzle 1.0 would",
+                self.upgrade.len()
+            ));
+        }
+        notes.extend(out_of_order_notes(plan));
+        notes.extend(applied_order_notes(plan));
+        notes
+    }
+}
+
+/// Folder-layout migrations whose name order differs from the order their rows were written
+/// in (row ids): a fresh database would apply them in another order than this one saw.
+fn applied_order_notes(plan: &Plan<'_>) -> Vec<String> {
+    if plan.layout != Layout::Folders {
+        return Vec::new();
+    }
+    let mut notes = Vec::new();
+    let mut newest: Option<(&str, i64)> = None;
+    for item in &plan.items {
+        let (State::Applied(row) | State::Edited { row, .. }) = &item.state else {
+            continue;
+        };
+        match newest {
+            Some((name, id)) if row.id < id => notes.push(format!(
+                "{} sorts after {name} but was applied before it (row id {} < {id}); \
+                 a fresh database applies them in name order",
+                item.migration.tag, row.id
+            )),
+            _ => newest = Some((item.migration.tag.as_str(), row.id)),
+        }
+    }
+    notes
+}
+
+/// Folder-layout migrations older (in name order) than an applied one.
+fn out_of_order_notes(plan: &Plan<'_>) -> Vec<String> {
+    if plan.layout != Layout::Folders {
+        return Vec::new();
+    }
+    let later = plan
+        .items
+        .iter()
+        .rev()
+        .find(|i| matches!(i.state, State::Applied(_) | State::Edited { .. }));
+    let later = later.map_or("", |i| i.migration.tag.as_str());
+    plan.items
+        .iter()
+        .filter(|i| matches!(i.state, State::OutOfOrder { .. }))
+        .map(|i| {
+            format!(
+                "{} sorts before {later}, which is already applied; it is applied now, \
+                 as Drizzle 1.0 does (folders are tracked by name)",
+                i.migration.tag
+            )
+        })
+        .collect()
 }
 
 impl<'a> Engine<'a> {
@@ -78,12 +216,12 @@ impl<'a> Engine<'a> {
         set: &'s MigrationSet,
         options: &PlanOptions,
     ) -> Result<Status<'s>, EngineError> {
-        let rows = db::read_rows(client, &self.tracking).await?;
-        let table_exists = rows.is_some();
-        let rows = rows.unwrap_or_default();
+        let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
+        let plan = plan::plan(set, &table.rows, options);
         Ok(Status {
-            plan: plan::plan(set, &rows, options),
-            table_exists,
+            notes: table.notes(&plan),
+            plan,
+            table_exists: table.version.is_some(),
         })
     }
 
@@ -121,6 +259,9 @@ impl<'a> Engine<'a> {
     ) -> Result<RunSummary, EngineError> {
         let status = self.status(client, set, &options.plan).await?;
         warn_missing(&status.plan.missing, emit);
+        for message in status.notes.iter().cloned() {
+            emit(Event::Warning { message });
+        }
         let blockers = status.plan.blockers();
         if !blockers.is_empty() {
             return Err(EngineError::Drift(blockers));
@@ -170,11 +311,15 @@ impl<'a> Engine<'a> {
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunSummary, EngineError> {
         // Read after the lock is held: another run may have applied migrations meanwhile.
-        let rows = db::read_rows(client, &self.tracking)
-            .await?
-            .unwrap_or_default();
-        let plan = plan::plan(set, &rows, &options.plan);
+        let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
+        let plan = plan::plan(set, &table.rows, &options.plan);
         warn_missing(&plan.missing, emit);
+        for message in out_of_order_notes(&plan)
+            .into_iter()
+            .chain(applied_order_notes(&plan))
+        {
+            emit(Event::Warning { message });
+        }
         let blockers = plan.blockers();
         if !blockers.is_empty() {
             return Err(EngineError::Drift(blockers));
@@ -188,9 +333,26 @@ impl<'a> Engine<'a> {
                 });
             }
         }
-        let backup = self.backup_before(client, &to_apply, options, emit).await?;
+        let names = table.row_names(set)?;
+        let upgrading = !table.upgrade.is_empty();
+        let backup = self
+            .backup_before(client, &to_apply, upgrading, options, emit)
+            .await?;
         // Only now change anything: the backup shows the database exactly as it was.
-        db::ensure_table(client, &self.tracking).await?;
+        if upgrading {
+            db::upgrade_table(client, &self.tracking, &table.upgrade).await?;
+            emit(Event::Warning {
+                message: format!(
+                    "upgraded the tracking table to Drizzle 1.0's shape (name, applied_at); named its {} rows",
+                    table.upgrade.len()
+                ),
+            });
+        }
+        let version = match set.layout {
+            Layout::Folders => TableVersion::V1,
+            Layout::Journal => TableVersion::V0,
+        };
+        db::ensure_table(client, &self.tracking, version).await?;
         for (m, row) in plan.accepted_edits() {
             db::accept_edit(client, &self.tracking, row.id, &m.hash).await?;
             emit(Event::AcceptedEdit {
@@ -202,7 +364,7 @@ impl<'a> Engine<'a> {
             dry_run: false,
         });
         let applied = self
-            .apply_all(client, &to_apply, emit)
+            .apply_all(client, &to_apply, names.as_ref(), emit)
             .await
             .map_err(|e| match e {
                 EngineError::Apply(mut a) => {
@@ -223,11 +385,14 @@ impl<'a> Engine<'a> {
         &self,
         client: &Client,
         to_apply: &[&Migration],
+        upgrading: bool,
         options: &RunOptions,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Option<(PathBuf, String)>, EngineError> {
-        let Some(first) = to_apply.first() else {
-            return Ok(None);
+        let label = match to_apply.first() {
+            Some(first) => format!("before-{}", first.tag),
+            None if upgrading => "before-table-upgrade".to_string(),
+            None => return Ok(None),
         };
         if !self.settings.backup.enabled || options.no_backup {
             return Ok(None);
@@ -235,7 +400,6 @@ impl<'a> Engine<'a> {
         emit(Event::BackingUp {
             migrations: to_apply.len(),
         });
-        let label = format!("before-{}", first.tag);
         let b = crate::backup::take(&self.settings.backup, self.pg, client, &label).await?;
         emit(Event::BackedUp {
             path: b.path.clone(),
@@ -258,6 +422,7 @@ impl<'a> Engine<'a> {
         &self,
         client: &Client,
         to_apply: &[&Migration],
+        names: Option<&HashMap<String, String>>,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Vec<String>, EngineError> {
         // `apply_locked` has refused no-transaction files under `transaction = "all"`.
@@ -275,7 +440,8 @@ impl<'a> Engine<'a> {
                 Commit::Deferred
             };
             let txn = if all { Txn::Outer } else { Txn::Own(commit) };
-            let result = self.apply_one(client, m, txn, emit).await;
+            let name = names.and_then(|n| n.get(&m.tag)).map(String::as_str);
+            let result = self.apply_one(client, m, name, txn, emit).await;
             if let Err(failure) = result {
                 if all {
                     let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
@@ -310,6 +476,7 @@ impl<'a> Engine<'a> {
         &self,
         client: &Client,
         m: &Migration,
+        name: Option<&str>,
         txn: Txn,
         emit: &mut dyn FnMut(Event),
     ) -> Result<(), StatementFailure> {
@@ -319,7 +486,7 @@ impl<'a> Engine<'a> {
         };
         let mut attempt = 0;
         loop {
-            match db::apply_migration(client, &self.tracking, m, limits, txn).await {
+            match db::apply_migration(client, &self.tracking, m, name, limits, txn).await {
                 Err(f) if self.may_retry(&f, txn, attempt) => {
                     attempt += 1;
                     // 1 s, 2 s, 4 s, ... capped at 30 s: the application's transaction that
@@ -382,7 +549,10 @@ fn pending_events(plan: &Plan<'_>) -> Vec<PendingMigration> {
             State::Pending { drizzle_would_skip } => {
                 Some(pending_migration(item.migration, drizzle_would_skip))
             }
-            State::OutOfOrder { allowed: true } => Some(pending_migration(item.migration, true)),
+            State::OutOfOrder { allowed: true } => Some(pending_migration(
+                item.migration,
+                plan.layout == Layout::Journal,
+            )),
             _ => None,
         })
         .collect()

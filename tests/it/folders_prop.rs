@@ -129,7 +129,7 @@ proptest! {
         let rows: Vec<AppliedRow> = rows
             .into_iter()
             .enumerate()
-            .map(|(i, (when, hash))| AppliedRow { id: i as i64 + 1, hash, created_at: Some(when), applied_at: None })
+            .map(|(i, (when, hash))| AppliedRow { id: i as i64 + 1, hash, created_at: Some(when), applied_at: None, name: None })
             .collect();
         let p = plan(&set, &rows, &PlanOptions::default());
         prop_assert_eq!(p.items.len(), set.migrations.len());

@@ -4,6 +4,7 @@
 
 mod backup;
 mod daemon;
+mod drizzle1;
 mod faults;
 mod folders_prop;
 mod interop;

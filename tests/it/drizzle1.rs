@@ -1,9 +1,8 @@
 //! Drizzle ORM 1.0's folder layout and tracking table (issue 12), against a real PostgreSQL.
 
-mod common;
-
-use common::{Db, Folder};
 use std::path::Path;
+
+use crate::support::{cli, repo_folder, sha256_hex, Db, Folder};
 
 const A: &str = "CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY);\n";
 const B: &str = "ALTER TABLE \"persons\" ADD COLUMN \"born\" date;\n";
@@ -73,8 +72,8 @@ fn a_folder_layout_gets_drizzle_1_table_and_named_rows() {
         "id integer true nextval('drizzle.__drizzle_migrations_id_seq'::regclass), hash text true , \
          created_at bigint false , name text false , applied_at timestamp with time zone false now()"
     );
-    let hash_a = common::sha256_hex(A.as_bytes());
-    let hash_b = common::sha256_hex(B.as_bytes());
+    let hash_a = sha256_hex(A.as_bytes());
+    let hash_b = sha256_hex(B.as_bytes());
     assert_eq!(
         v1_rows(&db),
         [
@@ -89,7 +88,7 @@ fn a_folder_layout_gets_drizzle_1_table_and_named_rows() {
 #[test]
 fn a_drizzle_0_table_is_upgraded_as_drizzle_1_does_and_nothing_reruns() {
     let db = Db::new();
-    let old = Folder::copy_of("tests/data/vamsa-drizzle");
+    let old = repo_folder("tests/data/vamsa-drizzle");
     db.run(old.path(), &["migrate"]).ok();
     let before = db.rows();
     // The folder converted to Drizzle 1.0's layout, keeping the journal's order, plus a new one.
@@ -149,7 +148,7 @@ fn a_row_matching_no_folder_stops_the_upgrade_naming_it() {
     let new = folders(&[("20250101120000_a", A)]);
     let run = db.run(new.path(), &["migrate"]);
     run.code(2);
-    let hash = &common::sha256_hex(B.as_bytes())[..12];
+    let hash = &sha256_hex(B.as_bytes())[..12];
     assert!(
         run.stderr.contains(&format!(
             "no migration folder matches id 2 (created_at 1735810215000, hash {hash})"
@@ -212,27 +211,24 @@ fn a_half_converted_folder_is_refused_naming_what_is_left() {
 #[test]
 fn convert_shows_then_writes_vamsa_keeping_its_order_and_existing_databases_up_to_date() {
     let old_db = Db::new();
-    let old = Folder::copy_of("tests/data/vamsa-drizzle");
+    let old = repo_folder("tests/data/vamsa-drizzle");
     old_db.run(old.path(), &["migrate"]).ok();
-    let f = Folder::copy_of("tests/data/vamsa-drizzle");
-    let dry = common::bin()
+    let f = repo_folder("tests/data/vamsa-drizzle");
+    let dry = cli()
         .args(["convert", "--migrations-dir"])
         .arg(f.path())
-        .output()
-        .unwrap();
-    let dry = common::Run::from(dry);
+        .run();
     dry.ok();
     assert!(
         dry.stdout.contains("  0001_grandfather_verified_users.sql -> 20260124062723_grandfather_verified_users/migration.sql (its \"when\" goes back")
             && f.path().join("meta/_journal.json").exists(),
         "{dry:#?}"
     );
-    let write = common::bin()
+    cli()
         .args(["convert", "--write", "--migrations-dir"])
         .arg(f.path())
-        .output()
-        .unwrap();
-    common::Run::from(write).ok();
+        .run()
+        .ok();
     assert!(!f.path().join("meta").exists());
     for (tag, folder) in [
         ("0000_initial", "20260124062722_initial"),

@@ -145,3 +145,69 @@ fn the_daemon_answers_ping_and_obeys_sigterm_while_the_folder_has_a_fifo() {
     assert_eq!(d.wait_exit(Duration::from_secs(20)), 0);
     assert!(asked.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn a_search_path_set_by_one_daemon_run_does_not_reach_the_next() {
+    let db = Db::new();
+    let set_path =
+        "CREATE SCHEMA \"app\";--> statement-breakpoint\nSET search_path TO app, public;\n";
+    let f = Folder::new(&[("0000_app", 1000, set_path)]);
+    let mut d = Daemon::start(&db.url(), f.path(), "apply = \"on-trigger\"");
+    d.ready();
+    assert_eq!(db.rows().len(), 1);
+    f.write(&[
+        ("0000_app", 1000, set_path),
+        (
+            "0001_audit",
+            2000,
+            "CREATE TABLE \"audit_log\" (\"id\" int);\n",
+        ),
+    ]);
+    d.trigger(&[]).ok();
+    // Where two CLI runs (or two Drizzle runs) put it.
+    assert!(db.table_exists("public.audit_log"), "{}", d.log());
+    assert!(!db.table_exists("app.audit_log"));
+}
+
+#[test]
+fn a_statement_timeout_set_by_a_migration_does_not_reach_the_next_in_the_run() {
+    let db = Db::new();
+    let f = Folder::new(&[
+        ("0000_short", 1000, "SET statement_timeout = '150ms';\n"),
+        ("0001_slow", 2000, "SELECT pg_sleep(0.6);\n"),
+    ]);
+    db.run(f.path(), &["migrate", "--no-backup"]).ok();
+    assert_eq!(db.rows().len(), 2);
+}
+
+#[test]
+fn a_migration_that_releases_the_run_lock_stops_the_run_naming_it() {
+    for transaction in ["per-migration", "all"] {
+        let db = Db::new();
+        let f = Folder::new(&[
+            ("0000_a", 1000, A),
+            ("0001_unlock", 2000, "SELECT pg_advisory_unlock_all();\n"),
+            ("0002_b", 3000, B),
+        ]);
+        let run = db.run(
+            f.path(),
+            &["migrate", "--no-backup", "--transaction", transaction],
+        );
+        run.code(1);
+        assert!(
+            run.stderr
+                .contains("0001_unlock.sql released the migration lock"),
+            "{run:#?}"
+        );
+        assert!(!db.table_exists("media"), "nothing after it may run");
+        if transaction == "all" {
+            assert!(
+                !db.table_exists("persons"),
+                "the run's transaction rolls back"
+            );
+        } else {
+            assert!(db.table_exists("persons"));
+            assert_eq!(db.rows().len(), 2, "it and the one before it stay applied");
+        }
+    }
+}

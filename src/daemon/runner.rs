@@ -147,7 +147,7 @@ async fn run_job(shared: &Shared, job: &Job) {
         Ok(set) => set,
         Err(e) => return fail(shared, job, &e.into()),
     };
-    let client = match shared.client().await {
+    let client = match clean_session(shared).await {
         Ok(c) => c,
         Err(e) => return fail(shared, job, &e),
     };
@@ -196,6 +196,21 @@ async fn run_job(shared: &Shared, job: &Job) {
         forget_broken_connection(shared, &e);
     }
     update_status(shared, &engine, &client, &set).await;
+}
+
+/// The connection for a job, in the state of a new one: the daemon keeps its connection, and
+/// nothing an earlier run set may change what this one does (the CLI gets the same from its
+/// own new connection). A session that cannot be reset is replaced.
+async fn clean_session(shared: &Shared) -> Result<Rc<Client>, EngineError> {
+    let client = shared.client().await?;
+    match crate::db::reset_session(&client).await {
+        Ok(()) => Ok(client),
+        Err(e) => {
+            tracing::warn!("{e}; opening a new connection");
+            *shared.client.borrow_mut() = None;
+            shared.client().await
+        }
+    }
 }
 
 /// STATUS (and, before READY, a longer start timeout) for the steps of a run.

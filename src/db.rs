@@ -641,6 +641,43 @@ async fn lock_holder(client: &Client, key: i64) -> Option<i32> {
         .and_then(|r| r.try_get(0).ok())
 }
 
+/// Whether this session still holds the run lock. A migration can release it behind our back
+/// (`pg_advisory_unlock_all()`, or `pg_advisory_unlock` of our key), and session-level advisory
+/// locks are released at once, whatever the transaction does (PostgreSQL 15, "Advisory Locks").
+pub async fn holds_lock(client: &Client, tracking: &Tracking) -> Result<bool, DbError> {
+    let what = "checking that the migration lock is still held";
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND pid = pg_backend_pid() AND classid = (($1::bigint >> 32) & 4294967295)::oid \
+             AND objid = ($1::bigint & 4294967295)::oid AND objsubid = 1)",
+            &[&tracking.lock_key()],
+        )
+        .await
+        .map_err(DbError::query(what))?;
+    row.try_get(0).map_err(DbError::query(what))
+}
+
+/// Returns a reused session to the state of a new connection, so that nothing an earlier run
+/// set (a migration's `SET search_path`, `SET ROLE`, `SET SESSION AUTHORIZATION`, other
+/// settings, temporary tables, advisory locks, LISTEN) reaches the next run: `DISCARD ALL`
+/// without `DEALLOCATE ALL`, which would drop the client library's prepared statements
+/// (PostgreSQL 15, DISCARD). It also releases every advisory lock of the session, so call it
+/// only between runs, never while a run holds its lock. `RESET ALL` returns each setting to
+/// its value at connection start (role and database defaults, startup options); it leaves the
+/// role and the session authorisation alone, hence the two statements before it. Errors:
+/// [`DbError::Query`], for example when a migration left the session in a failed transaction;
+/// the caller then opens a new connection.
+pub async fn reset_session(client: &Client) -> Result<(), DbError> {
+    client
+        .batch_execute(
+            "SET SESSION AUTHORIZATION DEFAULT; RESET ROLE; RESET ALL; CLOSE ALL; UNLISTEN *; \
+             SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES",
+        )
+        .await
+        .map_err(DbError::query("resetting the session before the run"))
+}
+
 pub async fn release_lock(client: &Client, tracking: &Tracking) -> Result<(), DbError> {
     client
         .query_one("SELECT pg_advisory_unlock($1)", &[&tracking.lock_key()])
@@ -684,12 +721,15 @@ impl Limits {
             "SET {scope} lock_timeout = {}",
             self.lock_timeout.as_millis()
         );
-        // Without a configured statement_timeout the server's (or role's) own setting applies.
-        if let Some(t) = self.statement_timeout {
-            sql.push_str(&format!(
+        // Without a configured statement_timeout the server's (or role's) own setting applies:
+        // `DEFAULT` is the value at connection start, never one an earlier migration of this
+        // run set.
+        match self.statement_timeout {
+            Some(t) => sql.push_str(&format!(
                 "; SET {scope} statement_timeout = {}",
                 t.as_millis()
-            ));
+            )),
+            None => sql.push_str(&format!("; SET {scope} statement_timeout TO DEFAULT")),
         }
         sql
     }

@@ -15,6 +15,7 @@ pub(crate) fn report(e: &EngineError) -> ErrorReport {
         message: e.to_string(),
         migration: match e {
             EngineError::Apply(a) => Some(a.file.clone()),
+            EngineError::LockReleased { file, .. } => Some(file.clone()),
             _ => None,
         },
         sqlstate: e.sqlstate().map(str::to_string),
@@ -100,6 +101,9 @@ pub(crate) fn cause(e: &EngineError) -> Option<String> {
         EngineError::Unmatched(_) => Some(
             "Migrations were applied to this database from a folder that is not here (another branch or a newer release), or the folder was converted without them.".into(),
         ),
+        EngineError::LockReleased { .. } => Some(
+            "The migration releases advisory locks it did not take: pg_advisory_unlock_all() also releases vamsa-migrate's run lock.".into(),
+        ),
         _ => None,
     }
 }
@@ -118,6 +122,8 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Db(DbError::TrackingRow(e)) => e.next_step(),
         EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
         EngineError::Apply(a) => apply_next_step(a),
+        EngineError::LockReleased { file, committed, all_rolled_back: false } => format!("{file} and the migrations before it in this run are applied ({committed} in all); none after it ran. In later migrations release only the locks they take (pg_advisory_unlock(key)), then run again to apply the rest."),
+        EngineError::LockReleased { file, .. } => format!("Nothing was applied: the run's transaction was rolled back. Remove the unlock from {file} (release only the locks it takes, with pg_advisory_unlock(key)), then run again."),
         EngineError::Backup(_) => "Nothing was migrated. Fix the cause above, or run without a backup (--no-backup, or backup_enabled = false) if you have one of your own.".into(),
     }
 }
@@ -241,6 +247,25 @@ mod tests {
     const MISSING: &str = "Something it uses does not exist: a previous migration was skipped or failed silently, or the object was removed by hand.";
     const VIOLATES: &str = "The existing data violates a constraint this migration adds.";
     const LOST: &str = "The connection to PostgreSQL was lost (server restarted or network failure): nothing of this migration was committed.";
+
+    #[test]
+    fn a_released_run_lock_names_the_file_and_what_stays() {
+        let kept = EngineError::LockReleased {
+            file: "0001_unlock.sql".into(),
+            committed: 2,
+            all_rolled_back: false,
+        };
+        let report = report(&kept);
+        assert_eq!(report.kind, ErrorKind::Apply);
+        assert_eq!(report.migration.as_deref(), Some("0001_unlock.sql"));
+        assert_eq!(report.hint, "0001_unlock.sql and the migrations before it in this run are applied (2 in all); none after it ran. In later migrations release only the locks they take (pg_advisory_unlock(key)), then run again to apply the rest.");
+        let rolled_back = EngineError::LockReleased {
+            file: "0001_unlock.sql".into(),
+            committed: 0,
+            all_rolled_back: true,
+        };
+        assert!(next_step(&rolled_back).starts_with("Nothing was applied"));
+    }
 
     #[test]
     fn duplicate_table_42p07_already_exists() {

@@ -189,6 +189,8 @@ pub enum SourceError {
     },
     #[error("{path}: empty migration: it holds no SQL statement")]
     Empty { path: PathBuf },
+    #[error("{path}: is {kind}, not a regular file; a migration file and the journal must be regular files (or symlinks to one)")]
+    NotRegularFile { path: PathBuf, kind: &'static str },
 }
 
 impl SourceError {
@@ -206,6 +208,7 @@ impl SourceError {
             | SourceError::UnsafeTag { path, .. }
             | SourceError::OutsideFolder { path, .. }
             | SourceError::NotUtf8 { path, .. }
+            | SourceError::NotRegularFile { path, .. }
             | SourceError::Empty { path } => path,
         }
     }
@@ -359,19 +362,14 @@ impl MigrationSet {
 }
 
 fn read_journal(journal_path: &Path) -> Result<Journal, SourceError> {
-    let text = match fs::read(journal_path) {
+    let text = match read_regular_file(journal_path, Follow::Yes) {
         Ok(bytes) => bytes,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+        Err(SourceError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
             return Err(SourceError::NoJournal {
                 path: journal_path.to_path_buf(),
             })
         }
-        Err(source) => {
-            return Err(SourceError::Io {
-                path: journal_path.to_path_buf(),
-                source,
-            })
-        }
+        Err(e) => return Err(e),
     };
     serde_json::from_slice(&text).map_err(|e| SourceError::InvalidJournal {
         path: journal_path.to_path_buf(),
@@ -504,7 +502,7 @@ impl<'a> FolderReader<'a> {
         // The tag is one plain name, so only a symlink can lead out of the folder; resolving
         // every path would cost two readlink calls per file for nothing.
         if !file_type.is_symlink() {
-            return fs::read(path).map_err(io_err);
+            return read_regular_file(path, Follow::No);
         }
         let target = match fs::canonicalize(path) {
             Ok(target) => target,
@@ -526,7 +524,14 @@ impl<'a> FolderReader<'a> {
                 target,
             });
         }
-        fs::read(path).map_err(io_err)
+        // `target` is canonical: no symlink left to swap between the check and the open.
+        read_regular_file(&target, Follow::No).map_err(|e| match e {
+            SourceError::NotRegularFile { kind, .. } => SourceError::NotRegularFile {
+                path: path.to_path_buf(),
+                kind,
+            },
+            other => other,
+        })
     }
 
     fn missing(&self, entry: &JournalEntry, file_name: String) -> SourceError {
@@ -536,6 +541,75 @@ impl<'a> FolderReader<'a> {
             tag: entry.tag.clone(),
             file_name,
         }
+    }
+}
+
+/// Whether opening follows a symlink in the last component of the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    Yes,
+    /// `O_NOFOLLOW`: a symlink there fails the open (`ELOOP`) instead of being followed.
+    No,
+}
+
+/// Reads a file that must be a regular file, without ever blocking on one that is not.
+///
+/// Opened with `O_NONBLOCK`, so that `open(2)` of a FIFO with no writer or of a device returns
+/// at once (POSIX open(2), Linux fifo(7)); the type is then checked with `fstat` on the opened
+/// descriptor, so nothing can be swapped in between the check and the read. A Unix socket
+/// cannot be opened at all (`ENXIO`, Linux unix(7)). Errors: [`SourceError::NotRegularFile`]
+/// naming what it is, or [`SourceError::Io`].
+fn read_regular_file(path: &Path, follow: Follow) -> Result<Vec<u8>, SourceError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io_err = |source| SourceError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut flags = libc::O_NONBLOCK;
+    if follow == Follow::No {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags)
+        .open(path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(SourceError::NotRegularFile {
+                path: path.to_path_buf(),
+                kind: "a socket",
+            })
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(SourceError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: file_kind(&meta.file_type()),
+        });
+    }
+    // O_NONBLOCK has no effect on reads of a regular file (Linux open(2)).
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut bytes).map_err(io_err)?;
+    Ok(bytes)
+}
+
+/// What a file that is not a regular file is, for the error.
+fn file_kind(file_type: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if file_type.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_block_device() || file_type.is_char_device() {
+        "a device"
+    } else {
+        "a special file"
     }
 }
 

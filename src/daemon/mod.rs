@@ -1,29 +1,34 @@
 //! `vamsa-migrate daemon`: a long-running systemd service (`Type=notify`) that applies pending
 //! migrations at start-up, watches the folder, and serves the trigger socket. It drives the
-//! same [`Engine`](crate::engine::Engine) as the CLI through the [`runner`].
+//! same [`Engine`](crate::engine::Engine) as the CLI through the runner, an actor that owns the
+//! connection and the job state; the main loop (signals, watch, watchdog) and the socket only
+//! send it messages and read what it publishes.
 
-pub mod peer;
-pub mod runner;
-pub mod socket;
-pub mod systemd;
-pub mod watch;
+pub(crate) mod peer;
+pub(crate) mod runner;
+pub(crate) mod socket;
+pub(crate) mod systemd;
+pub(crate) mod watch;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use tokio::sync::mpsc;
+use signal_hook_tokio::Signals;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::{describe_target, Settings};
+use crate::config::Settings;
 use crate::exit::daemon as exit;
 use crate::protocol::{Event, Reply};
-use runner::{Job, JobKind, Shared};
+use runner::{Control, Job, JobKind, Runner, RunnerStatus};
 use systemd::Notifier;
 
+/// Runs the service until SIGTERM/SIGINT; the exit code (`exit::daemon`).
 pub fn main(config: Option<PathBuf>) -> u8 {
     let env: HashMap<String, String> = std::env::vars().collect();
     let settings = match Settings::load(config.as_deref(), &env) {
@@ -50,9 +55,21 @@ pub fn main(config: Option<PathBuf>) -> u8 {
     local.block_on(&runtime, run(config, settings, env))
 }
 
+/// The main loop's handles: it publishes the settings, reads the runner's status, and sends
+/// the runner jobs and control messages.
+struct Service {
+    config: Option<PathBuf>,
+    notifier: Notifier,
+    env: HashMap<String, String>,
+    settings: tokio::sync::watch::Sender<Arc<Settings>>,
+    status: tokio::sync::watch::Receiver<RunnerStatus>,
+    jobs: mpsc::UnboundedSender<Job>,
+    control: mpsc::UnboundedSender<Control>,
+}
+
 async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, String>) -> u8 {
     let notifier = Notifier;
-    let mut signals = match signal_hook_tokio::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot install signal handlers: {e}");
@@ -66,130 +83,263 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
             return exit::START_FAILED;
         }
     };
-    let bound_path = trigger.bound_path.clone();
-    let _socket_cleanup = RemoveOnDrop(bound_path.clone());
+    let _socket_cleanup = RemoveOnDrop(trigger.bound_path.clone());
     tracing::info!(
         SOCKET = %settings.daemon.socket_path.display(),
         "vamsa-migrate {} starting: migrations in {}, trigger socket {}",
         env!("CARGO_PKG_VERSION"),
         settings.migrations_dir.display(),
-        bound_path.as_deref().map_or("from systemd".to_string(), |p| p.display().to_string()),
+        trigger.bound_path.as_deref().map_or("from systemd".to_string(), |p| p.display().to_string()),
     );
-
-    let shared = Rc::new(Shared::new(settings.clone(), env, notifier));
-    let (jobs, job_rx) = mpsc::unbounded_channel();
-    let mut runner_task = tokio::task::spawn_local(runner::run(shared.clone(), job_rx));
-
+    let (settings, settings_rx) = tokio::sync::watch::channel(Arc::new(settings));
+    let (mut runner, status) = Runner::new(settings_rx, env.clone(), notifier);
     // Wait for PostgreSQL (it may still be booting), unless we are told to stop.
     tokio::select! {
-        connected = wait_for_database(&shared) => if let Err(code) = connected { return code },
+        connected = runner.wait_for_database() => if let Err(code) = connected { return code },
         _ = signals.next() => {
             notifier.stopping("Stopped while waiting for the database");
             return exit::OK;
         }
     }
+    let (jobs, job_rx) = mpsc::unbounded_channel();
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let runner_task = tokio::task::spawn_local(runner.run(job_rx, control_rx));
+    let service = Service {
+        config,
+        notifier,
+        env,
+        settings,
+        status,
+        jobs,
+        control,
+    };
+    service.serve(signals, trigger.listener, runner_task).await
+}
 
-    // Watch before the start-up run, so a change made during it is not missed.
-    let (changed_tx, mut changed) = mpsc::unbounded_channel();
-    let mut watch = start_watch(&settings.migrations_dir, &changed_tx);
-
-    let kind = if settings.daemon.apply_on_start {
-        JobKind::Apply
-    } else {
-        JobKind::FolderChanged
-    };
-    // Until READY, systemd's start timeout runs: keep extending it while the start-up job
-    // works (a long migration, a lock held elsewhere), and still obey SIGTERM.
-    let extender = {
-        let shared = shared.clone();
-        tokio::task::spawn_local(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                if shared.busy.get() {
-                    shared.notifier.extend_timeout(Duration::from_secs(30));
-                }
-            }
-        })
-    };
-    let started = tokio::select! {
-        result = run_and_wait(&jobs, kind, "start-up") => Some(result),
-        _ = signals.next() => None,
-    };
-    extender.abort();
-    let Some((ok, error)) = started else {
-        stop(&shared).await;
-        return exit::OK;
-    };
-    shared.starting.set(false);
-    if !ok && settings.daemon.exit_on_start_failure {
-        notifier.status(&format!(
-            "Start-up migration failed: {}",
-            error.unwrap_or_default()
-        ));
-        tracing::error!(
-            "start-up migration failed; exiting so that units requiring vamsa-migrate do not start"
-        );
-        return exit::MIGRATION_FAILED;
-    }
-    // The start-up job left its STATUS; compute one only if it did not get that far.
-    let last = shared.last_status.borrow().clone();
-    let status = match last {
-        Some(s) => s,
-        None => current_status(&shared).await,
-    };
-    tracing::info!("ready: {status}");
-    notifier.ready(&status);
-
-    let server = tokio::task::spawn_local(socket::serve(
-        trigger.listener,
-        shared.clone(),
-        jobs.clone(),
-    ));
-    let mut settle_deadline: Option<Instant> = None;
-    let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
-
-    loop {
-        tokio::select! {
-            signal = signals.next() => match signal {
-                Some(SIGHUP) => {
-                    reload(&shared, config.as_deref()).await;
-                    watch = start_watch(&shared.settings.borrow().migrations_dir, &changed_tx);
-                }
-                _ => break,
+impl Service {
+    /// Start-up run, READY, then the main loop until a signal stops the service.
+    async fn serve(
+        self,
+        mut signals: Signals,
+        listener: tokio::net::UnixListener,
+        mut runner_task: JoinHandle<()>,
+    ) -> u8 {
+        // Watch before the start-up run, so a change made during it is not missed.
+        let (changed_tx, changed) = mpsc::unbounded_channel();
+        let dir = self.settings.borrow().migrations_dir.clone();
+        let watch = start_watch(&dir, &changed_tx);
+        if let Some(code) = self.start_up(&mut signals).await {
+            return code;
+        }
+        let server = tokio::task::spawn_local(socket::serve(
+            listener,
+            socket::Context {
+                status: self.status.clone(),
+                settings: self.settings.subscribe(),
+                jobs: self.jobs.clone(),
             },
-            Some(()) = changed.recv() => {
-                settle_deadline = Some(Instant::now() + shared.settings.borrow().daemon.settle);
-            }
-            _ = sleep_until(settle_deadline), if settle_deadline.is_some() => {
-                settle_deadline = None;
-                // Follow a replaced folder: watch the new inodes from now on.
-                watch = start_watch(&shared.settings.borrow().migrations_dir, &changed_tx);
-                folder_settled(&shared, &jobs);
-            }
-            _ = tick(&mut watchdog), if watchdog.is_some() => notifier.watchdog(),
-            _ = &mut runner_task => {
-                // Only a bug ends the runner: do not pretend to be a working service.
-                tracing::error!("the migration runner stopped unexpectedly; exiting");
-                return exit::START_FAILED;
+        ));
+        let runner_alive = self
+            .main_loop(&mut signals, changed, changed_tx, watch, &mut runner_task)
+            .await;
+        server.abort();
+        if !runner_alive {
+            // Only a bug ends the runner: do not pretend to be a working service.
+            tracing::error!("the migration runner stopped unexpectedly; exiting");
+            return exit::START_FAILED;
+        }
+        self.stop().await;
+        exit::OK
+    }
+
+    /// The start-up job, then READY=1; `Some(code)` when the service must exit instead.
+    async fn start_up(&self, signals: &mut Signals) -> Option<u8> {
+        let settings = self.settings.borrow().clone();
+        let kind = if settings.daemon.apply_on_start {
+            JobKind::Apply
+        } else {
+            JobKind::FolderChanged
+        };
+        // Until READY, systemd's start timeout runs: keep extending it while the start-up job
+        // works (a long migration, a lock held elsewhere), and still obey SIGTERM.
+        let extender = {
+            let (status, notifier) = (self.status.clone(), self.notifier);
+            tokio::task::spawn_local(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    if status.borrow().busy {
+                        notifier.extend_timeout(Duration::from_secs(30));
+                    }
+                }
+            })
+        };
+        let started = tokio::select! {
+            result = run_and_wait(&self.jobs, kind, "start-up") => Some(result),
+            _ = signals.next() => None,
+        };
+        extender.abort();
+        let Some((ok, error)) = started else {
+            self.stop().await;
+            return Some(exit::OK);
+        };
+        if !ok && settings.daemon.exit_on_start_failure {
+            let error = error.unwrap_or_default();
+            self.notifier
+                .status(&format!("Start-up migration failed: {error}"));
+            tracing::error!(
+                "start-up migration failed; exiting so that units requiring vamsa-migrate do not start"
+            );
+            return Some(exit::MIGRATION_FAILED);
+        }
+        // The start-up job left its STATUS; compute one only if it did not get that far.
+        let last = self.status.borrow().line.clone();
+        let status = match last {
+            Some(s) => s,
+            None => self.ask_status().await,
+        };
+        tracing::info!("ready: {status}");
+        self.notifier.ready(&status);
+        None
+    }
+
+    /// Signals, folder changes and the watchdog, until SIGTERM/SIGINT (true) or the runner
+    /// ended (false).
+    async fn main_loop(
+        &self,
+        signals: &mut Signals,
+        mut changed: mpsc::UnboundedReceiver<()>,
+        changed_tx: mpsc::UnboundedSender<()>,
+        mut watch: Option<watch::FolderWatch>,
+        runner_task: &mut JoinHandle<()>,
+    ) -> bool {
+        let mut settle_deadline: Option<Instant> = None;
+        let mut watchdog = systemd::watchdog_interval().map(tokio::time::interval);
+        let dir = || self.settings.borrow().migrations_dir.clone();
+        loop {
+            tokio::select! {
+                signal = signals.next() => match signal {
+                    Some(SIGHUP) => {
+                        self.reload().await;
+                        watch = start_watch(&dir(), &changed_tx);
+                    }
+                    _ => break,
+                },
+                Some(()) = changed.recv() => {
+                    settle_deadline = Some(Instant::now() + self.settings.borrow().daemon.settle);
+                }
+                _ = sleep_until(settle_deadline), if settle_deadline.is_some() => {
+                    settle_deadline = None;
+                    // Follow a replaced folder: watch the new inodes from now on.
+                    watch = start_watch(&dir(), &changed_tx);
+                    let _ = self.jobs.send(Job {
+                        kind: JobKind::FolderSettled,
+                        origin: "folder change".into(),
+                        reply: None,
+                    });
+                }
+                _ = tick(&mut watchdog), if watchdog.is_some() => self.notifier.watchdog(),
+                _ = &mut *runner_task => return false,
             }
         }
+        drop(watch);
+        true
     }
-    drop(watch);
-    server.abort();
-    stop(&shared).await;
-    exit::OK
+
+    /// The STATUS text from the runner, computed from the folder and the database now.
+    async fn ask_status(&self) -> String {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.control.send(Control::Reload { reply: Some(reply) });
+        answer
+            .await
+            .unwrap_or_else(|_| "the migration runner stopped; see the journal".into())
+    }
+
+    /// SIGHUP: re-read the configuration (off the runtime thread); an invalid one is logged
+    /// and the old one kept.
+    async fn reload(&self) {
+        self.notifier.reloading();
+        let config = self.config.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let env: HashMap<String, String> = std::env::vars().collect();
+            Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match loaded {
+            Ok(new) => {
+                if new.daemon.socket_path != self.settings.borrow().daemon.socket_path {
+                    tracing::warn!(
+                        "socket_path changed; the new path takes effect after a restart"
+                    );
+                }
+                self.settings.send_replace(Arc::new(new));
+                tracing::info!("configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!("configuration reload failed, keeping the previous one: {e}")
+            }
+        }
+        // While a run is in progress the connection is busy with it: do not wait behind it
+        // (the main loop would stall, and with it the watchdog); reuse the last STATUS.
+        let (busy, last) = {
+            let status = self.status.borrow();
+            (status.busy, status.line.clone())
+        };
+        let status = match last {
+            Some(s) if busy => {
+                let _ = self.control.send(Control::Reload { reply: None });
+                s
+            }
+            _ => self.ask_status().await,
+        };
+        self.notifier.ready(&status);
+    }
+
+    /// SIGTERM/SIGINT: accept nothing new; give a migration in progress `stop_grace` to
+    /// finish, then cancel it server-side so it rolls back, and exit.
+    async fn stop(&self) {
+        let _ = self.control.send(Control::Stop);
+        let settings = self.settings.borrow().clone();
+        let grace = settings.daemon.stop_grace;
+        let mut status = self.status.clone();
+        if !status.borrow().busy {
+            self.notifier.stopping("Stopping");
+            tracing::info!("stopping");
+            return;
+        }
+        self.notifier
+            .stopping("Stopping: waiting for the migration in progress");
+        self.notifier
+            .extend_timeout(grace + Duration::from_secs(15));
+        tracing::info!(
+            "stopping: waiting up to {} for the migration in progress",
+            humantime::format_duration(grace)
+        );
+        if wait_idle(&mut status, grace).await {
+            return;
+        }
+        let token = status.borrow().cancel.clone();
+        if let Some(token) = token {
+            tracing::warn!(
+                "stop_grace elapsed: cancelling the migration in progress; it rolls back"
+            );
+            if let Ok(pg) = settings.pg_config(&self.env) {
+                crate::db::cancel(&token, &pg).await;
+            }
+        }
+        if !wait_idle(&mut status, Duration::from_secs(10)).await {
+            tracing::error!("the migration did not stop after cancellation; exiting anyway (PostgreSQL rolls it back when the connection closes)");
+        }
+    }
 }
 
 /// Each trigger connection is a descriptor: lift the soft limit (often 1024) towards the hard
 /// one, as systemd recommends for services that do not use select(2).
 fn raise_fd_limit() {
-    // SAFETY: getrlimit/setrlimit on a struct we own.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max.min(65536);
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard.min(65536), hard);
         }
     }
 }
@@ -233,73 +383,6 @@ fn start_watch(dir: &Path, tx: &mpsc::UnboundedSender<()>) -> Option<watch::Fold
     }
 }
 
-/// The folder has been quiet for `settle`: plan only if it is consistent, never from a
-/// half-written state.
-fn folder_settled(shared: &Shared, jobs: &mpsc::UnboundedSender<Job>) {
-    // The runner's own read right after this one reuses every file read here.
-    match shared.load_folder() {
-        Ok(_) => {
-            let _ = jobs.send(Job {
-                kind: JobKind::FolderChanged,
-                origin: "folder change".into(),
-                reply: None,
-            });
-        }
-        Err(e) => tracing::info!(
-            "migrations folder changed but is not consistent yet ({e}); waiting for more changes"
-        ),
-    }
-}
-
-/// Connects with capped exponential backoff while the server is unreachable, keeping systemd
-/// informed. Errors that waiting cannot fix (bad settings, wrong credentials, no such
-/// database) end the wait with `BAD_CONFIG`, or the unit would hang in "activating" forever.
-async fn wait_for_database(shared: &Shared) -> Result<(), u8> {
-    let settings = shared.settings.borrow().clone();
-    let pg = match settings.pg_config(&shared.env) {
-        Ok(pg) => pg,
-        Err(e) => {
-            tracing::error!("{e}");
-            return Err(exit::BAD_CONFIG);
-        }
-    };
-    let target = describe_target(&pg);
-    let connect_timeout = pg
-        .get_connect_timeout()
-        .copied()
-        .unwrap_or(Duration::from_secs(10));
-    let mut delay = Duration::from_millis(250);
-    for attempt in 1u64.. {
-        shared
-            .notifier
-            .extend_timeout(connect_timeout + delay + Duration::from_secs(5));
-        match shared.client().await {
-            Ok(_) => return Ok(()),
-            Err(e) if crate::diagnosis::is_permanent(&e) => {
-                tracing::error!(
-                    SQLSTATE = e.sqlstate().unwrap_or(""),
-                    "{e}; fix database_url (or the password) and start again"
-                );
-                shared
-                    .notifier
-                    .status(&format!("Cannot use the database at {target}: {e}"));
-                return Err(exit::BAD_CONFIG);
-            }
-            Err(e) => {
-                let text = format!("Waiting for database at {target} (attempt {attempt})");
-                shared.notifier.status(&text);
-                tracing::warn!(ATTEMPT = attempt, "{text}: {e}");
-            }
-        }
-        shared
-            .notifier
-            .extend_timeout(delay + connect_timeout + Duration::from_secs(5));
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(settings.daemon.db_retry_max.max(Duration::from_millis(250)));
-    }
-    Err(exit::START_FAILED)
-}
-
 /// Queues a job and waits for its `done`; returns whether it succeeded and its error text.
 async fn run_and_wait(
     jobs: &mpsc::UnboundedSender<Job>,
@@ -330,91 +413,13 @@ async fn run_and_wait(
     result
 }
 
-async fn current_status(shared: &Shared) -> String {
-    let settings = shared.settings.borrow().clone();
-    let Ok(set) = shared.load_folder() else {
-        return "Migrations folder unreadable; see the journal".into();
-    };
-    let (Ok(pg), Ok(client)) = (settings.pg_config(&shared.env), shared.client().await) else {
-        return "Database unreachable; see the journal".into();
-    };
-    let engine = crate::engine::Engine::new(&settings, &pg);
-    runner::status_text(shared, &engine, &client, &set).await
-}
-
-/// SIGHUP: re-read the configuration; an invalid one is logged and the old one kept.
-async fn reload(shared: &Shared, config: Option<&Path>) {
-    shared.notifier.reloading();
-    let env: HashMap<String, String> = std::env::vars().collect();
-    match Settings::load(config, &env) {
-        Ok(new) => {
-            let old = shared.settings.borrow().clone();
-            if new.daemon.socket_path != old.daemon.socket_path {
-                tracing::warn!("socket_path changed; the new path takes effect after a restart");
-            }
-            if new.database_url != old.database_url
-                || new.database_password_file != old.database_password_file
-            {
-                *shared.client.borrow_mut() = None;
-            }
-            *shared.settings.borrow_mut() = new;
-            tracing::info!("configuration reloaded");
-        }
-        Err(e) => tracing::error!("configuration reload failed, keeping the previous one: {e}"),
-    }
-    // While a run is in progress the connection is busy with it: do not queue a query behind
-    // it (the main loop would stall, and with it the watchdog); reuse the last STATUS.
-    let last = shared.last_status.borrow().clone();
-    let status = match last {
-        Some(s) if shared.busy.get() => s,
-        _ => current_status(shared).await,
-    };
-    shared.notifier.ready(&status);
-}
-
-/// SIGTERM/SIGINT: accept nothing new; give a migration in progress `stop_grace` to finish,
-/// then cancel it server-side so it rolls back, and exit.
-async fn stop(shared: &Shared) {
-    shared.stopping.set(true);
-    let grace = shared.settings.borrow().daemon.stop_grace;
-    if !shared.busy.get() {
-        shared.notifier.stopping("Stopping");
-        tracing::info!("stopping");
-        return;
-    }
-    shared
-        .notifier
-        .stopping("Stopping: waiting for the migration in progress");
-    shared
-        .notifier
-        .extend_timeout(grace + Duration::from_secs(15));
-    tracing::info!(
-        "stopping: waiting up to {} for the migration in progress",
-        humantime::format_duration(grace)
-    );
-    if wait_idle(shared, grace).await {
-        return;
-    }
-    let token = shared.cancel.borrow().clone();
-    if let Some(token) = token {
-        tracing::warn!("stop_grace elapsed: cancelling the migration in progress; it rolls back");
-        let settings = shared.settings.borrow().clone();
-        if let Ok(pg) = settings.pg_config(&shared.env) {
-            crate::db::cancel(&token, &pg).await;
-        }
-    }
-    if !wait_idle(shared, Duration::from_secs(10)).await {
-        tracing::error!("the migration did not stop after cancellation; exiting anyway (PostgreSQL rolls it back when the connection closes)");
-    }
-}
-
-async fn wait_idle(shared: &Shared, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while shared.busy.get() {
-        let idle = shared.idle.notified();
-        if tokio::time::timeout_at(deadline, idle).await.is_err() {
-            return !shared.busy.get();
-        }
-    }
-    true
+/// Waits until the runner is idle, at most `limit`; whether it is. A runner that is gone is
+/// idle.
+async fn wait_idle(
+    status: &mut tokio::sync::watch::Receiver<RunnerStatus>,
+    limit: Duration,
+) -> bool {
+    tokio::time::timeout(limit, status.wait_for(|s| !s.busy))
+        .await
+        .is_ok()
 }

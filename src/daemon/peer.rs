@@ -1,15 +1,15 @@
 //! Who is on the other end of the trigger socket (SO_PEERCRED) and whether they may apply.
-
-use std::ffi::CString;
+//! Every function here reads the user database or /proc: blocking work, which the daemon runs
+//! off its runtime thread (`tokio::task::spawn_blocking`).
 
 use tokio::net::unix::UCred;
 
 use crate::config::DaemonSettings;
 
 /// Root, the user the daemon runs as, and configured users and groups may send `apply`.
-pub fn may_apply(cred: &UCred, settings: &DaemonSettings) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+/// `cred` is the peer's SO_PEERCRED (Linux unix(7)): uid, gid and pid at connect time.
+pub(crate) fn may_apply(cred: &UCred, settings: &DaemonSettings) -> bool {
+    let me = nix::unistd::geteuid().as_raw();
     if cred.uid() == 0 || cred.uid() == me {
         return true;
     }
@@ -45,29 +45,22 @@ fn peer_groups(cred: &UCred) -> Vec<u32> {
     groups
 }
 
-/// A user name (or a numeric uid) to its uid.
-pub fn user_id(name: &str) -> Option<u32> {
+/// A user name (or a numeric uid) to its uid; `None` when there is no such user or the user
+/// database cannot be read (getpwnam_r(3), through `nix`).
+pub(crate) fn user_id(name: &str) -> Option<u32> {
     if let Ok(uid) = name.parse() {
         return Some(uid);
     }
-    let c = CString::new(name).ok()?;
-    // SAFETY: getpwnam returns null or a pointer to static storage that we read at once; the
-    // daemon calls it from its single runtime thread only.
-    unsafe {
-        let pw = libc::getpwnam(c.as_ptr());
-        (!pw.is_null()).then(|| (*pw).pw_uid)
-    }
+    let user = nix::unistd::User::from_name(name).ok().flatten()?;
+    Some(user.uid.as_raw())
 }
 
-/// A group name (or a numeric gid) to its gid.
-pub fn group_id(name: &str) -> Option<u32> {
+/// A group name (or a numeric gid) to its gid; `None` when there is no such group or the
+/// group database cannot be read (getgrnam_r(3), through `nix`).
+pub(crate) fn group_id(name: &str) -> Option<u32> {
     if let Ok(gid) = name.parse() {
         return Some(gid);
     }
-    let c = CString::new(name).ok()?;
-    // SAFETY: as in `user_id`.
-    unsafe {
-        let gr = libc::getgrnam(c.as_ptr());
-        (!gr.is_null()).then(|| (*gr).gr_gid)
-    }
+    let group = nix::unistd::Group::from_name(name).ok().flatten()?;
+    Some(group.gid.as_raw())
 }

@@ -2,100 +2,199 @@
 //! changes) queue here and run one at a time, each from a fresh read of the folder and a fresh
 //! plan, so runs never overlap and a trigger that waited is answered with current facts.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::{CancelToken, Client};
 
 use crate::config::{describe_target, ApplyPolicy, Settings};
 use crate::daemon::systemd::Notifier;
 use crate::diagnosis::{self, daemon_report};
 use crate::engine::{Engine, EngineError, RunOptions};
+use crate::exit::daemon as exit;
 use crate::plan::PlanOptions;
 use crate::protocol::{DaemonReply, ErrorKind, ErrorReport, Event, Reply};
 use crate::report::status_report;
-use crate::source::MigrationSet;
+use crate::source::{MigrationSet, SourceError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobKind {
+pub(crate) enum JobKind {
     Apply,
     DryRun,
     Status,
     /// The folder changed: report what is pending, and apply it under `apply = "on-change"`.
     FolderChanged,
+    /// The folder has been quiet for `settle`: a `FolderChanged` job only if the folder reads
+    /// as consistent, never from a half-written state (otherwise logged and dropped).
+    FolderSettled,
 }
 
-pub struct Job {
-    pub kind: JobKind,
+pub(crate) struct Job {
+    pub(crate) kind: JobKind,
     /// Who asked, for the log ("start-up", "trigger from uid 1000", "folder change").
-    pub origin: String,
+    pub(crate) origin: String,
     /// Where to send the replies of this job; dropped after the `done` event.
-    pub reply: Option<mpsc::UnboundedSender<Reply>>,
+    pub(crate) reply: Option<mpsc::UnboundedSender<Reply>>,
 }
 
-/// State shared by the daemon's tasks (all on one thread).
-pub struct Shared {
-    pub settings: RefCell<Settings>,
-    pub env: HashMap<String, String>,
-    pub notifier: Notifier,
-    pub client: RefCell<Option<Rc<Client>>>,
+/// Messages that overtake queued jobs: they are handled before the next job starts.
+pub(crate) enum Control {
+    /// A new configuration was published on the settings channel: a connection made with
+    /// other connection settings is dropped; with `reply`, the STATUS text for READY is sent
+    /// back (computed from the folder and the database as they are now).
+    Reload {
+        reply: Option<oneshot::Sender<String>>,
+    },
+    /// SIGTERM/SIGINT: every job from now on is answered "stopping".
+    Stop,
+}
+
+/// What the runner publishes (on a `watch` channel); everyone else only reads it.
+#[derive(Clone, Default)]
+pub(crate) struct RunnerStatus {
+    /// A job is running.
+    pub(crate) busy: bool,
     /// Set while a job uses the database, so SIGTERM can cancel it server-side.
-    pub cancel: RefCell<Option<CancelToken>>,
-    pub busy: Cell<bool>,
-    pub stopping: Cell<bool>,
-    /// Woken whenever a job finishes.
-    pub idle: Notify,
-    /// Still starting (before READY=1): long work extends systemd's start timeout.
-    pub starting: Cell<bool>,
-    /// Pending file names last reported, to log only changes.
-    last_pending: RefCell<Option<Vec<String>>>,
-    /// The folder as last read: unchanged files are not read again (see `load_reusing`).
-    last_set: RefCell<Option<Rc<MigrationSet>>>,
+    pub(crate) cancel: Option<CancelToken>,
     /// The STATUS text last sent, for READY after start-up and reloads.
-    pub last_status: RefCell<Option<String>>,
+    pub(crate) line: Option<String>,
 }
 
-impl Shared {
-    pub fn new(settings: Settings, env: HashMap<String, String>, notifier: Notifier) -> Shared {
-        Shared {
-            settings: RefCell::new(settings),
+/// The open connection and the settings it was made with.
+struct Connection {
+    client: Rc<Client>,
+    made_with: Arc<Settings>,
+}
+
+/// The job runner's state, owned by its task alone (an actor): fed by [`Job`]s and
+/// [`Control`] messages, publishing [`RunnerStatus`]. Blocking work (reading the folder) runs
+/// on tokio's blocking pool, never on the runtime thread.
+pub(crate) struct Runner {
+    settings: watch::Receiver<Arc<Settings>>,
+    env: HashMap<String, String>,
+    notifier: Notifier,
+    connection: Option<Connection>,
+    /// Before READY=1 (the first job): long work extends systemd's start timeout.
+    starting: bool,
+    stopping: bool,
+    /// Pending file names last reported, to log only changes.
+    last_pending: Option<Vec<String>>,
+    /// The folder as last read: unchanged files are not read again (see `load_reusing`).
+    last_set: Option<Arc<MigrationSet>>,
+    status: watch::Sender<RunnerStatus>,
+}
+
+impl Runner {
+    /// A runner and the receiving end of its status channel.
+    pub(crate) fn new(
+        settings: watch::Receiver<Arc<Settings>>,
+        env: HashMap<String, String>,
+        notifier: Notifier,
+    ) -> (Runner, watch::Receiver<RunnerStatus>) {
+        let (status, status_rx) = watch::channel(RunnerStatus::default());
+        let runner = Runner {
+            settings,
             env,
             notifier,
-            client: RefCell::new(None),
-            cancel: RefCell::new(None),
-            busy: Cell::new(false),
-            stopping: Cell::new(false),
-            idle: Notify::new(),
-            starting: Cell::new(true),
-            last_pending: RefCell::new(None),
-            last_set: RefCell::new(None),
-            last_status: RefCell::new(None),
+            connection: None,
+            starting: true,
+            stopping: false,
+            last_pending: None,
+            last_set: None,
+            status,
+        };
+        (runner, status_rx)
+    }
+
+    /// Runs jobs until the job channel closes; control messages go first.
+    pub(crate) async fn run(
+        mut self,
+        mut jobs: mpsc::UnboundedReceiver<Job>,
+        mut control: mpsc::UnboundedReceiver<Control>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                Some(message) = control.recv() => self.control(message).await,
+                job = jobs.recv() => match job {
+                    Some(job) => self.serve(job).await,
+                    None => return,
+                },
+            }
         }
     }
 
-    /// Reads the folder, reusing what did not change since the last read.
-    pub fn load_folder(&self) -> Result<Rc<MigrationSet>, crate::source::SourceError> {
-        let dir = self.settings.borrow().migrations_dir.clone();
-        let previous = self.last_set.borrow().clone();
-        let set = Rc::new(MigrationSet::load_reusing(&dir, previous.as_deref())?);
-        *self.last_set.borrow_mut() = Some(set.clone());
+    async fn control(&mut self, message: Control) {
+        match message {
+            Control::Stop => self.stopping = true,
+            Control::Reload { reply } => {
+                let settings = self.settings.borrow().clone();
+                if let Some(c) = &self.connection {
+                    if c.made_with.database_url != settings.database_url
+                        || c.made_with.database_password_file != settings.database_password_file
+                    {
+                        self.connection = None;
+                    }
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(self.current_status().await);
+                }
+            }
+        }
+    }
+
+    async fn serve(&mut self, job: Job) {
+        if self.stopping {
+            let error = daemon_report(ErrorKind::Stopping, "vamsa-migrate is stopping".into());
+            send(&job, Event::done_failed(error, job.kind == JobKind::DryRun));
+            return;
+        }
+        self.status.send_modify(|s| s.busy = true);
+        self.run_job(&job).await;
+        self.starting = false;
+        self.status.send_modify(|s| {
+            s.busy = false;
+            s.cancel = None;
+        });
+    }
+
+    /// Reads the folder on the blocking pool, reusing what did not change since the last read.
+    async fn load_folder(&mut self, settings: &Settings) -> Result<Arc<MigrationSet>, SourceError> {
+        let dir = settings.migrations_dir.clone();
+        let previous = self.last_set.clone();
+        let read = {
+            let dir = dir.clone();
+            tokio::task::spawn_blocking(move || {
+                MigrationSet::load_reusing(&dir, previous.as_deref())
+            })
+        };
+        let set = match read.await {
+            Ok(result) => Arc::new(result?),
+            Err(e) => {
+                return Err(SourceError::Io {
+                    path: dir,
+                    source: std::io::Error::other(e),
+                })
+            }
+        };
+        self.last_set = Some(set.clone());
         Ok(set)
     }
 
     fn set_status(&self, text: String) {
         self.notifier.status(&text);
-        *self.last_status.borrow_mut() = Some(text);
+        self.status.send_modify(|s| s.line = Some(text));
     }
 
     /// The open connection, or a new one. A connection that broke (PostgreSQL restarted while
     /// we were idle) is replaced here, on next use: no polling while idle.
-    pub async fn client(&self) -> Result<Rc<Client>, EngineError> {
-        if let Some(client) = self.client.borrow().as_ref() {
-            if !client.is_closed() {
-                return Ok(client.clone());
+    async fn client(&mut self) -> Result<Rc<Client>, EngineError> {
+        if let Some(c) = &self.connection {
+            if !c.client.is_closed() {
+                return Ok(c.client.clone());
             }
         }
         let settings = self.settings.borrow().clone();
@@ -103,7 +202,10 @@ impl Shared {
         match crate::db::connect(&pg).await {
             Ok(client) => {
                 let client = Rc::new(client);
-                *self.client.borrow_mut() = Some(client.clone());
+                self.connection = Some(Connection {
+                    client: client.clone(),
+                    made_with: settings,
+                });
                 Ok(client)
             }
             Err(e) => {
@@ -115,21 +217,249 @@ impl Shared {
             }
         }
     }
-}
 
-/// Runs jobs until the channel closes.
-pub async fn run(shared: Rc<Shared>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    while let Some(job) = jobs.recv().await {
-        if shared.stopping.get() {
-            let error = daemon_report(ErrorKind::Stopping, "vamsa-migrate is stopping".into());
-            send(&job, Event::done_failed(error, job.kind == JobKind::DryRun));
-            continue;
+    /// The connection for a job, in the state of a new one: the daemon keeps its connection,
+    /// and nothing an earlier run set may change what this one does (the CLI gets the same
+    /// from its own new connection). A session that cannot be reset is replaced.
+    async fn clean_session(&mut self) -> Result<Rc<Client>, EngineError> {
+        let client = self.client().await?;
+        match crate::db::reset_session(&client).await {
+            Ok(()) => Ok(client),
+            Err(e) => {
+                tracing::warn!("{e}; opening a new connection");
+                self.connection = None;
+                self.client().await
+            }
         }
-        shared.busy.set(true);
-        run_job(&shared, &job).await;
-        *shared.cancel.borrow_mut() = None;
-        shared.busy.set(false);
-        shared.idle.notify_waiters();
+    }
+
+    /// Connects with capped exponential backoff while the server is unreachable, keeping
+    /// systemd informed. Errors that waiting cannot fix (bad settings, wrong credentials, no
+    /// such database) end the wait with `BAD_CONFIG`, or the unit would hang in "activating"
+    /// for ever.
+    pub(crate) async fn wait_for_database(&mut self) -> Result<(), u8> {
+        let settings = self.settings.borrow().clone();
+        let pg = settings.pg_config(&self.env).map_err(|e| {
+            tracing::error!("{e}");
+            exit::BAD_CONFIG
+        })?;
+        let target = describe_target(&pg);
+        let connect_timeout = pg
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(Duration::from_secs(10));
+        let mut delay = Duration::from_millis(250);
+        for attempt in 1u64.. {
+            let allowance = connect_timeout + delay + Duration::from_secs(5);
+            self.notifier.extend_timeout(allowance);
+            match self.client().await {
+                Ok(_) => return Ok(()),
+                Err(e) if diagnosis::is_permanent(&e) => {
+                    tracing::error!(
+                        SQLSTATE = e.sqlstate().unwrap_or(""),
+                        "{e}; fix database_url (or the password) and start again"
+                    );
+                    self.notifier
+                        .status(&format!("Cannot use the database at {target}: {e}"));
+                    return Err(exit::BAD_CONFIG);
+                }
+                Err(e) => {
+                    let text = format!("Waiting for database at {target} (attempt {attempt})");
+                    self.notifier.status(&text);
+                    tracing::warn!(ATTEMPT = attempt, "{text}: {e}");
+                }
+            }
+            self.notifier.extend_timeout(allowance);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(settings.daemon.db_retry_max.max(Duration::from_millis(250)));
+        }
+        Err(exit::START_FAILED)
+    }
+
+    async fn run_job(&mut self, job: &Job) {
+        let settings = self.settings.borrow().clone();
+        tracing::debug!(ORIGIN = %job.origin, "job {:?}", job.kind);
+        let set = match self.load_folder(&settings).await {
+            Ok(set) => set,
+            Err(e) if job.kind == JobKind::FolderSettled => {
+                return tracing::info!(
+                    "migrations folder changed but is not consistent yet ({e}); waiting for more changes"
+                )
+            }
+            Err(e) => return self.fail(job, &e.into()),
+        };
+        let client = match self.clean_session().await {
+            Ok(c) => c,
+            Err(e) => return self.fail(job, &e),
+        };
+        let cancel = client.cancel_token();
+        self.status.send_modify(|s| s.cancel = Some(cancel));
+        let pg = match settings.pg_config(&self.env) {
+            Ok(pg) => pg,
+            Err(e) => return self.fail(job, &e.into()),
+        };
+        let engine = Engine::new(&settings, &pg);
+        let apply = match job.kind {
+            JobKind::Apply => true,
+            JobKind::DryRun => false,
+            JobKind::Status => return self.answer_status(job, &engine, &client, &set).await,
+            JobKind::FolderChanged | JobKind::FolderSettled => {
+                match self.folder_changed(job, &engine, &client, &set).await {
+                    Some(apply) => apply,
+                    None => return,
+                }
+            }
+        };
+        self.run_engine(job, apply, &engine, &client, &set).await;
+    }
+
+    /// After a folder change: log what is newly pending; `Some(true)` when the policy is to
+    /// apply it now, `None` when the job is answered already.
+    async fn folder_changed(
+        &mut self,
+        job: &Job,
+        engine: &Engine<'_>,
+        client: &Client,
+        set: &MigrationSet,
+    ) -> Option<bool> {
+        if !self.report_pending(engine, client, set).await {
+            let message = "cannot read the tracking table (see the log)".into();
+            let error = daemon_report(ErrorKind::Database, message);
+            send(job, Event::done_failed(error, true));
+            return None;
+        }
+        if engine.settings.daemon.apply != ApplyPolicy::OnChange {
+            send(job, Event::done_ok(0, true));
+            return None;
+        }
+        Some(true)
+    }
+
+    async fn run_engine(
+        &mut self,
+        job: &Job,
+        apply: bool,
+        engine: &Engine<'_>,
+        client: &Client,
+        set: &MigrationSet,
+    ) {
+        let options = RunOptions {
+            plan: PlanOptions::default(),
+            dry_run: !apply,
+            no_backup: false,
+        };
+        let (notifier, starting) = (self.notifier, self.starting);
+        let mut emit = |event: Event| {
+            log_event(&event, &job.origin);
+            notify_progress(notifier, starting, &event);
+            send(job, event);
+        };
+        if let Err(e) = engine.run(client, set, &options, &mut emit).await {
+            self.forget_broken_connection(&e);
+        }
+        let text = self.status_text(engine, client, set).await;
+        self.set_status(text);
+    }
+
+    /// Answers `status`: the report, then `done`.
+    async fn answer_status(
+        &mut self,
+        job: &Job,
+        engine: &Engine<'_>,
+        client: &Client,
+        set: &MigrationSet,
+    ) {
+        match engine.status(client, set, &PlanOptions::default()).await {
+            Ok(status) => {
+                let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
+                let status = status_report(&status, &warnings);
+                send(job, DaemonReply::Status { status });
+                send(job, Event::done_ok(0, false));
+            }
+            Err(e) => self.fail(job, &e),
+        }
+    }
+
+    /// Reports an error that stopped a job before the engine ran.
+    fn fail(&mut self, job: &Job, e: &EngineError) {
+        self.forget_broken_connection(e);
+        let event = Event::done_failed(diagnosis::report(e), job.kind == JobKind::DryRun);
+        log_event(&event, &job.origin);
+        send(job, event);
+    }
+
+    fn forget_broken_connection(&mut self, e: &EngineError) {
+        if diagnosis::connection_lost(e) {
+            self.connection = None;
+        }
+    }
+
+    /// Logs newly pending migrations and sets STATUS, from one plan; false when the database
+    /// could not be read.
+    async fn report_pending(
+        &mut self,
+        engine: &Engine<'_>,
+        client: &Client,
+        set: &MigrationSet,
+    ) -> bool {
+        let status = match engine.status(client, set, &PlanOptions::default()).await {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!("cannot read the tracking table after a folder change: {e}");
+                self.forget_broken_connection(&e);
+                return false;
+            }
+        };
+        let pending: Vec<String> = status
+            .plan
+            .items
+            .iter()
+            .filter(|i| {
+                !matches!(
+                    i.state,
+                    crate::plan::State::Applied(_) | crate::plan::State::Edited { .. }
+                )
+            })
+            .map(|i| i.migration.file_name.clone())
+            .collect();
+        if self.last_pending.as_ref() != Some(&pending) && !pending.is_empty() {
+            tracing::info!(
+                PENDING = pending.len(),
+                "{} pending migration{} detected: {}",
+                pending.len(),
+                if pending.len() == 1 { "" } else { "s" },
+                pending.join(", ")
+            );
+        }
+        self.last_pending = Some(pending);
+        self.set_status(status_line_for(&status.plan, engine.settings.daemon.apply));
+        true
+    }
+
+    /// The STATUS text for the database as it is now.
+    async fn status_text(
+        &self,
+        engine: &Engine<'_>,
+        client: &Client,
+        set: &MigrationSet,
+    ) -> String {
+        match engine.status(client, set, &PlanOptions::default()).await {
+            Ok(status) => status_line_for(&status.plan, engine.settings.daemon.apply),
+            Err(e) => format!("Cannot read the tracking table: {e}"),
+        }
+    }
+
+    /// The STATUS text from a fresh read of the folder and the database.
+    async fn current_status(&mut self) -> String {
+        let settings = self.settings.borrow().clone();
+        let Ok(set) = self.load_folder(&settings).await else {
+            return "Migrations folder unreadable; see the journal".into();
+        };
+        let (Ok(pg), Ok(client)) = (settings.pg_config(&self.env), self.client().await) else {
+            return "Database unreachable; see the journal".into();
+        };
+        let engine = Engine::new(&settings, &pg);
+        self.status_text(&engine, &client, &set).await
     }
 }
 
@@ -138,64 +468,6 @@ fn send(job: &Job, reply: impl Into<Reply>) {
         // The client may be gone; the run goes on regardless.
         let _ = to.send(reply.into());
     }
-}
-
-async fn run_job(shared: &Shared, job: &Job) {
-    let settings = shared.settings.borrow().clone();
-    tracing::debug!(ORIGIN = %job.origin, "job {:?}", job.kind);
-    let set = match shared.load_folder() {
-        Ok(set) => set,
-        Err(e) => return fail(shared, job, &e.into()),
-    };
-    let client = match shared.client().await {
-        Ok(c) => c,
-        Err(e) => return fail(shared, job, &e),
-    };
-    *shared.cancel.borrow_mut() = Some(client.cancel_token());
-    let pg = match settings.pg_config(&shared.env) {
-        Ok(pg) => pg,
-        Err(e) => return fail(shared, job, &e.into()),
-    };
-    let engine = Engine::new(&settings, &pg);
-
-    let apply = match job.kind {
-        JobKind::Apply => true,
-        JobKind::DryRun => false,
-        JobKind::Status => return answer_status(shared, job, &engine, &client, &set).await,
-        JobKind::FolderChanged => {
-            let read = report_pending(shared, &engine, &client, &set).await;
-            if !read {
-                let message = "cannot read the tracking table (see the log)".into();
-                send(
-                    job,
-                    Event::done_failed(daemon_report(ErrorKind::Database, message), true),
-                );
-                return;
-            }
-            if settings.daemon.apply != ApplyPolicy::OnChange {
-                send(job, Event::done_ok(0, true));
-                return;
-            }
-            true
-        }
-    };
-
-    let options = RunOptions {
-        plan: PlanOptions::default(),
-        dry_run: !apply,
-        no_backup: false,
-    };
-    let notifier = shared.notifier;
-    let starting = shared.starting.get();
-    let mut emit = |event: Event| {
-        log_event(&event, &job.origin);
-        notify_progress(notifier, starting, &event);
-        send(job, event);
-    };
-    if let Err(e) = engine.run(&client, &set, &options, &mut emit).await {
-        forget_broken_connection(shared, &e);
-    }
-    update_status(shared, &engine, &client, &set).await;
 }
 
 /// STATUS (and, before READY, a longer start timeout) for the steps of a run.
@@ -227,110 +499,6 @@ fn notify_progress(notifier: Notifier, starting: bool, event: &Event) {
     }
 }
 
-/// Answers `status`: the report, then `done`.
-async fn answer_status(
-    shared: &Shared,
-    job: &Job,
-    engine: &Engine<'_>,
-    client: &Client,
-    set: &MigrationSet,
-) {
-    match engine.status(client, set, &PlanOptions::default()).await {
-        Ok(status) => {
-            let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
-            let status = status_report(&status, &warnings);
-            send(job, DaemonReply::Status { status });
-            send(job, Event::done_ok(0, false));
-        }
-        Err(e) => fail(shared, job, &e),
-    }
-}
-
-/// Reports an error that stopped a job before the engine ran.
-fn fail(shared: &Shared, job: &Job, e: &EngineError) {
-    forget_broken_connection(shared, e);
-    let event = Event::done_failed(diagnosis::report(e), job.kind == JobKind::DryRun);
-    log_event(&event, &job.origin);
-    send(job, event);
-}
-
-fn forget_broken_connection(shared: &Shared, e: &EngineError) {
-    if diagnosis::connection_lost(e) {
-        *shared.client.borrow_mut() = None;
-    }
-}
-
-/// Logs newly pending migrations and sets STATUS, from one plan; false when the database
-/// could not be read.
-async fn report_pending(
-    shared: &Shared,
-    engine: &Engine<'_>,
-    client: &Client,
-    set: &MigrationSet,
-) -> bool {
-    match engine.status(client, set, &PlanOptions::default()).await {
-        Ok(status) => {
-            let pending: Vec<String> = status
-                .plan
-                .items
-                .iter()
-                .filter(|i| {
-                    !matches!(
-                        i.state,
-                        crate::plan::State::Applied(_) | crate::plan::State::Edited { .. }
-                    )
-                })
-                .map(|i| i.migration.file_name.clone())
-                .collect();
-            let changed = shared.last_pending.borrow().as_ref() != Some(&pending);
-            if changed && !pending.is_empty() {
-                tracing::info!(
-                    PENDING = pending.len(),
-                    "{} pending migration{} detected: {}",
-                    pending.len(),
-                    if pending.len() == 1 { "" } else { "s" },
-                    pending.join(", ")
-                );
-            }
-            *shared.last_pending.borrow_mut() = Some(pending);
-            shared.set_status(status_line_for(
-                &status.plan,
-                shared.settings.borrow().daemon.apply,
-            ));
-            true
-        }
-        Err(e) => {
-            tracing::warn!("cannot read the tracking table after a folder change: {e}");
-            forget_broken_connection(shared, &e);
-            false
-        }
-    }
-}
-
-/// Sets STATUS from a fresh plan: "Up to date: 42 migrations applied" or "2 pending; ...".
-pub async fn update_status(
-    shared: &Shared,
-    engine: &Engine<'_>,
-    client: &Client,
-    set: &MigrationSet,
-) {
-    let text = status_text(shared, engine, client, set).await;
-    shared.set_status(text);
-}
-
-/// The STATUS text for the database as it is now.
-pub async fn status_text(
-    shared: &Shared,
-    engine: &Engine<'_>,
-    client: &Client,
-    set: &MigrationSet,
-) -> String {
-    match engine.status(client, set, &PlanOptions::default()).await {
-        Ok(status) => status_line_for(&status.plan, shared.settings.borrow().daemon.apply),
-        Err(e) => format!("Cannot read the tracking table: {e}"),
-    }
-}
-
 fn status_line_for(plan: &crate::plan::Plan<'_>, policy: ApplyPolicy) -> String {
     let pending = plan.pending_count();
     let drift = if plan.has_drift() {
@@ -354,7 +522,7 @@ fn status_line_for(plan: &crate::plan::Plan<'_>, policy: ApplyPolicy) -> String 
 }
 
 /// The journal entry for each engine event, with structured fields.
-pub fn log_event(event: &Event, origin: &str) {
+pub(crate) fn log_event(event: &Event, origin: &str) {
     match event {
         Event::Warning { message } => tracing::warn!(ORIGIN = origin, "{message}"),
         Event::WaitingForLock { holder_pid, .. } => tracing::info!(

@@ -8,20 +8,21 @@ use std::os::fd::FromRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-use crate::config::DaemonSettings;
-use crate::daemon::runner::{Job, JobKind, Shared};
+use crate::config::{DaemonSettings, Settings};
+use crate::daemon::runner::{Job, JobKind, RunnerStatus};
 use crate::diagnosis::daemon_report;
 use crate::protocol::{DaemonReply, ErrorKind, Event, Reply, Request};
 
 /// Longest request line accepted.
-pub const MAX_LINE: usize = 64 * 1024;
+pub(crate) const MAX_LINE: usize = 64 * 1024;
 /// How long a client may take to send its request line.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to read one reply line.
@@ -30,13 +31,13 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 512;
 
 /// The listening socket and, when we created the file ourselves, its path (removed on exit).
-pub struct TriggerSocket {
-    pub listener: UnixListener,
-    pub bound_path: Option<PathBuf>,
+pub(crate) struct TriggerSocket {
+    pub(crate) listener: UnixListener,
+    pub(crate) bound_path: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SocketError {
+pub(crate) enum SocketError {
     #[error("socket activation: {0}")]
     Activation(io::Error),
     #[error("another vamsa-migrate daemon is already listening on {0}")]
@@ -48,7 +49,7 @@ pub enum SocketError {
 }
 
 /// Takes the socket from systemd (`LISTEN_FDS`) or binds `socket_path` itself.
-pub fn acquire(settings: &DaemonSettings) -> Result<TriggerSocket, SocketError> {
+pub(crate) fn acquire(settings: &DaemonSettings) -> Result<TriggerSocket, SocketError> {
     let fds: Vec<(i32, String)> = sd_notify::listen_fds_with_names()
         .map_err(SocketError::Activation)?
         .collect();
@@ -101,8 +102,16 @@ fn bind(path: &Path, group: Option<&str>) -> Result<TriggerSocket, SocketError> 
     })
 }
 
+/// What a connection may see and do: read the runner's status and the settings, queue jobs.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) status: watch::Receiver<RunnerStatus>,
+    pub(crate) settings: watch::Receiver<Arc<Settings>>,
+    pub(crate) jobs: mpsc::UnboundedSender<Job>,
+}
+
 /// Accepts connections until the task is dropped.
-pub async fn serve(listener: UnixListener, shared: Rc<Shared>, jobs: mpsc::UnboundedSender<Job>) {
+pub(crate) async fn serve(listener: UnixListener, context: Context) {
     let active = Rc::new(std::cell::Cell::new(0usize));
     loop {
         let stream = match listener.accept().await {
@@ -123,11 +132,10 @@ pub async fn serve(listener: UnixListener, shared: Rc<Shared>, jobs: mpsc::Unbou
             continue;
         }
         active.set(active.get() + 1);
-        let shared = shared.clone();
-        let jobs = jobs.clone();
+        let context = context.clone();
         let active = active.clone();
         tokio::task::spawn_local(async move {
-            handle(stream, &shared, &jobs).await;
+            handle(stream, &context).await;
             active.set(active.get() - 1);
         });
     }
@@ -197,7 +205,7 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> Line {
 }
 
 /// Serves one connection: requests one after another until the client hangs up.
-async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSender<Job>) {
+async fn handle(stream: UnixStream, context: &Context) {
     let cred = stream.peer_cred().ok();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -210,7 +218,7 @@ async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSende
         let kind = match request {
             Request::Ping => {
                 let pong = DaemonReply::Pong {
-                    busy: shared.busy.get(),
+                    busy: context.status.borrow().busy,
                 };
                 if write_reply(&mut write, pong).await.is_err()
                     || write_reply(&mut write, Event::done_ok(0, false))
@@ -226,13 +234,13 @@ async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSende
             Request::Status => JobKind::Status,
         };
         let who = describe_peer(cred);
-        if kind == JobKind::Apply && !may_apply(cred, shared) {
+        if kind == JobKind::Apply && !may_apply(cred, &context.settings).await {
             tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
             let message = format!("permission denied: {who} may not apply migrations");
             let _ = write_reply(&mut write, refusal(ErrorKind::Refused, message)).await;
             return;
         }
-        if !relay_job(kind, &who, jobs, &mut write).await {
+        if !relay_job(kind, &who, &context.jobs, &mut write).await {
             return;
         }
     }
@@ -287,8 +295,15 @@ fn describe_peer(cred: Option<UCred>) -> String {
     })
 }
 
-fn may_apply(cred: Option<UCred>, shared: &Shared) -> bool {
-    cred.is_some_and(|c| crate::daemon::peer::may_apply(&c, &shared.settings.borrow().daemon))
+/// Asks `peer::may_apply` on the blocking pool: it reads the user database and /proc.
+async fn may_apply(cred: Option<UCred>, settings: &watch::Receiver<Arc<Settings>>) -> bool {
+    let Some(cred) = cred else {
+        return false;
+    };
+    let daemon: DaemonSettings = settings.borrow().daemon.clone();
+    tokio::task::spawn_blocking(move || crate::daemon::peer::may_apply(&cred, &daemon))
+        .await
+        .unwrap_or(false)
 }
 
 /// Queues the job and relays its replies; false when the connection is done for.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Notifier;
+pub(crate) struct Notifier;
 
 /// How long a state change (READY, STOPPING, ...) may wait for a busy service manager.
 const STATE_SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,16 +35,16 @@ impl Notifier {
         }
     }
 
-    pub fn ready(&self, status: &str) {
+    pub(crate) fn ready(&self, status: &str) {
         self.send(&[NotifyState::Ready, NotifyState::Status(status)]);
     }
 
-    pub fn status(&self, status: &str) {
+    pub(crate) fn status(&self, status: &str) {
         self.send(&[NotifyState::Status(status)]);
     }
 
     /// `RELOADING=1` with the `MONOTONIC_USEC` that `Type=notify-reload` requires.
-    pub fn reloading(&self) {
+    pub(crate) fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {
             Ok(now) => self.send(&[
                 NotifyState::Reloading,
@@ -55,23 +55,23 @@ impl Notifier {
         }
     }
 
-    pub fn stopping(&self, status: &str) {
+    pub(crate) fn stopping(&self, status: &str) {
         self.send(&[NotifyState::Stopping, NotifyState::Status(status)]);
     }
 
-    pub fn watchdog(&self) {
+    pub(crate) fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
     }
 
     /// Asks systemd for more time in the current start/stop/reload phase.
-    pub fn extend_timeout(&self, by: Duration) {
+    pub(crate) fn extend_timeout(&self, by: Duration) {
         let usec = by.as_micros().min(u32::MAX as u128) as u32;
         self.send(&[NotifyState::ExtendTimeoutUsec(usec)]);
     }
 }
 
 /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when systemd set one for us.
-pub fn watchdog_interval() -> Option<Duration> {
+pub(crate) fn watchdog_interval() -> Option<Duration> {
     sd_notify::watchdog_enabled().map(|d| d / 2)
 }
 

@@ -10,12 +10,12 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Keeps the watch alive; dropping it stops watching.
-pub struct FolderWatch {
+pub(crate) struct FolderWatch {
     _watcher: notify::RecommendedWatcher,
 }
 
 /// Sends `()` on `changed` for every change that may affect `dir`.
-pub fn watch(dir: &Path, changed: mpsc::UnboundedSender<()>) -> notify::Result<FolderWatch> {
+pub(crate) fn watch(dir: &Path, changed: mpsc::UnboundedSender<()>) -> notify::Result<FolderWatch> {
     let target = absolute(dir);
     let filter = target.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

@@ -54,6 +54,17 @@ pub enum EngineError {
     Convert(#[from] crate::convert::ConvertError),
     #[error("{file} must run outside a transaction (-- vamsa-migrate: no-transaction), but transaction = \"all\" runs the whole run in one")]
     NeedsOwnTransaction { file: String },
+    /// A migration released the run lock (PostgreSQL releases session-level advisory locks at
+    /// once, whatever the transaction does); the run stopped right after it.
+    #[error("{file} released the migration lock (pg_advisory_unlock_all() or pg_advisory_unlock() of its key); the run stopped before the next migration, so that two runs never apply at once")]
+    LockReleased {
+        /// The migration's file name.
+        file: String,
+        /// Migrations of this run that are committed and stay (this one included).
+        committed: usize,
+        /// The whole run was one transaction (`transaction = "all"`), now rolled back.
+        all_rolled_back: bool,
+    },
 }
 
 fn apply_headline(e: &ApplyError) -> String {
@@ -78,7 +89,7 @@ impl EngineError {
             EngineError::Db(DbError::TrackingRow(_)) => ErrorKind::TrackingTable,
             EngineError::Db(_) => ErrorKind::Database,
             EngineError::Drift(_) => ErrorKind::Drift,
-            EngineError::Apply(_) => ErrorKind::Apply,
+            EngineError::Apply(_) | EngineError::LockReleased { .. } => ErrorKind::Apply,
             EngineError::Backup(_) => ErrorKind::Backup,
         }
     }

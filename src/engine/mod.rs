@@ -461,6 +461,7 @@ impl<'a> Engine<'a> {
                 });
             }
             applied.push(m.file_name.clone());
+            self.check_lock_kept(client, m, all, applied.len()).await?;
         }
         if all && !to_apply.is_empty() {
             db::batch_transaction(client, "COMMIT", "committing the run's transaction").await?;
@@ -469,6 +470,31 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(applied)
+    }
+
+    /// Stops the run when the migration just applied released our run lock: another run may
+    /// already hold it, and must never apply at the same time as this one.
+    async fn check_lock_kept(
+        &self,
+        client: &Client,
+        m: &Migration,
+        all: bool,
+        applied: usize,
+    ) -> Result<(), EngineError> {
+        if db::holds_lock(client, &self.tracking).await? {
+            return Ok(());
+        }
+        if all {
+            let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
+        } else {
+            // Make the asynchronous commits durable before we say they stay.
+            let _ = db::flush_commits(client).await;
+        }
+        Err(EngineError::LockReleased {
+            file: m.file_name.clone(),
+            committed: if all { 0 } else { applied },
+            all_rolled_back: all,
+        })
     }
 
     /// Applies one migration, trying again after a lock timeout that left nothing behind.

@@ -4,6 +4,7 @@
 
 mod backup;
 mod daemon;
+mod daemon_state;
 mod drizzle1;
 mod faults;
 mod folders_prop;

@@ -1,0 +1,301 @@
+//! Hostile neighbours (issue 11): each test performs an attack a local user (`nobody`) or an
+//! interruption could mount on the same host, and checks that it fails. The README's
+//! "Guarantees" links each to its item.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Db, Folder, Run};
+
+const A: &str = "CREATE TABLE persons (id serial PRIMARY KEY, name text NOT NULL);\n";
+const B: &str = "ALTER TABLE persons ADD COLUMN born date;\n";
+const SECRET: &str = "Sup3r-s3cret";
+
+/// Waits until `f` holds; fails after a minute (a bound against hanging, not a measurement).
+#[track_caller]
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// A URL with a password (the test cluster trusts local connections, so it is only carried).
+fn url_with_password(db: &Db) -> String {
+    format!(
+        "postgres://postgres:{SECRET}@127.0.0.1:{}/{}?sslmode=disable",
+        db.cluster.port(),
+        db.name
+    )
+}
+
+fn pid_gone(pid: u32) -> bool {
+    // A zombie has ended; only its parent's wait is missing.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+fn signal(child: &Child, sig: i32) {
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+// ---- Item 7: a backup_dir others may change -------------------------------------------------
+
+/// nobody replaces every temporary dump name with a link to `target` as soon as it appears.
+fn swap_partials_for_links(dir: &Path, target: &Path) -> Child {
+    let script = format!(
+        "while :; do for f in {dir}/.*.partial; do \
+           [ -f \"$f\" ] && [ ! -L \"$f\" ] && ln -sfn {target} \"$f\"; \
+         done; done",
+        dir = dir.display(),
+        target = target.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    common::as_nobody(&mut cmd);
+    cmd.spawn().unwrap()
+}
+
+fn migrate_into(db: &Db, folder: &Path, backups: &Path) -> Run {
+    let mut cmd = common::bin();
+    cmd.arg("migrate")
+        .arg("--database-url")
+        .arg(db.url())
+        .arg("--migrations-dir")
+        .arg(folder)
+        .arg("--backup-dir")
+        .arg(backups);
+    Run::from(cmd.output().unwrap())
+}
+
+#[test]
+fn a_backup_dir_others_may_write_is_refused_while_nobody_swaps_its_temporary_names() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let root = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A root-owned file the attacker wants overwritten.
+    let victim = root.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let shared = root.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+    let mut attacker = swap_partials_for_links(&shared, &victim);
+    let run = migrate_into(&db, f.path(), &shared);
+    attacker.kill().unwrap();
+    attacker.wait().unwrap();
+
+    run.code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "backup_dir {} is writable by other users (mode 777)",
+            shared.display()
+        )) && run
+            .stderr
+            .contains(&format!("`chmod 700 {}`", shared.display())),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(names_in(&shared).is_empty(), "{:?}", names_in(&shared));
+    assert!(!db.table_exists("persons"), "migrated without a backup");
+
+    // A folder another user owns is refused too, whatever its mode.
+    let theirs = root.path().join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::fs::set_permissions(&theirs, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let run = migrate_into(&db, f.path(), &theirs);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("is owned by uid 65534, neither this user"),
+        "{}",
+        run.stderr
+    );
+    assert!(names_in(&theirs).is_empty());
+    assert!(!db.table_exists("persons"));
+}
+
+// ---- Item 8: an interrupted backup ----------------------------------------------------------
+
+/// A migration applied, one pending, and a pg_dump that records its pid and environment.
+struct Interrupted {
+    db: Db,
+    folder: Folder,
+    shim: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    lock: Child,
+}
+
+impl Interrupted {
+    fn new() -> Interrupted {
+        let db = Db::new();
+        let folder = Folder::new(&[("0000_a", 1000, A)]);
+        db.run(folder.path(), &["migrate"]).ok();
+        folder.write(&[("0000_a", 1000, A), ("0001_b", 2000, B)]);
+        let shim = tempfile::tempdir().unwrap();
+        let real = Command::new("sh")
+            .args(["-c", "command -v pg_dump"])
+            .output()
+            .unwrap();
+        let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+        let script = format!(
+            "#!/bin/sh\necho $$ > {dir}/pid\ntr '\\0' '\\n' < /proc/$$/environ > {dir}/environ\nexec {real} \"$@\"\n",
+            dir = shim.path().display()
+        );
+        std::fs::write(shim.path().join("pg_dump"), script).unwrap();
+        std::fs::set_permissions(
+            shim.path().join("pg_dump"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let lock = Interrupted::hold_persons(&db);
+        Interrupted {
+            db,
+            folder,
+            shim,
+            tmp: tempfile::tempdir().unwrap(),
+            lock,
+        }
+    }
+
+    /// A session holding an ACCESS EXCLUSIVE lock on persons: pg_dump waits for it.
+    fn hold_persons(db: &Db) -> Child {
+        let mut cmd = db.cluster.psql_command(&db.name);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let stdin = child.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"BEGIN;\nLOCK TABLE persons IN ACCESS EXCLUSIVE MODE;\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        wait_for("the lock on persons", || {
+            db.psql("SELECT count(*) FROM pg_locks WHERE relation = 'persons'::regclass AND mode = 'AccessExclusiveLock' AND granted") == "1"
+        });
+        child
+    }
+
+    fn release(&mut self) {
+        drop(self.lock.stdin.take());
+        self.lock.wait().unwrap();
+    }
+
+    /// `migrate` with the password in DATABASE_URL, PGPASSWORD set, and TMPDIR of our own.
+    fn spawn_migrate(&self) -> Child {
+        let path = format!(
+            "{}:{}",
+            self.shim.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let mut cmd = common::bin();
+        cmd.arg("migrate")
+            .arg("--migrations-dir")
+            .arg(self.folder.path())
+            .arg("--backup-dir")
+            .arg(self.db.backups.path())
+            .env("DATABASE_URL", url_with_password(&self.db))
+            .env("PGPASSWORD", "leak-me-not")
+            .env("TMPDIR", self.tmp.path())
+            .env("PATH", path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = cmd.spawn().unwrap();
+        wait_for("pg_dump waiting for the lock", || {
+            self.db.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vamsa-migrate backup' AND wait_event_type = 'Lock'") == "1"
+        });
+        child
+    }
+
+    fn pg_dump_pid(&self) -> u32 {
+        let text = std::fs::read_to_string(self.shim.path().join("pid")).unwrap();
+        text.trim().parse().unwrap()
+    }
+
+    fn partials(&self) -> Vec<String> {
+        names_in(self.db.backups.path())
+            .into_iter()
+            .filter(|n| n.ends_with(".partial"))
+            .collect()
+    }
+}
+
+#[test]
+fn sigterm_during_a_backup_stops_pg_dump_and_leaves_neither_password_nor_partial_dump() {
+    let mut t = Interrupted::new();
+    let dumps_before = names_in(t.db.backups.path());
+    let migrate = t.spawn_migrate();
+    // While pg_dump runs: the password is in no file and not in its environment.
+    assert_eq!(names_in(t.tmp.path()), Vec::<String>::new());
+    let environ = std::fs::read_to_string(t.shim.path().join("environ")).unwrap();
+    for leak in [SECRET, "leak-me-not", "DATABASE_URL=", "PGPASSWORD="] {
+        assert!(
+            !environ.contains(leak),
+            "pg_dump inherits {leak}:\n{environ}"
+        );
+    }
+    assert_eq!(t.partials().len(), 1, "the dump is being written");
+
+    signal(&migrate, libc::SIGTERM);
+    let run = Run::from(migrate.wait_with_output().unwrap());
+    run.code(143);
+    assert!(run.stderr.contains("stopped by SIGTERM"), "{}", run.stderr);
+    let pid = t.pg_dump_pid();
+    wait_for("pg_dump to end", || pid_gone(pid));
+    assert_eq!(names_in(t.db.backups.path()), dumps_before);
+    assert_eq!(names_in(t.tmp.path()), Vec::<String>::new());
+    assert!(!run.stdout.contains(SECRET) && !run.stderr.contains(SECRET));
+    t.release();
+    assert_eq!(t.db.rows().len(), 1, "nothing applied after the stop");
+}
+
+#[test]
+fn sigkill_during_a_backup_leaves_a_partial_dump_that_the_next_run_removes() {
+    let mut t = Interrupted::new();
+    let mut migrate = t.spawn_migrate();
+    migrate.kill().unwrap();
+    migrate.wait().unwrap();
+    // The orphaned pg_dump still writes (and holds) its file: nobody removes it meanwhile.
+    assert_eq!(t.partials().len(), 1);
+    assert_eq!(
+        names_in(t.tmp.path()),
+        Vec::<String>::new(),
+        "no password file"
+    );
+    t.release();
+    let pid = t.pg_dump_pid();
+    wait_for("the orphaned pg_dump to end", || pid_gone(pid));
+    assert_eq!(t.partials().len(), 1, "what a SIGKILL leaves");
+
+    t.db.run(t.folder.path(), &["migrate"]).ok();
+    assert_eq!(t.partials(), Vec::<String>::new(), "the next run cleans up");
+    assert_eq!(names_in(t.db.backups.path()).len(), 2);
+    assert_eq!(t.db.rows().len(), 2);
+}

@@ -139,9 +139,21 @@ impl Cli {
         })
     }
 
+    /// The settings, after warnings (on stderr) about a password other local users may read.
     fn settings(&self, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
         let mut settings = Settings::load(self.config.as_deref(), env)?;
         settings.apply(self.flags_layer()?);
+        // clap folded VAMSA_MIGRATE_CONFIG into `config`.
+        for warning in crate::config::secret_warnings(self.config.as_deref(), &settings) {
+            tracing::warn!("{warning}");
+        }
+        if self
+            .database_url
+            .as_deref()
+            .is_some_and(crate::config::has_password)
+        {
+            tracing::warn!("--database-url holds a password, which every local user can see (ps, /proc/<pid>/cmdline) while this runs: put it in database_password_file (mode 0600), or in DATABASE_URL, or in a config file other users cannot read");
+        }
         Ok(settings)
     }
 

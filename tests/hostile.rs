@@ -299,3 +299,163 @@ fn sigkill_during_a_backup_leaves_a_partial_dump_that_the_next_run_removes() {
     assert_eq!(names_in(t.db.backups.path()).len(), 2);
     assert_eq!(t.db.rows().len(), 2);
 }
+
+// ---- Item 10: the password in configuration errors ------------------------------------------
+
+const BAD_LINE: &str = "database_url = postgres://vamsa:Sup3r-s3cret@db.example/vamsa\n";
+
+#[track_caller]
+fn names_the_place_not_the_secret(text: &str, file: &Path) {
+    assert!(!text.contains(SECRET), "the password is shown:\n{text}");
+    assert!(
+        text.contains(&format!(
+            "{}: line 1, column 16: TOML syntax: ",
+            file.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_errors_never_show_the_password_in_the_cli_at_daemon_start_or_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, BAD_LINE).unwrap();
+
+    let run = Run::from(
+        common::bin()
+            .arg("status")
+            .env("VAMSA_MIGRATE_CONFIG", &bad)
+            .output()
+            .unwrap(),
+    );
+    run.code(2);
+    names_the_place_not_the_secret(&run.stderr, &bad);
+
+    // A password where a value of another type belongs, from the environment.
+    let run = Run::from(
+        common::bin()
+            .arg("status")
+            .env(
+                "VAMSA_MIGRATE_LOCK_WAIT",
+                format!("host=h password={SECRET}"),
+            )
+            .output()
+            .unwrap(),
+    );
+    run.code(2);
+    assert!(
+        run.stderr.contains("lock_wait") && !run.stderr.contains(SECRET),
+        "{}",
+        run.stderr
+    );
+
+    let run = Run::from(
+        common::bin()
+            .arg("daemon")
+            .env("VAMSA_MIGRATE_CONFIG", &bad)
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .output()
+            .unwrap(),
+    );
+    run.code(2);
+    names_the_place_not_the_secret(&run.stderr, &bad);
+
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let mut d = common::daemon::Daemon::start(&db.url(), f.path(), "");
+    d.ready();
+    std::fs::write(&d.config, BAD_LINE).unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log(
+        "configuration reload failed, keeping the previous one",
+        Duration::from_secs(30),
+    );
+    names_the_place_not_the_secret(&d.log(), &d.config);
+}
+
+// ---- Item 11: secret files other users may read ---------------------------------------------
+
+/// Whether nobody can read `path` (the attack itself).
+fn nobody_reads(path: &Path) -> bool {
+    let mut cat = Command::new("cat");
+    cat.arg(path).stdout(Stdio::piped()).stderr(Stdio::null());
+    common::as_nobody(&mut cat);
+    let out = cat.output().unwrap();
+    out.status.success() && String::from_utf8_lossy(&out.stdout).contains(SECRET)
+}
+
+fn status_with_config(config: &Path, extra: &[&str]) -> Run {
+    Run::from(
+        common::bin()
+            .arg("status")
+            .args(extra)
+            .env("VAMSA_MIGRATE_CONFIG", config)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn a_password_other_users_may_read_is_named_with_the_chmod_that_fixes_it() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("config.toml");
+    let url = format!("{} password={SECRET}", db.url());
+    std::fs::write(
+        &config,
+        format!("database_url = {url:?}\nmigrations_dir = {:?}\n", f.path()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(nobody_reads(&config), "the attack");
+    let run = status_with_config(&config, &[]);
+    run.code(3);
+    let warning = format!(
+        "config file {p} holds the database password and every local user may read it (mode 644): `chmod o-rwx {p}`",
+        p = config.display()
+    );
+    assert!(run.stderr.contains(&warning), "{}", run.stderr);
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(!nobody_reads(&config));
+    let run = status_with_config(&config, &[]);
+    assert!(!run.stderr.contains("every local user"), "{}", run.stderr);
+
+    // database_password_file, the same way.
+    let password = dir.path().join("password");
+    std::fs::write(&password, format!("{SECRET}\n")).unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "database_url = {:?}\ndatabase_password_file = {password:?}\nmigrations_dir = {:?}\n",
+            db.url(),
+            f.path()
+        ),
+    )
+    .unwrap();
+    assert!(nobody_reads(&password), "the attack");
+    let run = status_with_config(&config, &[]);
+    run.code(3);
+    assert!(
+        run.stderr.contains(&format!(
+            "database_password_file {p} may be read by every local user (mode 644): `chmod o-rwx {p}`",
+            p = password.display()
+        )),
+        "{}",
+        run.stderr
+    );
+
+    // A password on the command line: every user sees it in ps while the command runs.
+    let run = status_with_config(&config, &["--database-url", &url]);
+    run.code(3);
+    assert!(
+        run.stderr
+            .contains("--database-url holds a password, which every local user can see (ps"),
+        "{}",
+        run.stderr
+    );
+}

@@ -35,6 +35,7 @@ pub fn main(config: Option<PathBuf>) -> u8 {
         }
     };
     crate::logging::init(settings.daemon.log_target, &settings.daemon.log_level);
+    warn_of_readable_secrets(config.as_deref(), &settings);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -342,6 +343,14 @@ async fn current_status(shared: &Shared) -> String {
     runner::status_text(shared, &engine, &client, &set).await
 }
 
+/// Logs [`crate::config::secret_warnings`]; the file is `--config`, else `VAMSA_MIGRATE_CONFIG`
+/// (which clap already folded into it), else the packaged one.
+fn warn_of_readable_secrets(config: Option<&Path>, settings: &Settings) {
+    for warning in crate::config::secret_warnings(config, settings) {
+        tracing::warn!("{warning}");
+    }
+}
+
 /// SIGHUP: re-read the configuration; an invalid one is logged and the old one kept.
 async fn reload(shared: &Shared, config: Option<&Path>) {
     shared.notifier.reloading();
@@ -357,6 +366,7 @@ async fn reload(shared: &Shared, config: Option<&Path>) {
             {
                 *shared.client.borrow_mut() = None;
             }
+            warn_of_readable_secrets(config, &new);
             *shared.settings.borrow_mut() = new;
             tracing::info!("configuration reloaded");
         }

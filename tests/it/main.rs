@@ -7,6 +7,7 @@ mod daemon;
 mod drizzle1;
 mod faults;
 mod folders_prop;
+mod hostile;
 mod interop;
 mod migrate;
 mod support;

@@ -2,29 +2,20 @@
 //! interruption could mount on the same host, and checks that it fails. The README's
 //! "Guarantees" links each to its item.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use common::{Db, Folder, Run};
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use crate::support::{cli, eventually, root_or_skip, Daemon, Db, Folder, Run, Signal};
 
 const A: &str = "CREATE TABLE persons (id serial PRIMARY KEY, name text NOT NULL);\n";
 const B: &str = "ALTER TABLE persons ADD COLUMN born date;\n";
 const SECRET: &str = "Sup3r-s3cret";
-
-/// Waits until `f` holds; fails after a minute (a bound against hanging, not a measurement).
-#[track_caller]
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn names_in(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -56,9 +47,14 @@ fn pid_gone(pid: u32) -> bool {
     }
 }
 
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: a signal to our own child.
-    unsafe { libc::kill(child.id() as i32, sig) };
+fn signal(child: &Child, signal: Signal) {
+    let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
+    kill(Pid::from_raw(pid), signal).expect("signal our child");
+}
+
+/// Runs `cmd` as uid and gid 65534 (`nobody`); std drops the supplementary groups.
+fn as_nobody(cmd: &mut Command) -> &mut Command {
+    cmd.uid(65534).gid(65534)
 }
 
 // ---- Item 7: a backup_dir others may change -------------------------------------------------
@@ -77,24 +73,21 @@ fn swap_partials_for_links(dir: &Path, target: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    common::as_nobody(&mut cmd);
+    as_nobody(&mut cmd);
     cmd.spawn().unwrap()
 }
 
 fn migrate_into(db: &Db, folder: &Path, backups: &Path) -> Run {
-    let mut cmd = common::bin();
-    cmd.arg("migrate")
-        .arg("--database-url")
-        .arg(db.url())
-        .arg("--migrations-dir")
-        .arg(folder)
-        .arg("--backup-dir")
-        .arg(backups);
-    Run::from(cmd.output().unwrap())
+    let mut cli = db.cli(folder);
+    cli.arg("migrate").backup_dir(backups);
+    cli.run()
 }
 
 #[test]
 fn a_backup_dir_others_may_write_is_refused_while_nobody_swaps_its_temporary_names() {
+    if !root_or_skip("attack as nobody and chown a folder to it") {
+        return;
+    }
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
     let root = tempfile::tempdir().unwrap();
@@ -197,7 +190,7 @@ impl Interrupted {
             .write_all(b"BEGIN;\nLOCK TABLE persons IN ACCESS EXCLUSIVE MODE;\n")
             .unwrap();
         stdin.flush().unwrap();
-        wait_for("the lock on persons", || {
+        eventually("the lock on persons", || {
             db.psql("SELECT count(*) FROM pg_locks WHERE relation = 'persons'::regclass AND mode = 'AccessExclusiveLock' AND granted") == "1"
         });
         child
@@ -215,20 +208,21 @@ impl Interrupted {
             self.shim.path().display(),
             std::env::var("PATH").unwrap()
         );
-        let mut cmd = common::bin();
+        let mut cmd = cli();
         cmd.arg("migrate")
-            .arg("--migrations-dir")
-            .arg(self.folder.path())
-            .arg("--backup-dir")
-            .arg(self.db.backups.path())
+            .migrations_dir(self.folder.path())
+            .backup_dir(self.db.backups.path())
             .env("DATABASE_URL", url_with_password(&self.db))
             .env("PGPASSWORD", "leak-me-not")
             .env("TMPDIR", self.tmp.path())
-            .env("PATH", path)
+            .env("PATH", path);
+        let child = cmd
+            .command()
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let child = cmd.spawn().unwrap();
-        wait_for("pg_dump waiting for the lock", || {
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        eventually("pg_dump waiting for the lock", || {
             self.db.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vamsa-migrate backup' AND wait_event_type = 'Lock'") == "1"
         });
         child
@@ -263,12 +257,12 @@ fn sigterm_during_a_backup_stops_pg_dump_and_leaves_neither_password_nor_partial
     }
     assert_eq!(t.partials().len(), 1, "the dump is being written");
 
-    signal(&migrate, libc::SIGTERM);
+    signal(&migrate, Signal::SIGTERM);
     let run = Run::from(migrate.wait_with_output().unwrap());
     run.code(143);
     assert!(run.stderr.contains("stopped by SIGTERM"), "{}", run.stderr);
     let pid = t.pg_dump_pid();
-    wait_for("pg_dump to end", || pid_gone(pid));
+    eventually("pg_dump to end", || pid_gone(pid));
     assert_eq!(names_in(t.db.backups.path()), dumps_before);
     assert_eq!(names_in(t.tmp.path()), Vec::<String>::new());
     assert!(!run.stdout.contains(SECRET) && !run.stderr.contains(SECRET));
@@ -291,7 +285,7 @@ fn sigkill_during_a_backup_leaves_a_partial_dump_that_the_next_run_removes() {
     );
     t.release();
     let pid = t.pg_dump_pid();
-    wait_for("the orphaned pg_dump to end", || pid_gone(pid));
+    eventually("the orphaned pg_dump to end", || pid_gone(pid));
     assert_eq!(t.partials().len(), 1, "what a SIGKILL leaves");
 
     t.db.run(t.folder.path(), &["migrate"]).ok();
@@ -322,27 +316,18 @@ fn config_errors_never_show_the_password_in_the_cli_at_daemon_start_or_on_sighup
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, BAD_LINE).unwrap();
 
-    let run = Run::from(
-        common::bin()
-            .arg("status")
-            .env("VAMSA_MIGRATE_CONFIG", &bad)
-            .output()
-            .unwrap(),
-    );
+    let run = cli().arg("status").env("VAMSA_MIGRATE_CONFIG", &bad).run();
     run.code(2);
     names_the_place_not_the_secret(&run.stderr, &bad);
 
     // A password where a value of another type belongs, from the environment.
-    let run = Run::from(
-        common::bin()
-            .arg("status")
-            .env(
-                "VAMSA_MIGRATE_LOCK_WAIT",
-                format!("host=h password={SECRET}"),
-            )
-            .output()
-            .unwrap(),
-    );
+    let run = cli()
+        .arg("status")
+        .env(
+            "VAMSA_MIGRATE_LOCK_WAIT",
+            format!("host=h password={SECRET}"),
+        )
+        .run();
     run.code(2);
     assert!(
         run.stderr.contains("lock_wait") && !run.stderr.contains(SECRET),
@@ -350,28 +335,22 @@ fn config_errors_never_show_the_password_in_the_cli_at_daemon_start_or_on_sighup
         run.stderr
     );
 
-    let run = Run::from(
-        common::bin()
-            .arg("daemon")
-            .env("VAMSA_MIGRATE_CONFIG", &bad)
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .output()
-            .unwrap(),
-    );
+    let run = cli()
+        .arg("daemon")
+        .env("VAMSA_MIGRATE_CONFIG", &bad)
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .run();
     run.code(2);
     names_the_place_not_the_secret(&run.stderr, &bad);
 
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let mut d = common::daemon::Daemon::start(&db.url(), f.path(), "");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "");
     d.ready();
     std::fs::write(&d.config, BAD_LINE).unwrap();
-    d.signal(libc::SIGHUP);
-    d.wait_log(
-        "configuration reload failed, keeping the previous one",
-        Duration::from_secs(30),
-    );
+    d.signal(Signal::SIGHUP);
+    d.wait_log("configuration reload failed, keeping the previous one");
     names_the_place_not_the_secret(&d.log(), &d.config);
 }
 
@@ -381,24 +360,24 @@ fn config_errors_never_show_the_password_in_the_cli_at_daemon_start_or_on_sighup
 fn nobody_reads(path: &Path) -> bool {
     let mut cat = Command::new("cat");
     cat.arg(path).stdout(Stdio::piped()).stderr(Stdio::null());
-    common::as_nobody(&mut cat);
+    as_nobody(&mut cat);
     let out = cat.output().unwrap();
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains(SECRET)
 }
 
 fn status_with_config(config: &Path, extra: &[&str]) -> Run {
-    Run::from(
-        common::bin()
-            .arg("status")
-            .args(extra)
-            .env("VAMSA_MIGRATE_CONFIG", config)
-            .output()
-            .unwrap(),
-    )
+    cli()
+        .arg("status")
+        .args(extra)
+        .env("VAMSA_MIGRATE_CONFIG", config)
+        .run()
 }
 
 #[test]
 fn a_password_other_users_may_read_is_named_with_the_chmod_that_fixes_it() {
+    if !root_or_skip("read the files as nobody") {
+        return;
+    }
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
     let dir = tempfile::tempdir().unwrap();

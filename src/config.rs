@@ -54,6 +54,19 @@ pub enum ApplyPolicy {
     Manual,
 }
 
+/// What a peer of the trigger socket that may not apply (not root, the service user, or in
+/// `allowed_users`/`allowed_groups`) may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerView {
+    /// `ping` only: whether the daemon runs and is busy.
+    #[default]
+    Ping,
+    /// Also `status` and `dry-run`: file names, states, and statement summaries without their
+    /// string constants.
+    Status,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogTarget {
@@ -94,6 +107,8 @@ pub struct DaemonSettings {
     /// Users, besides root and the service user, that may send `apply`.
     pub allowed_users: Vec<String>,
     pub allowed_groups: Vec<String>,
+    /// What peers that may not apply may ask.
+    pub peer_view: PeerView,
     pub apply_on_start: bool,
     pub apply: ApplyPolicy,
     /// Quiet time after the last change in the folder before it is read.
@@ -114,6 +129,7 @@ impl Default for DaemonSettings {
             socket_group: None,
             allowed_users: Vec::new(),
             allowed_groups: Vec::new(),
+            peer_view: PeerView::Ping,
             apply_on_start: true,
             apply: ApplyPolicy::OnTrigger,
             settle: Duration::from_millis(500),
@@ -188,6 +204,7 @@ pub struct Layer {
     pub allowed_users: Option<Vec<String>>,
     #[serde(default, deserialize_with = "string_list")]
     pub allowed_groups: Option<Vec<String>>,
+    pub peer_view: Option<PeerView>,
     pub apply_on_start: Option<bool>,
     pub apply: Option<ApplyPolicy>,
     #[serde(default, with = "humantime_serde")]
@@ -269,6 +286,7 @@ impl Settings {
             socket_path,
             allowed_users,
             allowed_groups,
+            peer_view,
             apply_on_start,
             apply,
             settle,

@@ -15,7 +15,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 
-use crate::config::DaemonSettings;
+use crate::config::{DaemonSettings, PeerView};
 use crate::daemon::runner::{Job, JobKind, Shared};
 use crate::diagnosis::daemon_report;
 use crate::protocol::{DaemonReply, ErrorKind, Event, Reply, Request};
@@ -226,13 +226,19 @@ async fn handle(stream: UnixStream, shared: &Shared, jobs: &mpsc::UnboundedSende
             Request::Status => JobKind::Status,
         };
         let who = describe_peer(cred);
-        if kind == JobKind::Apply && !may_apply(cred, shared) {
+        let outsider = !may_apply(cred, shared);
+        if outsider && kind == JobKind::Apply {
             tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
             let message = format!("permission denied: {who} may not apply migrations");
             let _ = write_reply(&mut write, refusal(ErrorKind::Refused, message)).await;
             return;
         }
-        if !relay_job(kind, &who, jobs, &mut write).await {
+        if outsider && shared.settings.borrow().daemon.peer_view == PeerView::Ping {
+            let message = format!("permission denied: {who} may not apply migrations, so it may only ping (peer_view = \"ping\")");
+            let _ = write_reply(&mut write, refusal(ErrorKind::Refused, message)).await;
+            return;
+        }
+        if !relay_job(kind, &who, outsider, jobs, &mut write).await {
             return;
         }
     }
@@ -292,9 +298,12 @@ fn may_apply(cred: Option<UCred>, shared: &Shared) -> bool {
 }
 
 /// Queues the job and relays its replies; false when the connection is done for.
+/// Queues the job and writes its replies; to an `outsider` (a peer that may not apply) as
+/// [`Reply::for_outsider`] shows them.
 async fn relay_job(
     kind: JobKind,
     who: &str,
+    outsider: bool,
     jobs: &mpsc::UnboundedSender<Job>,
     write: &mut OwnedWriteHalf,
 ) -> bool {
@@ -314,6 +323,11 @@ async fn relay_job(
     }
     let mut client_gone = false;
     while let Some(reply) = rx.recv().await {
+        let reply = if outsider {
+            reply.for_outsider()
+        } else {
+            reply
+        };
         // A client that went away does not stop the run: keep draining its replies.
         if !client_gone && write_reply(write, reply).await.is_err() {
             client_gone = true;

@@ -438,3 +438,70 @@ fn a_password_other_users_may_read_is_named_with_the_chmod_that_fixes_it() {
         run.stderr
     );
 }
+
+// ---- Item 6: what a peer that may not apply learns -------------------------------------------
+
+const ROLE_WITH_PASSWORD: &str = "CREATE ROLE app_reader LOGIN PASSWORD 'Sup3r-s3cret';\n";
+
+/// One request line on the socket from a process running as nobody; its first reply line.
+fn nobody_asks(socket: &Path, line: &str) -> String {
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode()+b'\\n'); print(s.makefile().readline())";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(socket)
+        .arg(line)
+        .stdout(Stdio::piped());
+    as_nobody(&mut cmd);
+    let out = cmd.output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_peer_that_may_not_apply_only_pings_by_default_and_never_sees_string_constants() {
+    if !root_or_skip("connect to the socket as nobody") {
+        return;
+    }
+    let db = Db::new();
+    let f = Folder::new(&[("0000_role", 1000, ROLE_WITH_PASSWORD)]);
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "apply_on_start = false");
+    d.ready();
+    d.open_socket_to_everyone();
+    let mut nobody = cli();
+    nobody
+        .args(["trigger", "--dry-run"])
+        .env("VAMSA_MIGRATE_SOCKET_PATH", &d.socket)
+        .as_nobody();
+
+    // The default, peer_view = "ping".
+    let run = nobody.run();
+    run.code(77);
+    assert!(
+        run.stderr.contains("may only ping (peer_view = \"ping\")"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains(SECRET) && !run.stderr.contains(SECRET));
+    let status = nobody_asks(&d.socket, "{\"command\":\"status\"}");
+    assert!(status.contains("may only ping"), "{status}");
+    assert!(nobody_asks(&d.socket, "{\"command\":\"ping\"}").contains("pong"));
+
+    // peer_view = "status": the dry run, with every string constant masked.
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, format!("{text}peer_view = \"status\"\n")).unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_log("configuration reloaded");
+    let run = nobody.run();
+    run.ok();
+    assert!(
+        run.stdout
+            .contains("CREATE ROLE app_reader LOGIN PASSWORD '…'"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains(SECRET) && !run.stderr.contains(SECRET));
+
+    // A peer that may apply sees the statement as it is.
+    let run = d.trigger(&["--dry-run"]);
+    run.ok();
+    assert!(run.stdout.contains(SECRET), "{}", run.stdout);
+}

@@ -4,11 +4,14 @@
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::io::{self, Seek, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Instant, SystemTime};
+
+use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 
 use tokio::process::Command;
 use tokio_postgres::config::Host;
@@ -46,6 +49,14 @@ pub struct Backup {
 pub enum BackupError {
     #[error("backup_dir {dir}: {source}")]
     Dir { dir: PathBuf, source: io::Error },
+    /// A folder another local user may change: they could swap the dump's temporary name
+    /// for a link and redirect root's writes or read the dump.
+    #[error("backup_dir {dir} is {problem}, so another local user could redirect or read the dump; nothing was written: {fix}")]
+    UnsafeDir {
+        dir: PathBuf,
+        problem: String,
+        fix: String,
+    },
     #[error("not enough free space in {dir} for a backup: {free} free, the database is {needed}")]
     DiskSpace {
         dir: PathBuf,
@@ -64,7 +75,7 @@ pub enum BackupError {
     Verify { stderr: String },
     #[error(transparent)]
     Query(Box<crate::db::DbError>),
-    #[error("cannot write the password file for pg_dump: {0}")]
+    #[error("cannot hand the password to pg_dump: {0}")]
     PassFile(io::Error),
     #[error("cannot run pg_dump: {0}")]
     Spawn(io::Error),
@@ -193,6 +204,11 @@ pub fn prune(
 
 /// Takes a verified dump of the database `client` is connected to, named after `label`
 /// (`before-<tag>` or `manual`), then applies retention.
+///
+/// Errors: [`BackupError::UnsafeDir`] when a user other than this one or root owns
+/// `backup_dir` or group or others may write to it; the other variants name the phase that
+/// failed. No file is left behind on an error, nor when the future is dropped (the CLI on
+/// SIGINT/SIGTERM): `pg_dump` is killed and the temporary file removed.
 pub async fn take(
     settings: &BackupSettings,
     pg: &Config,
@@ -200,28 +216,28 @@ pub async fn take(
     label: &str,
 ) -> Result<Backup, BackupError> {
     let started = Instant::now();
-    let dir = &settings.dir;
-    prepare_dir(dir)?;
+    let dir = BackupDir::open(&settings.dir)?;
+    dir.remove_stale_partials();
     let db = crate::db::database(client)
         .await
         .map_err(|e| BackupError::Query(Box::new(e)))?;
-    let free = free_bytes(dir).map_err(dir_error(dir))?;
+    let free = dir.free_bytes().map_err(dir_error(&dir.path))?;
     // The custom format is compressed, so the database's size is a safe upper bound.
     if free < db.bytes {
         return Err(BackupError::DiskSpace {
-            dir: dir.clone(),
+            dir: dir.path.clone(),
             free: human_bytes(free),
             needed: human_bytes(db.bytes),
         });
     }
-    let final_path = dir.join(file_name(&db.name, SystemTime::now(), label));
-    let mut partial = PartialFile::create(&final_path).map_err(dir_error(dir))?;
-    pg_dump(pg, &db, &partial.path).await?;
-    verify(&partial.path).await?;
-    partial.persist(&final_path).map_err(dir_error(dir))?;
-    let bytes = fs::metadata(&final_path).map(|m| m.len()).unwrap_or(0);
-    if let Err(e) = prune(dir, &db.name, settings.keep.max(1), &final_path) {
-        tracing::warn!("backup retention in {}: {e}", dir.display());
+    let final_name = file_name(&db.name, SystemTime::now(), label);
+    let mut partial = PartialFile::create(&dir, &final_name).map_err(dir_error(&dir.path))?;
+    pg_dump(pg, &db, &partial.file).await?;
+    verify(&partial.file).await?;
+    let bytes = partial.persist().map_err(dir_error(&dir.path))?;
+    let final_path = dir.path.join(&final_name);
+    if let Err(e) = prune(&dir.path, &db.name, settings.keep.max(1), &final_path) {
+        tracing::warn!("backup retention in {}: {e}", dir.path.display());
     }
     Ok(Backup {
         path: final_path,
@@ -238,100 +254,227 @@ fn dir_error(dir: &Path) -> impl Fn(io::Error) -> BackupError + '_ {
     }
 }
 
-/// Creates `dir` (mode 0700) when missing; warns when others may read it.
-fn prepare_dir(dir: &Path) -> Result<(), BackupError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(dir_error(dir))?;
-    if let Ok(meta) = fs::metadata(dir) {
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(
-                "backup_dir {} is readable by other users; the dumps hold all the family data: chmod 700 it",
-                dir.display()
-            );
-        }
-    }
-    Ok(())
+/// `backup_dir`, opened once and checked; every name in it is then resolved relative to this
+/// descriptor (`openat`, `renameat`, `unlinkat`), so a path replaced after the check changes
+/// nothing.
+struct BackupDir {
+    path: PathBuf,
+    fd: OwnedFd,
 }
 
-/// The dump while it is written: `.<final name>.partial` beside the final file, removed on
-/// drop unless [`persist`](Self::persist) renamed it.
-struct PartialFile {
-    path: PathBuf,
+impl BackupDir {
+    /// Creates the folder (mode 0700) when missing, opens it and checks who may change it.
+    fn open(path: &Path) -> Result<BackupDir, BackupError> {
+        let io_error = dir_error(path);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(&io_error)?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(path, flags, Mode::empty()).map_err(|e| io_error(e.into()))?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| io_error(e.into()))?;
+        let dir = BackupDir {
+            path: path.to_path_buf(),
+            fd,
+        };
+        dir.check(stat.st_uid, stat.st_mode)?;
+        Ok(dir)
+    }
+
+    /// Refuses a folder owned by a user other than this one or root, or one that group or
+    /// others may write to (they could replace the temporary name by a link); warns when
+    /// others may read it.
+    fn check(&self, owner: u32, mode: u32) -> Result<(), BackupError> {
+        let me = rustix::process::geteuid().as_raw();
+        let shown = self.path.display();
+        let refuse = |problem: String, fix: String| BackupError::UnsafeDir {
+            dir: self.path.clone(),
+            problem,
+            fix,
+        };
+        if owner != me && owner != 0 {
+            return Err(refuse(
+                format!("owned by uid {owner}, neither this user (uid {me}) nor root"),
+                format!("run as uid {owner}, or `chown {me} {shown}` and `chmod 700 {shown}`"),
+            ));
+        }
+        if mode & 0o022 != 0 {
+            return Err(refuse(
+                format!("writable by other users (mode {:o})", mode & 0o7777),
+                format!("`chmod 700 {shown}`"),
+            ));
+        }
+        if mode & 0o055 != 0 {
+            tracing::warn!(
+                "backup_dir {shown} is readable by other users; the dumps hold all the family data: chmod 700 it"
+            );
+        }
+        Ok(())
+    }
+
+    /// Bytes available to an unprivileged user on the file system holding the folder: POSIX
+    /// `fstatvfs`'s `f_bavail` blocks of `f_frsize` bytes.
+    fn free_bytes(&self) -> io::Result<u64> {
+        let stat = rustix::fs::fstatvfs(&self.fd)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
+    /// Runs `f` holding the folder's `flock`, which orders creating (and locking) a temporary
+    /// file against removing stale ones, between processes.
+    fn locked<T>(&self, f: impl FnOnce() -> T) -> io::Result<T> {
+        rustix::fs::flock(&self.fd, FlockOperation::LockExclusive)?;
+        let out = f();
+        rustix::fs::flock(&self.fd, FlockOperation::Unlock)?;
+        Ok(out)
+    }
+
+    /// Removes temporary dumps no process writes any more: a writer holds its file's `flock`
+    /// from creation (and an orphaned `pg_dump` after a SIGKILL shares it until it ends).
+    fn remove_stale_partials(&self) {
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return;
+        };
+        let names: Vec<String> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| is_partial_name(n))
+            .collect();
+        let _ = self.locked(|| {
+            for name in names {
+                if self.remove_if_unlocked(&name).unwrap_or(false) {
+                    tracing::info!(
+                        "removed {name} in {}, left by an interrupted backup",
+                        self.path.display()
+                    );
+                }
+            }
+        });
+    }
+
+    fn remove_if_unlocked(&self, name: &str) -> io::Result<bool> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, name, flags, Mode::empty())?;
+        let regular = rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode)
+            == rustix::fs::FileType::RegularFile;
+        if !regular || rustix::fs::flock(&fd, FlockOperation::NonBlockingLockExclusive).is_err() {
+            return Ok(false);
+        }
+        rustix::fs::unlinkat(&self.fd, name, AtFlags::empty())?;
+        Ok(true)
+    }
+}
+
+/// `.<dump name>.partial`, the temporary name of one of our dumps.
+fn is_partial_name(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".partial"))
+        .is_some_and(|n| parse_name(n).is_some())
+}
+
+/// The dump while it is written: `.<final name>.partial` in the folder, created exclusively
+/// without following links, locked (`flock`) while we live, removed on drop unless
+/// [`persist`](Self::persist) renamed it.
+struct PartialFile<'d> {
+    dir: &'d BackupDir,
+    name: String,
+    final_name: String,
+    file: fs::File,
     done: bool,
 }
 
-impl PartialFile {
+impl<'d> PartialFile<'d> {
     /// Fails early (and clearly) on a read-only or full backup_dir. Mode 0600: the dump holds
-    /// all the family data, and pg_dump keeps the mode of the file it is given.
-    fn create(final_path: &Path) -> io::Result<PartialFile> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let name = final_path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("backup");
-        let path = final_path.with_file_name(format!(".{name}.partial"));
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)?;
-        Ok(PartialFile { path, done: false })
+    /// all the family data.
+    fn create(dir: &'d BackupDir, final_name: &str) -> io::Result<PartialFile<'d>> {
+        let name = format!(".{final_name}.partial");
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let file = dir.locked(|| -> io::Result<fs::File> {
+            let fd = rustix::fs::openat(&dir.fd, name.as_str(), flags, Mode::from_raw_mode(0o600))?;
+            rustix::fs::flock(&fd, FlockOperation::LockExclusive)?;
+            Ok(fs::File::from(fd))
+        })??;
+        Ok(PartialFile {
+            dir,
+            name,
+            final_name: final_name.to_string(),
+            file,
+            done: false,
+        })
     }
 
-    /// Makes the complete dump durable under its final name.
-    fn persist(&mut self, final_path: &Path) -> io::Result<()> {
-        fs::File::open(&self.path)?.sync_all()?;
-        fs::rename(&self.path, final_path)?;
+    /// Makes the complete dump durable under its final name; returns its size in bytes.
+    fn persist(&mut self) -> io::Result<u64> {
+        self.file.sync_all()?;
+        let fd = &self.dir.fd;
+        rustix::fs::renameat(fd, self.name.as_str(), fd, self.final_name.as_str())?;
         self.done = true;
-        Ok(())
+        rustix::fs::fsync(fd)?;
+        Ok(self.file.metadata()?.len())
     }
 }
 
-impl Drop for PartialFile {
+impl Drop for PartialFile<'_> {
     fn drop(&mut self) {
         if !self.done {
-            let _ = fs::remove_file(&self.path);
+            let _ = rustix::fs::unlinkat(&self.dir.fd, self.name.as_str(), AtFlags::empty());
         }
     }
 }
 
-/// Runs `pg_dump --format=custom` of `db` into `file`. The password reaches it through a
-/// 0600 `PGPASSFILE`, never its command line or environment.
-async fn pg_dump(pg: &Config, db: &crate::db::Database, file: &Path) -> Result<(), BackupError> {
-    let pgpass = tempfile::Builder::new()
-        .prefix("vamsa-migrate-pgpass")
-        .tempfile()
-        .map_err(BackupError::PassFile)?;
-    if let Some(password) = pg.get_password() {
-        fs::set_permissions(pgpass.path(), fs::Permissions::from_mode(0o600))
-            .map_err(BackupError::PassFile)?;
-        let line = format!(
-            "*:*:*:*:{}\n",
-            escape_pgpass(&String::from_utf8_lossy(password))
-        );
-        pgpass
-            .as_file()
-            .write_all(line.as_bytes())
-            .map_err(BackupError::PassFile)?;
+/// The password as a libpq password file (PostgreSQL 15 docs, "The Password File") that
+/// exists only in memory: a `memfd_create(2)` file of mode 0600, named to `pg_dump` as
+/// `/dev/fd/N`. It has no name in any file system, so nothing holds the password once the last
+/// process holding it ends, whatever ends it (SIGKILL included). Chosen over `PGPASSWORD`,
+/// which PostgreSQL's docs advise against and anything `pg_dump` started would inherit.
+struct PassFile {
+    fd: OwnedFd,
+}
+
+impl PassFile {
+    /// An empty file without a password, so that `pg_dump` never reads `~/.pgpass` either.
+    fn new(password: Option<&[u8]>) -> io::Result<PassFile> {
+        // Without CLOEXEC, as pg_dump must inherit it; dropped right after pg_dump is spawned
+        // (no await in between), so no other child inherits it.
+        let fd = rustix::fs::memfd_create("vamsa-migrate-pgpass", rustix::fs::MemfdFlags::empty())?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o600))?;
+        let mut file = fs::File::from(fd);
+        if let Some(password) = password {
+            let line = format!(
+                "*:*:*:*:{}\n",
+                escape_pgpass(&String::from_utf8_lossy(password))
+            );
+            file.write_all(line.as_bytes())?;
+        }
+        Ok(PassFile { fd: file.into() })
     }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/dev/fd/{}", self.fd.as_fd().as_raw_fd()))
+    }
+}
+
+/// Runs `pg_dump --format=custom` of `db` with `out` as its standard output: it never opens a
+/// path of ours. The password reaches it through a [`PassFile`], never its command line or
+/// environment.
+async fn pg_dump(pg: &Config, db: &crate::db::Database, out: &fs::File) -> Result<(), BackupError> {
+    let stdout = out.try_clone().map_err(BackupError::Spawn)?;
     let mut cmd = Command::new("pg_dump");
     cmd.arg("--format=custom")
-        .arg("--file")
-        .arg(file)
         .arg("--no-password")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::from(stdout))
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    libpq_env(&mut cmd, pg, &db.name, pgpass.path());
-    let output = match cmd.output().await {
-        Ok(o) => o,
+    let pass = PassFile::new(pg.get_password()).map_err(BackupError::PassFile)?;
+    libpq_env(&mut cmd, pg, &db.name, &pass.path());
+    let child = match cmd.spawn() {
+        Ok(c) => c,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BackupError::NoPgDump),
         Err(e) => return Err(BackupError::Spawn(e)),
     };
+    drop(pass);
+    let output = child.wait_with_output().await.map_err(BackupError::Spawn)?;
     if output.status.success() {
         return Ok(());
     }
@@ -353,7 +496,9 @@ async fn pg_dump(pg: &Config, db: &crate::db::Database, file: &Path) -> Result<(
 /// The major version of the `pg_dump` on PATH, from `pg_dump --version`
 /// (`pg_dump (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)`).
 async fn pg_dump_major() -> Option<u32> {
-    let output = Command::new("pg_dump")
+    let mut cmd = Command::new("pg_dump");
+    inherit_only_locale_and_path(&mut cmd);
+    let output = cmd
         .arg("--version")
         .stdin(Stdio::null())
         .stderr(Stdio::null())
@@ -369,44 +514,60 @@ fn major_of_version_line(line: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-/// Checks that the dump reads back: `pg_restore --list` parses its table of contents.
-async fn verify(file: &Path) -> Result<(), BackupError> {
-    let verify = Command::new("pg_restore")
+/// Checks that the dump reads back: `pg_restore --list` parses its table of contents, read
+/// from its standard input (our descriptor, from the start).
+async fn verify(dump: &fs::File) -> Result<(), BackupError> {
+    let failed = |stderr: String| BackupError::Verify { stderr };
+    let mut stdin = dump.try_clone().map_err(|e| failed(e.to_string()))?;
+    stdin
+        .seek(io::SeekFrom::Start(0))
+        .map_err(|e| failed(e.to_string()))?;
+    let mut cmd = Command::new("pg_restore");
+    inherit_only_locale_and_path(&mut cmd);
+    let verify = cmd
         .arg("--list")
-        .arg(file)
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(stdin))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .output()
         .await;
     match verify {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(BackupError::Verify {
-            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        }),
-        Err(e) => Err(BackupError::Verify {
-            stderr: e.to_string(),
-        }),
+        Ok(o) => Err(failed(
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        )),
+        Err(e) => Err(failed(e.to_string())),
     }
 }
 
-/// The connection for pg_dump, as libpq environment variables (never on its command line);
-/// the caller's own libpq variables that could send it elsewhere are removed.
-fn libpq_env(cmd: &mut Command, pg: &Config, dbname: &str, pgpass: &Path) {
-    // Settings of the caller's shell must not redirect the dump elsewhere.
-    for name in [
-        "PGPASSWORD",
-        "PGSERVICE",
-        "PGSERVICEFILE",
-        "PGOPTIONS",
-        "PGHOSTADDR",
-        "PGHOST",
-        "PGREQUIRESSL",
-        "PGSSLCERT",
-        "PGSSLKEY",
-    ] {
-        cmd.env_remove(name);
+/// What `pg_dump` and `pg_restore` inherit of our environment: the search path, the home
+/// folder (libpq's `~/.postgresql/` certificates) and the locale, nothing else. libpq reads
+/// every `PG*` variable (`PGPASSWORD`, `PGSERVICE`, `PGHOST`...), and our `DATABASE_URL` or
+/// `VAMSA_MIGRATE_DATABASE_URL` may carry the password.
+fn inherit_only_locale_and_path(cmd: &mut Command) {
+    const INHERITED: &[&str] = &[
+        "PATH",
+        "HOME",
+        "LANG",
+        "LANGUAGE",
+        "LC_ALL",
+        "LC_CTYPE",
+        "LC_MESSAGES",
+        "TZ",
+    ];
+    cmd.env_clear();
+    for name in INHERITED {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
     }
+}
+
+/// The connection for pg_dump, as libpq environment variables (never on its command line),
+/// in an environment that holds nothing else of ours.
+fn libpq_env(cmd: &mut Command, pg: &Config, dbname: &str, pgpass: &Path) {
+    inherit_only_locale_and_path(cmd);
     for (k, v) in libpq_vars(pg, dbname, pgpass) {
         cmd.env(k, v);
     }
@@ -464,13 +625,6 @@ fn libpq_vars(pg: &Config, dbname: &str, pgpass: &Path) -> Vec<(&'static str, Os
 
 fn escape_pgpass(s: &str) -> String {
     s.replace('\\', "\\\\").replace(':', "\\:")
-}
-
-/// Bytes available to an unprivileged user on the file system holding `dir`: POSIX
-/// `statvfs`'s `f_bavail` blocks of `f_frsize` bytes.
-fn free_bytes(dir: &Path) -> io::Result<u64> {
-    let stat = rustix::fs::statvfs(dir)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
 pub fn human_bytes(n: u64) -> String {

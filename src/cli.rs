@@ -139,9 +139,21 @@ impl Cli {
         })
     }
 
+    /// The settings, after warnings (on stderr) about a password other local users may read.
     fn settings(&self, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
         let mut settings = Settings::load(self.config.as_deref(), env)?;
         settings.apply(self.flags_layer()?);
+        // clap folded VAMSA_MIGRATE_CONFIG into `config`.
+        for warning in crate::config::secret_warnings(self.config.as_deref(), &settings) {
+            tracing::warn!("{warning}");
+        }
+        if self
+            .database_url
+            .as_deref()
+            .is_some_and(crate::config::has_password)
+        {
+            tracing::warn!("--database-url holds a password, which every local user can see (ps, /proc/<pid>/cmdline) while this runs: put it in database_password_file (mode 0600), or in DATABASE_URL, or in a config file other users cannot read");
+        }
         Ok(settings)
     }
 
@@ -240,9 +252,37 @@ fn run(verbose: u8, command: impl Future<Output = Result<Outcome, ConfigError>>)
             return Outcome::OtherFailure;
         }
     };
-    match runtime.block_on(command) {
-        Ok(outcome) => outcome,
-        Err(e) => commands::show_error(&EngineError::Config(e), Format::Human),
+    runtime.block_on(async {
+        tokio::select! {
+            result = command => match result {
+                Ok(outcome) => outcome,
+                Err(e) => commands::show_error(&EngineError::Config(e), Format::Human),
+            },
+            // Leaving the select drops the command: a running pg_dump is killed (kill_on_drop)
+            // and the temporary dump removed (its Drop), and the connection closes, so that
+            // PostgreSQL rolls back a migration in progress.
+            signal = stop_signal() => {
+                let name = if signal == 2 { "SIGINT" } else { "SIGTERM" };
+                eprintln!("Error: stopped by {name}; a backup in progress was removed, and PostgreSQL rolls back a migration in progress. `vamsa-migrate status` shows where the run stopped.");
+                Outcome::Stopped { signal }
+            }
+        }
+    })
+}
+
+/// The number of the first SIGINT or SIGTERM; never, if the handlers cannot be installed (the
+/// signal's default action then ends the process as before).
+async fn stop_signal() -> u8 {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => 2,
+        _ = term.recv() => 15,
     }
 }
 

@@ -54,6 +54,19 @@ pub enum ApplyPolicy {
     Manual,
 }
 
+/// What a peer of the trigger socket that may not apply (not root, the service user, or in
+/// `allowed_users`/`allowed_groups`) may ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerView {
+    /// `ping` only: whether the daemon runs and is busy.
+    #[default]
+    Ping,
+    /// Also `status` and `dry-run`: file names, states, and statement summaries without their
+    /// string constants.
+    Status,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogTarget {
@@ -94,6 +107,8 @@ pub struct DaemonSettings {
     /// Users, besides root and the service user, that may send `apply`.
     pub allowed_users: Vec<String>,
     pub allowed_groups: Vec<String>,
+    /// What peers that may not apply may ask.
+    pub peer_view: PeerView,
     pub apply_on_start: bool,
     pub apply: ApplyPolicy,
     /// Quiet time after the last change in the folder before it is read.
@@ -114,6 +129,7 @@ impl Default for DaemonSettings {
             socket_group: None,
             allowed_users: Vec::new(),
             allowed_groups: Vec::new(),
+            peer_view: PeerView::Ping,
             apply_on_start: true,
             apply: ApplyPolicy::OnTrigger,
             settle: Duration::from_millis(500),
@@ -188,6 +204,7 @@ pub struct Layer {
     pub allowed_users: Option<Vec<String>>,
     #[serde(default, deserialize_with = "string_list")]
     pub allowed_groups: Option<Vec<String>>,
+    pub peer_view: Option<PeerView>,
     pub apply_on_start: Option<bool>,
     pub apply: Option<ApplyPolicy>,
     #[serde(default, with = "humantime_serde")]
@@ -269,6 +286,7 @@ impl Settings {
             socket_path,
             allowed_users,
             allowed_groups,
+            peer_view,
             apply_on_start,
             apply,
             settle,
@@ -366,7 +384,7 @@ impl Settings {
         let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
             // The parser's message never echoes the password, but the URL could; leave it out.
             ConfigError::BadDatabaseUrl {
-                message: e.to_string(),
+                message: mask_secrets(&e.to_string()),
             }
         })?;
         if config.get_application_name().is_none() {
@@ -388,10 +406,100 @@ impl Settings {
     }
 }
 
+/// Reads one TOML file as a [`Layer`]. A syntax error names file, line, column and the problem
+/// but never the line itself: it may be a `database_url` holding a password.
 fn read_file(path: &Path) -> Result<Layer, ConfigError> {
     let origin = path.display().to_string();
-    let source = config::File::from(path).format(config::FileFormat::Toml);
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+        origin: origin.clone(),
+        message: format!("cannot read: {e}"),
+    })?;
+    if let Err(e) = toml::de::DeTable::parse(&text) {
+        return Err(ConfigError::Invalid {
+            message: syntax_error(&text, &e),
+            origin,
+        });
+    }
+    let source = config::File::from_str(&text, config::FileFormat::Toml);
     deserialize_layer(config::Config::builder().add_source(source), &origin)
+}
+
+/// `line 1, column 16: TOML syntax: string values must be quoted, expected literal string`:
+/// where (1-based, columns in characters) and toml's message, without the source text.
+fn syntax_error(text: &str, e: &toml::de::Error) -> String {
+    let problem = mask_secrets(&e.message().replace('\n', "; "));
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return format!("TOML syntax: {problem}");
+    };
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    format!("line {line}, column {column}: TOML syntax: {problem}")
+}
+
+/// `text` with the passwords of connection strings replaced by `***`: the part after the
+/// user in `scheme://user:password@` (libpq URI) and the value of `password=` (libpq
+/// key/value form, PostgreSQL 15 docs 34.1.1), quoted or not.
+pub(crate) fn mask_secrets(text: &str) -> String {
+    let masked = mask_uri_passwords(text);
+    mask_keyword_passwords(&masked)
+}
+
+fn mask_uri_passwords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '"' | '\'' | '`' | '?'))
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@').and_then(|at| {
+            let colon = authority[..at].find(':')?;
+            Some((colon, at))
+        }) {
+            Some((colon, at)) => {
+                out.push_str(&authority[..=colon]);
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn mask_keyword_passwords(text: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("password") {
+        let key_end = from + found + "password".len();
+        let after = &text[key_end..];
+        let spaces = after.len() - after.trim_start().len();
+        if !after.trim_start().starts_with('=') {
+            out.push_str(&text[from..key_end]);
+            from = key_end;
+            continue;
+        }
+        let value_start = key_end + spaces + 1;
+        let value = text[value_start..].trim_start();
+        let value_start = text.len() - value.len();
+        let value_len = match value.strip_prefix('\'') {
+            Some(quoted) => quoted.find('\'').map_or(value.len(), |q| q + 2),
+            None => value
+                .find(|c: char| c.is_whitespace() || matches!(c, '"' | '`'))
+                .unwrap_or(value.len()),
+        };
+        out.push_str(&text[from..value_start]);
+        out.push_str("***");
+        from = value_start + value_len;
+    }
+    out.push_str(&text[from..]);
+    out
 }
 
 fn read_env(env: &HashMap<String, String>) -> Result<Layer, ConfigError> {
@@ -415,15 +523,61 @@ fn deserialize_layer(
     builder: config::ConfigBuilder<config::builder::DefaultState>,
     origin: &str,
 ) -> Result<Layer, ConfigError> {
+    // A value in the message (`invalid type: string "..."`) may be a misplaced password.
     let invalid = |e: config::ConfigError| ConfigError::Invalid {
         origin: origin.to_string(),
-        message: e.to_string(),
+        message: mask_secrets(&e.to_string()),
     };
     builder
         .build()
         .map_err(invalid)?
         .try_deserialize()
         .map_err(invalid)
+}
+
+/// Warnings about the password where other local users may read it, each naming the file and
+/// the `chmod` that fixes it: the config file (`file`, else the packaged one when it exists)
+/// when its `database_url` holds a password, and `database_password_file`. "Other users" are
+/// those outside the file's owner and group (mode bit `o+r`); a group-readable file is how the
+/// package shares it with the service user.
+pub fn secret_warnings(file: Option<&Path>, settings: &Settings) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let config_file = file
+        .map(Path::to_path_buf)
+        .or_else(|| Some(PathBuf::from(DEFAULT_CONFIG_FILE)).filter(|p| p.exists()));
+    if let Some(path) = config_file {
+        let holds_password = read_file(&path)
+            .ok()
+            .and_then(|layer| layer.database_url)
+            .is_some_and(|url| has_password(&url));
+        if let Some(mode) = holds_password.then(|| others_may_read(&path)).flatten() {
+            warnings.push(format!(
+                "config file {p} holds the database password and every local user may read it (mode {mode:o}): `chmod o-rwx {p}`",
+                p = path.display()
+            ));
+        }
+    }
+    if let Some(path) = &settings.database_password_file {
+        if let Some(mode) = others_may_read(path) {
+            warnings.push(format!(
+                "database_password_file {p} may be read by every local user (mode {mode:o}): `chmod o-rwx {p}`",
+                p = path.display()
+            ));
+        }
+    }
+    warnings
+}
+
+/// The file's permission bits when users outside its owner and group may read it.
+fn others_may_read(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o004 != 0).then_some(mode)
+}
+
+/// Whether a libpq connection string (URI or key/value) carries a password.
+pub fn has_password(url: &str) -> bool {
+    tokio_postgres::Config::from_str(url).is_ok_and(|c| c.get_password().is_some())
 }
 
 /// What to show of a connection: hosts, ports, database and user; never the password.
@@ -612,6 +766,57 @@ mod tests {
             undocumented.is_empty(),
             "packaging/config.toml does not document: {undocumented:?}"
         );
+    }
+
+    #[test]
+    fn secrets_in_messages_are_masked() {
+        for (text, masked) in [
+            (
+                "string \"postgres://u:SECRET@h:5432/db\", expected",
+                "string \"postgres://u:***@h:5432/db\", expected",
+            ),
+            (
+                "postgresql://u@h/db postgres://h/db",
+                "postgresql://u@h/db postgres://h/db",
+            ),
+            (
+                "host=h password=SECRET user=u",
+                "host=h password=*** user=u",
+            ),
+            ("PASSWORD = 'SE CRET' user=u", "PASSWORD = *** user=u"),
+            ("\"host=h password=SECRET\"", "\"host=h password=***\""),
+            ("the password is wrong", "the password is wrong"),
+        ] {
+            assert_eq!(mask_secrets(text), masked, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_toml_syntax_error_names_line_and_column_but_not_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        for (text, at) in [
+            (
+                "database_url = postgres://u:SECRET@h/db\n",
+                "line 1, column 16",
+            ),
+            (
+                "# é\ndatabase_url = \"postgres://u:SECRET@h/db\n",
+                "line 2, column 41",
+            ),
+            (
+                "lock_wait = \"1s\"\n[x\npassword=SECRET\n",
+                "line 2, column 3",
+            ),
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = Settings::load(Some(&file), &env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("SECRET"), "{err}");
+            assert!(err.contains(&file.display().to_string()), "{err}");
+            assert!(err.contains(&format!("{at}: TOML syntax: ")), "{err}");
+        }
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub(crate) enum Outcome {
     /// Something outside the error kinds: the runtime or a worker task, the demo's throwaway
     /// cluster, a conversation with the daemon that made no sense.
     OtherFailure,
+    /// Stopped by this signal (SIGINT 2, SIGTERM 15) before it ended: 128 + the signal's
+    /// number, as a shell reports a process a signal ended.
+    Stopped { signal: u8 },
 }
 
 impl Outcome {
@@ -72,6 +75,7 @@ impl Outcome {
             Outcome::NotRunning => NOT_RUNNING,
             Outcome::NoAnswer => TIMED_OUT,
             Outcome::OtherFailure => FAILED,
+            Outcome::Stopped { signal } => 128u8.saturating_add(signal),
         }
     }
 }
@@ -118,6 +122,8 @@ mod tests {
             (Outcome::DaemonFailed(ErrorKind::Config), 1),
             (Outcome::DaemonFailed(ErrorKind::Drift), 1),
             (Outcome::OtherFailure, 1),
+            (Outcome::Stopped { signal: 2 }, 130),
+            (Outcome::Stopped { signal: 15 }, 143),
         ];
         for (outcome, code) in cases {
             assert_eq!(outcome.code(), code, "{outcome:?}");

@@ -233,6 +233,30 @@ pub enum Reply {
     Daemon(DaemonReply),
 }
 
+impl Reply {
+    /// This reply as a peer that may not apply sees it: statement summaries without their
+    /// string constants ([`crate::summary::without_literals`]).
+    pub(crate) fn for_outsider(self) -> Reply {
+        match self {
+            Reply::Event(Event::Pending {
+                mut migrations,
+                dry_run,
+            }) => {
+                for m in &mut migrations {
+                    for statement in &mut m.statements {
+                        *statement = crate::summary::without_literals(statement);
+                    }
+                }
+                Reply::Event(Event::Pending {
+                    migrations,
+                    dry_run,
+                })
+            }
+            other => other,
+        }
+    }
+}
+
 impl From<Event> for Reply {
     fn from(event: Event) -> Reply {
         Reply::Event(event)

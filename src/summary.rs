@@ -57,6 +57,79 @@ pub fn summarize(sql: &str) -> String {
     cut(out)
 }
 
+/// `summary` with the text of every string constant replaced by `…`: `'…'`, `E'…'`, and
+/// dollar-quoted `$tag$…$tag$` (PostgreSQL 15 docs, 4.1.2 "Constants"); identifiers in double
+/// quotes stay. What a peer that may not apply sees of a statement (a role's `PASSWORD '...'`).
+/// A constant the summary cut is masked to the end.
+pub fn without_literals(summary: &str) -> String {
+    let mut out = String::with_capacity(summary.len());
+    let mut rest = summary;
+    while let Some(i) = rest.find(['\'', '"', '$']) {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let (kept, skipped) = match tail.as_bytes()[0] {
+            b'"' => quoted_identifier(tail),
+            // E'...' takes backslash escapes (PostgreSQL 15 docs, 4.1.2.2).
+            b'\'' => {
+                let escapes = out.ends_with(['E', 'e']);
+                (String::from("'…'"), closing(tail, '\'', escapes))
+            }
+            _ => match dollar_tag(tail) {
+                Some(tag) => dollar_quoted(tail, tag),
+                None => (String::from("$"), 1),
+            },
+        };
+        out.push_str(&kept);
+        rest = &tail[skipped.min(tail.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `"ident"` (with `""` inside) kept as it is.
+fn quoted_identifier(tail: &str) -> (String, usize) {
+    let len = closing(tail, '"', false);
+    (tail[..len].to_string(), len)
+}
+
+/// The length of the quoted text `tail` starts with, a doubled quote inside (and, with
+/// `escapes`, a backslash and the character after it); to the end when unterminated.
+fn closing(tail: &str, quote: char, escapes: bool) -> usize {
+    let mut chars = tail.char_indices().skip(1).peekable();
+    while let Some((i, c)) = chars.next() {
+        if escapes && c == '\\' {
+            chars.next();
+            continue;
+        }
+        if c == quote {
+            if chars.peek().is_some_and(|&(_, next)| next == quote) {
+                chars.next();
+                continue;
+            }
+            return i + c.len_utf8();
+        }
+    }
+    tail.len()
+}
+
+/// The `$tag$` opening `tail`, if it is one (`$1` parameters are not).
+fn dollar_tag(tail: &str) -> Option<&str> {
+    let end = tail[1..].find('$')? + 2;
+    let tag = &tail[..end];
+    let inner = &tag[1..end - 1];
+    let valid = inner.chars().all(|c| c.is_alphanumeric() || c == '_')
+        && !inner.starts_with(|c: char| c.is_ascii_digit());
+    valid.then_some(tag)
+}
+
+fn dollar_quoted(tail: &str, tag: &str) -> (String, usize) {
+    let body = &tail[tag.len()..];
+    let len = body
+        .find(tag)
+        .map_or(tail.len(), |j| tag.len() + j + tag.len());
+    (format!("{tag}…{tag}"), len)
+}
+
 fn flush_space(out: &mut String, pending: &mut bool) {
     if *pending && !out.is_empty() {
         out.push(' ');
@@ -92,7 +165,32 @@ fn cut(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::summarize;
+    use super::{summarize, without_literals};
+
+    #[test]
+    fn literals_are_masked_for_outsiders() {
+        for (summary, masked) in [
+            (
+                "CREATE ROLE app LOGIN PASSWORD 'hun''ter2'",
+                "CREATE ROLE app LOGIN PASSWORD '…'",
+            ),
+            (
+                "UPDATE \"User\" SET \"note\" = E'a\\'b' WHERE \"id\" = $1",
+                "UPDATE \"User\" SET \"note\" = E'…' WHERE \"id\" = $1",
+            ),
+            (
+                "DO $body$ BEGIN PERFORM 'x'; END $body$",
+                "DO $body$…$body$",
+            ),
+            (
+                "ALTER ROLE app PASSWORD 'cut by the summ ...",
+                "ALTER ROLE app PASSWORD '…'",
+            ),
+            ("CREATE TABLE \"it's\" (...)", "CREATE TABLE \"it's\" (...)"),
+        ] {
+            assert_eq!(without_literals(summary), masked, "{summary}");
+        }
+    }
 
     #[test]
     fn create_table_body_is_folded() {

@@ -40,6 +40,7 @@ pub fn main(config: Option<PathBuf>) -> u8 {
         }
     };
     crate::logging::init(settings.daemon.log_target, &settings.daemon.log_level);
+    warn_of_readable_secrets(config.as_deref(), &settings);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -261,16 +262,21 @@ impl Service {
         let config = self.config.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let env: HashMap<String, String> = std::env::vars().collect();
-            Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())
+            let new = Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())?;
+            let warnings = crate::config::secret_warnings(config.as_deref(), &new);
+            Ok((new, warnings))
         })
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
         match loaded {
-            Ok(new) => {
+            Ok((new, warnings)) => {
                 if new.daemon.socket_path != self.settings.borrow().daemon.socket_path {
                     tracing::warn!(
                         "socket_path changed; the new path takes effect after a restart"
                     );
+                }
+                for warning in warnings {
+                    tracing::warn!("{warning}");
                 }
                 self.settings.send_replace(Arc::new(new));
                 tracing::info!("configuration reloaded");
@@ -422,4 +428,12 @@ async fn wait_idle(
     tokio::time::timeout(limit, status.wait_for(|s| !s.busy))
         .await
         .is_ok()
+}
+
+/// Logs [`crate::config::secret_warnings`]; the file is `--config`, else `VAMSA_MIGRATE_CONFIG`
+/// (which clap already folded into it), else the packaged one.
+fn warn_of_readable_secrets(config: Option<&Path>, settings: &Settings) {
+    for warning in crate::config::secret_warnings(config, settings) {
+        tracing::warn!("{warning}");
+    }
 }

@@ -16,7 +16,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{DaemonSettings, Settings};
+use crate::config::{DaemonSettings, PeerView, Settings};
 use crate::daemon::runner::{Job, JobKind, RunnerStatus};
 use crate::diagnosis::daemon_report;
 use crate::protocol::{DaemonReply, ErrorKind, Event, Reply, Request};
@@ -234,13 +234,20 @@ async fn handle(stream: UnixStream, context: &Context) {
             Request::Status => JobKind::Status,
         };
         let who = describe_peer(cred);
-        if kind == JobKind::Apply && !may_apply(cred, &context.settings).await {
+        let outsider = !may_apply(cred, &context.settings).await;
+        if outsider && kind == JobKind::Apply {
             tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
             let message = format!("permission denied: {who} may not apply migrations");
             let _ = write_reply(&mut write, refusal(ErrorKind::Refused, message)).await;
             return;
         }
-        if !relay_job(kind, &who, &context.jobs, &mut write).await {
+        let peer_view = context.settings.borrow().daemon.peer_view;
+        if outsider && peer_view == PeerView::Ping {
+            let message = format!("permission denied: {who} may not apply migrations, so it may only ping (peer_view = \"ping\")");
+            let _ = write_reply(&mut write, refusal(ErrorKind::Refused, message)).await;
+            return;
+        }
+        if !relay_job(kind, &who, outsider, &context.jobs, &mut write).await {
             return;
         }
     }
@@ -306,10 +313,12 @@ async fn may_apply(cred: Option<UCred>, settings: &watch::Receiver<Arc<Settings>
         .unwrap_or(false)
 }
 
-/// Queues the job and relays its replies; false when the connection is done for.
+/// Queues the job and writes its replies, to an `outsider` (a peer that may not apply) as
+/// [`Reply::for_outsider`] shows them; false when the connection is done for.
 async fn relay_job(
     kind: JobKind,
     who: &str,
+    outsider: bool,
     jobs: &mpsc::UnboundedSender<Job>,
     write: &mut OwnedWriteHalf,
 ) -> bool {
@@ -329,6 +338,11 @@ async fn relay_job(
     }
     let mut client_gone = false;
     while let Some(reply) = rx.recv().await {
+        let reply = if outsider {
+            reply.for_outsider()
+        } else {
+            reply
+        };
         // A client that went away does not stop the run: keep draining its replies.
         if !client_gone && write_reply(write, reply).await.is_err() {
             client_gone = true;

@@ -296,7 +296,10 @@ fn a_too_small_filesystem_stops_the_run_before_dumping() {
         &db,
         f.path(),
         dir,
-        &format!("mount -t tmpfs -o size=64k tmpfs {}", dir.display()),
+        &format!(
+            "mount -t tmpfs -o size=64k,mode=0700 tmpfs {}",
+            dir.display()
+        ),
     );
     run.code(1);
     assert!(
@@ -355,7 +358,7 @@ fn the_password_reaches_pg_dump_through_a_private_file_not_its_command_line() {
     std::fs::write(
         shim.path().join("pg_dump"),
         format!(
-            "#!/bin/sh\n{{ tr '\\0' ' ' < /proc/$$/cmdline; echo; stat -c %a \"$PGPASSFILE\"; cat \"$PGPASSFILE\"; }} > {rec}\nexec {real} \"$@\"\n",
+            "#!/bin/sh\n{{ tr '\\0' ' ' < /proc/$$/cmdline; echo; stat -L -c %a \"$PGPASSFILE\"; cat \"$PGPASSFILE\"; }} > {rec}\nexec {real} \"$@\"\n",
             rec = record.display()
         ),
     )

@@ -8,6 +8,7 @@ mod daemon_state;
 mod drizzle1;
 mod faults;
 mod folders_prop;
+mod hostile;
 mod interop;
 mod migrate;
 mod support;

@@ -1,13 +1,17 @@
 //! Logging set-up: the journal (with structured fields such as `MIGRATION` and `SQLSTATE`) when
 //! running under systemd, readable text on stderr otherwise.
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogTarget;
+
+/// Whether [`init`] sent logs to the journal's native protocol.
+static TO_JOURNAL: AtomicBool = AtomicBool::new(false);
 
 /// Installs the global subscriber once. `JOURNAL_STREAM` is set by systemd when stderr is
 /// connected to the journal; that is what `auto` follows.
@@ -20,6 +24,7 @@ pub fn init(target: LogTarget, level: &str) {
         LogTarget::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => journald_layer(),
         LogTarget::Auto => None,
     };
+    TO_JOURNAL.store(journald.is_some(), Ordering::Relaxed);
     let registry = tracing_subscriber::registry().with(filter);
     let _ = match journald {
         Some(layer) => registry.with(layer).try_init(),
@@ -45,5 +50,25 @@ fn journald_layer() -> Option<tracing_journald::Layer> {
             eprintln!("vamsa-migrate: the journal is not reachable ({e}); logging to stderr");
             None
         }
+    }
+}
+
+/// Logs the error the process exits on (at error priority).
+///
+/// journald attributes a native-protocol message to its unit by reading the sender's
+/// `/proc/<pid>/cgroup` when the datagram is processed; a process that exits right after
+/// sending is often gone by then (systemd 252, Debian 12; more so on a loaded machine), and
+/// `journalctl -u vamsa-migrate` would miss the very line that says why the unit failed.
+/// Under the journal this line therefore goes to stderr, the stream systemd connected to the
+/// journal (attributed when it was opened), with the `<3>` priority prefix that journald
+/// reads (`SyslogLevelPrefix=yes`, the default); elsewhere it is an ordinary error event.
+pub(crate) fn fatal(message: &str) {
+    if TO_JOURNAL.load(Ordering::Relaxed) {
+        let mut err = io::stderr().lock();
+        for line in message.lines() {
+            let _ = writeln!(err, "<3>{line}");
+        }
+    } else {
+        tracing::error!("{message}");
     }
 }

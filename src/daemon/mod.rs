@@ -35,7 +35,7 @@ pub fn main(config: Option<PathBuf>) -> u8 {
         Ok(s) => s,
         Err(e) => {
             crate::logging::init(Default::default(), "info");
-            tracing::error!("invalid configuration: {e}");
+            crate::logging::fatal(&format!("invalid configuration: {e}"));
             return exit::BAD_CONFIG;
         }
     };
@@ -48,7 +48,7 @@ pub fn main(config: Option<PathBuf>) -> u8 {
     {
         Ok(rt) => rt,
         Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
+            crate::logging::fatal(&format!("cannot start the async runtime: {e}"));
             return exit::START_FAILED;
         }
     };
@@ -73,14 +73,14 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!("cannot install signal handlers: {e}");
+            crate::logging::fatal(&format!("cannot install signal handlers: {e}"));
             return exit::START_FAILED;
         }
     };
     let trigger = match socket::acquire(&settings.daemon) {
         Ok(t) => t,
         Err(e) => {
-            tracing::error!("trigger socket: {e}");
+            crate::logging::fatal(&format!("trigger socket: {e}"));
             return exit::START_FAILED;
         }
     };
@@ -146,7 +146,7 @@ impl Service {
         server.abort();
         if !runner_alive {
             // Only a bug ends the runner: do not pretend to be a working service.
-            tracing::error!("the migration runner stopped unexpectedly; exiting");
+            crate::logging::fatal("the migration runner stopped unexpectedly; exiting");
             return exit::START_FAILED;
         }
         self.stop().await;
@@ -187,8 +187,8 @@ impl Service {
             let error = error.unwrap_or_default();
             self.notifier
                 .status(&format!("Start-up migration failed: {error}"));
-            tracing::error!(
-                "start-up migration failed; exiting so that units requiring vamsa-migrate do not start"
+            crate::logging::fatal(
+                "start-up migration failed; exiting so that units requiring vamsa-migrate do not start",
             );
             return Some(exit::MIGRATION_FAILED);
         }

@@ -240,7 +240,7 @@ impl Runner {
     pub(crate) async fn wait_for_database(&mut self) -> Result<(), u8> {
         let settings = self.settings.borrow().clone();
         let pg = settings.pg_config(&self.env).map_err(|e| {
-            tracing::error!("{e}");
+            crate::logging::fatal(&e.to_string());
             exit::BAD_CONFIG
         })?;
         let target = describe_target(&pg);
@@ -255,10 +255,9 @@ impl Runner {
             match self.client().await {
                 Ok(_) => return Ok(()),
                 Err(e) if diagnosis::is_permanent(&e) => {
-                    tracing::error!(
-                        SQLSTATE = e.sqlstate().unwrap_or(""),
+                    crate::logging::fatal(&format!(
                         "{e}; fix database_url (or the password) and start again"
-                    );
+                    ));
                     self.notifier
                         .status(&format!("Cannot use the database at {target}: {e}"));
                     return Err(exit::BAD_CONFIG);

@@ -7,6 +7,7 @@ mod daemon;
 mod daemon_state;
 mod drizzle1;
 mod faults;
+mod folder_layout;
 mod folders_prop;
 mod interop;
 mod migrate;

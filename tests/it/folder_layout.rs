@@ -4,9 +4,11 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::support::{cli, Db};
+use crate::support::{cli, Daemon, Db, Folder};
 
 const PERSONS: &str = "CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY);\n";
+const BORN: &str = "ALTER TABLE \"persons\" ADD COLUMN \"born\" date;\n";
+const MEDIA: &str = "CREATE TABLE \"media\" (\"id\" serial PRIMARY KEY);\n";
 
 fn add(dir: &Path, name: &str, sql: &str) {
     std::fs::create_dir_all(dir.join(name)).unwrap();
@@ -134,4 +136,47 @@ fn new_refuses_a_folder_holding_both_layouts_and_changes_nothing() {
         run.stderr
     );
     assert_eq!(tree(dir.path()), before);
+}
+
+#[test]
+fn the_daemon_follows_a_folder_converted_in_place_and_applies_a_new_migration_folder() {
+    let db = Db::new();
+    // 2025-01-01T12:00:00Z and 2025-01-02T12:00:00Z.
+    let f = Folder::new(&[
+        ("0000_create_persons", 1_735_732_800_000, PERSONS),
+        ("0001_add_born", 1_735_819_200_000, BORN),
+    ]);
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "apply = \"on-change\"");
+    d.ready();
+    assert_eq!(db.rows().len(), 2);
+
+    // A `git pull` bringing the converted folder: the layout changes in place.
+    cli()
+        .args(["convert", "--write"])
+        .migrations_dir(f.path())
+        .run()
+        .ok();
+    assert!(!f.path().join("meta").exists());
+    // Then a new migration, in a new subdirectory: first the placeholder `new` writes, which
+    // the daemon must refuse as empty, then its SQL, written into that subdirectory.
+    let created = new(f.path(), "add media").ok().stdout.clone();
+    let sql = created
+        .trim_start_matches("Created ")
+        .trim_end()
+        .to_string();
+    let folder = Path::new(&sql)
+        .parent()
+        .and_then(Path::file_name)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    d.wait_log("empty migration");
+    std::fs::write(&sql, MEDIA).unwrap();
+    d.wait_log(&format!("Applied: {folder}/migration.sql"));
+    // The 0.x table was upgraded as Drizzle 1.0 does, and every row carries its folder's name.
+    assert_eq!(
+        db.psql("SELECT string_agg(name, ',' ORDER BY id) FROM drizzle.__drizzle_migrations"),
+        format!("20250101120000_create_persons,20250102120000_add_born,{folder}")
+    );
+    assert!(db.table_exists("media"));
 }

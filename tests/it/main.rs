@@ -10,6 +10,7 @@ mod faults;
 mod folder_layout;
 mod folders_prop;
 mod interop;
+mod interop_v1;
 mod migrate;
 mod support;
 mod tracking_rows;

@@ -1,4 +1,6 @@
-//! `vamsa-migrate new NAME`: the next numbered migration file and its journal entry.
+//! `vamsa-migrate new NAME`: the next migration, in the layout the folder uses: a numbered
+//! file and its journal entry (drizzle-kit 0.x), or a `<YYYYMMDDHHMMSS>_<name>/migration.sql`
+//! folder (Drizzle 1.0).
 
 use std::fs;
 use std::io::{self, Write};
@@ -6,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
+
+use crate::source::{v1, SourceError, JOURNAL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NewError {
@@ -15,28 +19,82 @@ pub enum NewError {
     Journal { path: PathBuf, message: String },
     #[error("{name:?} is not a usable migration name: use letters, digits and underscores")]
     BadName { name: String },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// What a new migration file holds: only comments, so that it is refused as empty (by us; and
+/// never recorded as applied) until it holds SQL.
+const PLACEHOLDER: &[u8] =
+    b"-- Write the migration's SQL here. Separate statements with the marker\n\
+      -- --> statement-breakpoint\n\
+      -- An empty migration is refused, so this file must hold SQL before the next run.\n";
+
+/// Creates the next migration in the layout `dir` uses and returns the path of its SQL file.
+///
+/// - Folder layout (Drizzle 1.0, `dir` holds `<YYYYMMDDHHMMSS>_<name>/migration.sql` folders and
+///   no journal): `<UTC now>_<name>/migration.sql`, never older than the newest folder (one
+///   second after it when the clock is behind), so it sorts last in Drizzle 1.0's name order.
+/// - Otherwise (a journal, or an empty or missing folder): `<NNNN>_<name>.sql` and its journal
+///   entry, as drizzle-kit 0.31 `generate --custom` writes them.
+///
+/// Errors: a bad name, a folder holding both layouts ([`SourceError::MixedLayout`]) or a folder
+/// name Drizzle 1.0 cannot date, I/O.
+pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NewError> {
+    let slug = slug(name)?;
+    let folders = v1::folder_names(dir)?;
+    let journal_path = dir.join(JOURNAL);
+    if folders.is_empty() {
+        return create_journal_entry(dir, &slug);
+    }
+    if journal_path.exists() {
+        return Err(SourceError::MixedLayout {
+            path: dir.to_path_buf(),
+            left_behind: v1::left_behind(dir, &journal_path)?,
+            folders,
+        }
+        .into());
+    }
+    create_folder(dir, &slug, &folders)
+}
+
+/// `<dir>/<YYYYMMDDHHMMSS>_<slug>/migration.sql` with the placeholder. The directory is made
+/// with `mkdir` (fails if it exists) and the file with `O_EXCL`, so nothing is overwritten.
+fn create_folder(dir: &Path, slug: &str, folders: &[String]) -> Result<PathBuf, NewError> {
+    let newest = folders
+        .iter()
+        .filter_map(|name| v1::created_at(name))
+        .max()
+        .map_or(i64::MIN, |millis| millis.div_euclid(1_000));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let second = now.max(newest.saturating_add(1));
+    let folder = dir.join(format!("{}_{slug}", crate::convert::timestamp(second)));
+    fs::create_dir(&folder).map_err(io_error(&folder))?;
+    let sql_path = folder.join(v1::MIGRATION_FILE);
+    write_new(&sql_path)?;
+    Ok(sql_path)
+}
+
+fn write_new(sql_path: &Path) -> Result<(), NewError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(sql_path)
+        .map_err(io_error(sql_path))?;
+    file.write_all(PLACEHOLDER).map_err(io_error(sql_path))
 }
 
 /// Creates `<dir>/<NNNN>_<name>.sql` and appends its entry to the journal, which is rewritten
 /// atomically (temporary file, fsync, rename): a crash leaves the old or the new journal.
-pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NewError> {
-    let slug = slug(name)?;
+fn create_journal_entry(dir: &Path, slug: &str) -> Result<PathBuf, NewError> {
     let meta = dir.join("meta");
     let journal_path = meta.join("_journal.json");
     let mut journal = read_journal(&journal_path)?;
-    let tag = append_entry(&mut journal, &journal_path, &slug)?;
+    let tag = append_entry(&mut journal, &journal_path, slug)?;
     let sql_path = dir.join(format!("{tag}.sql"));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&sql_path)
-        .map_err(io_error(&sql_path))?;
-    file.write_all(
-        b"-- Write the migration's SQL here. Separate statements with the marker\n\
-          -- --> statement-breakpoint\n\
-          -- An empty migration is refused, so this file must hold SQL before the next run.\n",
-    )
-    .map_err(io_error(&sql_path))?;
+    write_new(&sql_path)?;
     write_journal(&journal_path, &journal)?;
     Ok(sql_path)
 }

@@ -22,7 +22,7 @@ pub const BREAKPOINT: &str = "--> statement-breakpoint";
 /// `CREATE INDEX CONCURRENTLY` that PostgreSQL refuses to run inside one).
 pub const NO_TRANSACTION_MARKER: &str = "-- vamsa-migrate: no-transaction";
 
-const JOURNAL: &str = "meta/_journal.json";
+pub(crate) const JOURNAL: &str = "meta/_journal.json";
 
 /// One statement of a migration, exactly as Drizzle would send it to the server.
 #[derive(Debug, Clone, PartialEq, Eq)]

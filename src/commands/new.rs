@@ -1,4 +1,4 @@
-//! `new NAME`: the next numbered migration file and its journal entry.
+//! `new NAME`: the next migration, in the layout the folder uses (see `newfile::create`).
 
 use crate::config::Settings;
 use crate::exit::Outcome;
@@ -20,7 +20,7 @@ pub(crate) fn run(settings: &Settings, name: &str) -> Outcome {
 
 fn kind(e: &NewError) -> ErrorKind {
     match e {
-        NewError::Io { .. } | NewError::Journal { .. } => ErrorKind::Folder,
+        NewError::Io { .. } | NewError::Journal { .. } | NewError::Source(_) => ErrorKind::Folder,
         NewError::BadName { .. } => ErrorKind::Usage,
     }
 }

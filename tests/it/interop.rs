@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use crate::support::{repo_folder, Db, Folder};
 
 /// Installs the pinned node modules once per test run.
-fn ensure_node_modules(interop: &Path) {
+pub(crate) fn ensure_node_modules(interop: &Path) {
     static INSTALL: Mutex<()> = Mutex::new(());
     let _guard = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
     if interop.join("node_modules/drizzle-orm").exists() {

@@ -173,6 +173,10 @@ fn examples(roff: &mut Roff, program: Program) {
             "vamsa-migrate new add_media_tags",
             "Create the next NNNN_add_media_tags.sql and its journal entry.",
         )],
+        Program::Convert => &[(
+            "vamsa-migrate convert --write",
+            "Move a drizzle-kit 0.x journal folder to Drizzle 1.0's layout.",
+        )],
         Program::Backup => &[(
             "vamsa-migrate backup --backup-dir /srv/backups",
             "Take a verified dump now.",

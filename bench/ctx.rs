@@ -87,7 +87,7 @@ impl Ctx {
         Ok((result, text))
     }
 
-    /// `vamsa-migrate --database-url URL --migrations-dir DIR <args>`.
+    /// `vamsa-migrate <args> --database-url URL --migrations-dir DIR`.
     pub(crate) fn ours(
         &mut self,
         db: Option<&str>,

@@ -87,7 +87,7 @@ impl Ctx {
         Ok((result, text))
     }
 
-    /// `vamsa-migrate --database-url URL --migrations-dir DIR <args>`.
+    /// `vamsa-migrate <args> --database-url URL --migrations-dir DIR`.
     pub(crate) fn ours(
         &mut self,
         db: Option<&str>,
@@ -104,14 +104,15 @@ impl Ctx {
         dir: &Path,
         args: &[&str],
     ) -> Res<(RunResult, String)> {
+        // The subcommand first: each takes its own flags.
         let mut argv = vec![self.bin.display().to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
         if let Some(url) = url {
             argv.push("--database-url".into());
             argv.push(url);
         }
         argv.push("--migrations-dir".into());
         argv.push(dir.display().to_string());
-        argv.extend(args.iter().map(|s| s.to_string()));
         self.run(argv)
     }
 

@@ -1,6 +1,9 @@
 //! The command line: parses the arguments (clap), resolves the settings, and hands each
 //! command to its body in `commands`; the `Outcome` it returns becomes the exit
-//! code.
+//! code. Each subcommand offers only the flags it uses (the groups in [`flags`]); a flag
+//! overrides the environment, which overrides the config file (see `config`).
+
+pub mod flags;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,48 +15,28 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
-use crate::config::{ConfigError, Layer, Settings, TransactionMode};
+use crate::config::{ConfigError, Settings};
 use crate::engine::{EngineError, RunOptions};
-use crate::exit::Outcome;
+use crate::exit::{self, Outcome};
 use crate::plan::PlanOptions;
 use crate::protocol::Request;
 use crate::report::Format;
+use flags::{
+    BackupDirFlag, ConfigFlag, DatabaseFlag, FolderFlag, LockFlags, SocketFlag, VerboseFlag,
+};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "vamsa-migrate",
     version,
-    about = "Applies Vamsa's Drizzle migrations to PostgreSQL, safely"
+    about = "Applies Vamsa's Drizzle migrations to PostgreSQL, safely",
+    long_about = "Applies Vamsa's Drizzle ORM migrations (the folder holding meta/_journal.json) \
+        to PostgreSQL, with Drizzle's own tracking table: as a command, or as a systemd service \
+        that a deploy hook triggers. Settings come from the config file, then the environment \
+        (VAMSA_MIGRATE_<KEY>, DATABASE_URL), then the flags; each command has its own --help.",
+    after_help = exit::help_text(exit::Program::Any)
 )]
 pub struct Cli {
-    /// Config file (default: /etc/vamsa-migrate/config.toml when it exists).
-    #[arg(long, global = true, env = "VAMSA_MIGRATE_CONFIG")]
-    pub config: Option<PathBuf>,
-    /// PostgreSQL URL or key=value string (overrides the config file and DATABASE_URL).
-    #[arg(long, global = true)]
-    pub database_url: Option<String>,
-    /// The Drizzle migrations folder (holding meta/_journal.json, or Drizzle 1.0's migration
-    /// folders).
-    #[arg(long, global = true)]
-    pub migrations_dir: Option<PathBuf>,
-    /// `per-migration` (default) or `all` (one transaction for the whole run, like Drizzle).
-    #[arg(long, global = true)]
-    pub transaction: Option<String>,
-    /// lock_timeout for each migration's statements, e.g. 10s.
-    #[arg(long, global = true, value_parser = humantime::parse_duration)]
-    pub lock_timeout: Option<Duration>,
-    /// How long to wait for another run to finish, e.g. 5m.
-    #[arg(long, global = true, value_parser = humantime::parse_duration)]
-    pub lock_wait: Option<Duration>,
-    /// Where backups go (default /var/lib/vamsa-migrate/backups).
-    #[arg(long, global = true)]
-    pub backup_dir: Option<PathBuf>,
-    /// Print only errors and warnings.
-    #[arg(short, long, global = true)]
-    pub quiet: bool,
-    /// Log more (repeat for more).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -61,48 +44,53 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Apply pending migrations (or, with --dry-run, show them).
+    #[command(after_help = exit::help_text(exit::Program::Migrate))]
     Migrate(MigrateArgs),
-    /// Show every migration's state. Exit 0: up to date, 3: pending, 4: drift.
-    Status {
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
-    },
+    /// Show every migration's state; read-only.
+    #[command(after_help = exit::help_text(exit::Program::Status))]
+    Status(StatusArgs),
     /// Create the next numbered migration file and its journal entry.
-    New {
-        /// Short name, e.g. add_media_tags.
-        name: String,
-    },
+    #[command(after_help = exit::help_text(exit::Program::New))]
+    New(NewArgs),
     /// Convert a journal folder (drizzle-kit 0.x) to Drizzle 1.0's folder layout, keeping the
-    /// journal's order. Shows the plan; changes files only with --write.
-    Convert {
-        /// Do the conversion (default: only show it).
-        #[arg(long)]
-        write: bool,
-    },
+    /// journal's order. Shows the plan; changes files only with --write. Never connects.
+    #[command(after_help = exit::help_text(exit::Program::Convert))]
+    Convert(ConvertArgs),
     /// Take a backup now (pg_dump --format=custom into backup_dir).
-    Backup,
-    /// List the backups vamsa-migrate made.
-    Backups,
+    #[command(after_help = exit::help_text(exit::Program::Backup))]
+    Backup(BackupArgs),
+    /// List the backups vamsa-migrate made, newest first.
+    #[command(after_help = exit::help_text(exit::Program::Backups))]
+    Backups(BackupsArgs),
     /// Start a throwaway PostgreSQL, apply the bundled migrations, show the output, clean up.
-    Demo,
-    /// Run as a service: apply at start-up, watch the folder, serve the trigger socket.
-    Daemon,
-    /// Ask the running daemon to apply (the deploy hook). Exit 0 ok, 1 failed, 69 not running.
-    Trigger {
-        /// Ask for a dry run instead.
-        #[arg(long)]
-        dry_run: bool,
-        /// Give up waiting after this long (e.g. 10m); the daemon's run is not cancelled.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        timeout: Option<Duration>,
-        #[arg(long, value_enum, default_value_t = Format::Human)]
-        format: Format,
+    /// Reads no configuration.
+    #[command(after_help = exit::help_text(exit::Program::Demo))]
+    Demo(DemoArgs),
+    /// Run as the systemd service: apply at start-up, watch the folder, serve the trigger socket.
+    #[command(after_help = exit::help_text(exit::Program::Daemon))]
+    Daemon(DaemonArgs),
+    /// Ask the running daemon to apply (the deploy hook); prints the same lines as migrate.
+    #[command(after_help = exit::help_text(exit::Program::Trigger))]
+    Trigger(TriggerArgs),
+    /// Write the manual pages (section 1) into DIR; used by the package build.
+    #[command(hide = true)]
+    Manpage {
+        /// The folder to write vamsa-migrate.1 and vamsa-migrate-<command>.1 into.
+        dir: PathBuf,
     },
+}
+
+/// `--format`: how a command prints.
+#[derive(Args, Debug, Clone)]
+pub struct FormatFlag {
+    /// Output: human-readable lines, or one JSON object per line (see the README).
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct MigrateArgs {
-    /// Show what would be applied; change nothing.
+    /// Show what would be applied; change nothing (takes no lock, writes nothing).
     #[arg(long)]
     pub dry_run: bool,
     /// Do not take the automatic backup before applying.
@@ -114,68 +102,129 @@ pub struct MigrateArgs {
     /// Accept the edited file of this applied migration (record its new hash). Repeatable.
     #[arg(long, value_name = "TAG")]
     pub accept_edited: Vec<String>,
-    #[arg(long, value_enum, default_value_t = Format::Human)]
-    pub format: Format,
+    /// Print only errors and warnings (no progress lines).
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub format: FormatFlag,
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub database: DatabaseFlag,
+    #[command(flatten)]
+    pub folder: FolderFlag,
+    #[command(flatten)]
+    pub locks: LockFlags,
+    #[command(flatten)]
+    pub backup_dir: BackupDirFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
 }
 
-impl Cli {
-    fn flags_layer(&self) -> Result<Layer, ConfigError> {
-        Ok(Layer {
-            database_url: self.database_url.clone(),
-            migrations_dir: self.migrations_dir.clone(),
-            transaction: self
-                .transaction
-                .as_deref()
-                .map(str::parse::<TransactionMode>)
-                .transpose()
-                .map_err(|message| ConfigError::BadValue {
-                    key: "transaction",
-                    message,
-                })?,
-            lock_timeout: self.lock_timeout,
-            lock_wait: self.lock_wait,
-            backup_dir: self.backup_dir.clone(),
-            ..Layer::default()
-        })
-    }
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub format: FormatFlag,
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub database: DatabaseFlag,
+    #[command(flatten)]
+    pub folder: FolderFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
 
-    /// The settings, after warnings (on stderr) about a password other local users may read.
-    fn settings(&self, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
-        let mut settings = Settings::load(self.config.as_deref(), env)?;
-        settings.apply(self.flags_layer()?);
-        // clap folded VAMSA_MIGRATE_CONFIG into `config`.
-        for warning in crate::config::secret_warnings(self.config.as_deref(), &settings) {
-            tracing::warn!("{warning}");
-        }
-        if self
-            .database_url
-            .as_deref()
-            .is_some_and(crate::config::has_password)
-        {
-            tracing::warn!("--database-url holds a password, which every local user can see (ps, /proc/<pid>/cmdline) while this runs: put it in database_password_file (mode 0600), or in DATABASE_URL, or in a config file other users cannot read");
-        }
-        Ok(settings)
-    }
+#[derive(Args, Debug, Clone)]
+pub struct NewArgs {
+    /// Short name, e.g. add_media_tags (letters, digits and underscores).
+    pub name: String,
+    /// Create the migrations folder and its journal when they do not exist (a new history).
+    #[arg(long)]
+    pub init: bool,
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub folder: FolderFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
 
-    /// The deploy hook may run as a user who can reach the socket but not read the packaged
-    /// config (0640): then only socket_path matters, from the environment.
-    fn trigger_settings(&self, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
-        if self.config.is_some() || env.contains_key("VAMSA_MIGRATE_CONFIG") {
-            return self.settings(env);
-        }
-        self.settings(env).or_else(|e| match e {
-            ConfigError::Invalid { ref origin, .. }
-                if origin == crate::config::DEFAULT_CONFIG_FILE =>
-            {
-                let mut s = Settings::default();
-                if let Some(path) = env.get("VAMSA_MIGRATE_SOCKET_PATH") {
-                    s.daemon.socket_path = PathBuf::from(path);
-                }
-                Ok(s)
-            }
-            other => Err(other),
-        })
-    }
+#[derive(Args, Debug, Clone)]
+pub struct ConvertArgs {
+    /// Do the conversion. Default: only show it.
+    #[arg(long)]
+    pub write: bool,
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub folder: FolderFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub database: DatabaseFlag,
+    #[command(flatten)]
+    pub backup_dir: BackupDirFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupsArgs {
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub backup_dir: BackupDirFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
+
+/// The daemon logs at `log_level` (config), not by `-v`.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub database: DatabaseFlag,
+    #[command(flatten)]
+    pub folder: FolderFlag,
+    #[command(flatten)]
+    pub locks: LockFlags,
+    #[command(flatten)]
+    pub backup_dir: BackupDirFlag,
+    #[command(flatten)]
+    pub socket: SocketFlag,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TriggerArgs {
+    /// Ask for a dry run instead: show what the daemon would apply.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Give up waiting after this long (e.g. 10m; exit 75); the daemon's run is not cancelled.
+    /// Default: wait until the run is done, however long it takes.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    #[command(flatten)]
+    pub format: FormatFlag,
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub socket: SocketFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
 }
 
 impl MigrateArgs {
@@ -194,54 +243,128 @@ impl MigrateArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
-    let (verbose, quiet) = (cli.verbose, cli.quiet);
-    let outcome = match &cli.command {
+    let outcome = match cli.command {
         // The daemon sets up its own logging (the journal) and runtime.
-        Command::Daemon => return ExitCode::from(crate::daemon::main(cli.config.clone())),
+        Command::Daemon(args) => return ExitCode::from(daemon(&args, &env)),
+        Command::Manpage { dir } => commands::manpage::write(&dir),
         // The demo ignores the configuration: it brings its own.
-        Command::Demo => run(verbose, async { Ok(commands::demo::run().await) }),
-        Command::Migrate(args) => run(verbose, async {
-            let settings = cli.settings(&env)?;
-            let options = args.run_options();
-            Ok(commands::migrate::run(&settings, &env, &options, args.format, quiet).await)
+        Command::Demo(args) => run(args.verbose, async { Ok(commands::demo::run().await) }),
+        Command::Migrate(args) => run(args.verbose, migrate(&args, &env)),
+        Command::Status(args) => run(args.verbose, async {
+            let flags: [&dyn flags::Flags; 2] = [&args.database, &args.folder];
+            let settings = flags::settings(&args.config, &flags, &env)?;
+            args.folder.check(&settings, &args.config, &env)?;
+            Ok(commands::status::run(&settings, &env, args.format.format).await)
         }),
-        Command::Status { format } => run(verbose, async {
-            Ok(commands::status::run(&cli.settings(&env)?, &env, *format).await)
+        Command::New(args) => run(args.verbose, async {
+            let settings = flags::settings(&args.config, &[&args.folder], &env)?;
+            if !args.init {
+                args.folder.check(&settings, &args.config, &env)?;
+            }
+            Ok(commands::new::run(&settings, &args.name))
         }),
-        Command::New { name } => run(verbose, async {
-            Ok(commands::new::run(&cli.settings(&env)?, name))
+        Command::Convert(args) => run(args.verbose, async {
+            let settings = flags::settings(&args.config, &[&args.folder], &env)?;
+            args.folder.check(&settings, &args.config, &env)?;
+            Ok(commands::convert::run(&settings, args.write))
         }),
-        Command::Convert { write } => run(verbose, async {
-            Ok(commands::convert::run(&cli.settings(&env)?, *write))
+        Command::Backup(args) => run(args.verbose, async {
+            let flags: [&dyn flags::Flags; 2] = [&args.database, &args.backup_dir];
+            let settings = flags::settings(&args.config, &flags, &env)?;
+            Ok(commands::backup::take(&settings, &env).await)
         }),
-        Command::Backup => run(verbose, async {
-            Ok(commands::backup::take(&cli.settings(&env)?, &env).await)
+        Command::Backups(args) => run(args.verbose, async {
+            let settings = flags::settings(&args.config, &[&args.backup_dir], &env)?;
+            Ok(commands::backup::list(&settings))
         }),
-        Command::Backups => run(verbose, async {
-            Ok(commands::backup::list(&cli.settings(&env)?))
-        }),
-        Command::Trigger {
-            dry_run,
-            timeout,
-            format,
-        } => run(verbose, async {
-            let settings = cli.trigger_settings(&env)?;
-            let request = if *dry_run {
-                Request::DryRun
-            } else {
-                Request::Apply
-            };
-            let socket = &settings.daemon.socket_path;
-            Ok(commands::trigger::run(socket, request, *timeout, *format).await)
-        }),
+        Command::Trigger(args) => run(args.verbose, trigger(&args, &env)),
     };
     ExitCode::from(outcome.code())
 }
 
+async fn migrate(
+    args: &MigrateArgs,
+    env: &HashMap<String, String>,
+) -> Result<Outcome, ConfigError> {
+    let flags: [&dyn flags::Flags; 4] =
+        [&args.database, &args.folder, &args.locks, &args.backup_dir];
+    let settings = flags::settings(&args.config, &flags, env)?;
+    args.folder.check(&settings, &args.config, env)?;
+    let options = args.run_options();
+    let format = args.format.format;
+    Ok(commands::migrate::run(&settings, env, &options, format, args.quiet).await)
+}
+
+async fn trigger(
+    args: &TriggerArgs,
+    env: &HashMap<String, String>,
+) -> Result<Outcome, ConfigError> {
+    let settings = trigger_settings(args, env)?;
+    let request = if args.dry_run {
+        Request::DryRun
+    } else {
+        Request::Apply
+    };
+    let socket = &settings.daemon.socket_path;
+    Ok(commands::trigger::run(socket, request, args.timeout, args.format.format).await)
+}
+
+/// The deploy hook may run as a user who can reach the socket but not read the packaged
+/// config (0640): then only socket_path matters, from the environment or the flag.
+fn trigger_settings(
+    args: &TriggerArgs,
+    env: &HashMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    let settings = flags::settings(&args.config, &[&args.socket], env);
+    if args.config.config.is_some() {
+        return settings;
+    }
+    settings.or_else(|e| match e {
+        ConfigError::Invalid { ref origin, .. } if origin == crate::config::DEFAULT_CONFIG_FILE => {
+            let mut s = Settings::default();
+            if let Some(path) = env.get("VAMSA_MIGRATE_SOCKET_PATH") {
+                s.daemon.socket_path = PathBuf::from(path);
+            }
+            if let Some(path) = &args.socket.socket_path {
+                s.daemon.socket_path = path.clone();
+            }
+            Ok(s)
+        }
+        other => Err(other),
+    })
+}
+
+/// Starts the daemon with the flags as its top layer (also over a SIGHUP reload).
+fn daemon(args: &DaemonArgs, env: &HashMap<String, String>) -> u8 {
+    let flags: [&dyn flags::Flags; 5] = [
+        &args.database,
+        &args.folder,
+        &args.locks,
+        &args.backup_dir,
+        &args.socket,
+    ];
+    let checked = flags::layer(&flags).and_then(|layer| {
+        let settings = flags::settings(&args.config, &flags, env)?;
+        args.folder.check(&settings, &args.config, env)?;
+        Ok(layer)
+    });
+    match checked {
+        Ok(layer) => crate::daemon::main(args.config.config.clone(), layer),
+        // Before the daemon's logging is set up: stderr reaches the journal under systemd.
+        Err(e) => {
+            eprintln!("Error: {e}");
+            exit::daemon::BAD_CONFIG
+        }
+    }
+}
+
 /// Runs a command on a single-threaded runtime, with logging on stderr. A configuration that
 /// cannot be loaded is shown like any error before the engine runs.
-fn run(verbose: u8, command: impl Future<Output = Result<Outcome, ConfigError>>) -> Outcome {
-    init_logging(verbose);
+fn run(
+    verbose: VerboseFlag,
+    command: impl Future<Output = Result<Outcome, ConfigError>>,
+) -> Outcome {
+    init_logging(verbose.verbose);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

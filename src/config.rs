@@ -182,7 +182,7 @@ impl Default for Settings {
 }
 
 /// One layer of settings: every key optional, unknown keys refused.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layer {
     pub database_url: Option<String>,
@@ -257,6 +257,14 @@ pub enum ConfigError {
     BadDatabaseUrl { message: String },
     #[error("{key}: {message}")]
     BadValue { key: &'static str, message: String },
+    /// `migrations_dir` names no folder; `origin` is the setting that gave it (a flag, a
+    /// variable, a config file or the default), `cwd` what a relative path is relative to.
+    #[error("migrations_dir {path} does not exist (relative to the working directory {cwd}); it was set by {origin}")]
+    NoMigrationsDir {
+        path: PathBuf,
+        cwd: PathBuf,
+        origin: String,
+    },
 }
 
 impl Settings {

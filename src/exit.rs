@@ -98,6 +98,86 @@ fn for_kind(kind: ErrorKind) -> u8 {
     }
 }
 
+/// A program of this binary whose exit codes are documented (its `--help` and manual page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Program {
+    /// The binary as a whole: usage errors.
+    Any,
+    Migrate,
+    Status,
+    New,
+    Convert,
+    Backup,
+    Backups,
+    Demo,
+    Daemon,
+    Trigger,
+}
+
+const USAGE: (u8, &str) = (BAD_INPUT, "invalid configuration or usage");
+
+/// The exit codes `program` can end with, and what each means (the README's "Exit codes").
+pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
+    let db_failed = (FAILED, "a migration or the database failed (cannot connect, read-only server, migration lock not obtained within lock_wait, backup failed)");
+    let mut codes = match program {
+        Program::Any => vec![(OK, "success"), USAGE],
+        Program::Migrate => vec![
+            (OK, "applied, or nothing pending; --dry-run: shown"),
+            db_failed,
+            (BAD_INPUT, "invalid configuration, migrations folder (journal, files) or usage"),
+            (DRIFT, "refused because of an edited file or a hole; nothing applied"),
+        ],
+        Program::Status => vec![
+            (OK, "up to date"),
+            (FAILED, "a database error"),
+            (BAD_INPUT, "invalid configuration, migrations folder or usage"),
+            (PENDING, "migrations pending, no drift"),
+            (DRIFT, "drift: an edited file, an out-of-order migration, or a row matching no file"),
+        ],
+        Program::New => vec![
+            (OK, "created"),
+            (BAD_INPUT, "invalid name, configuration or journal; the folder does not exist (without --init)"),
+        ],
+        Program::Convert => vec![
+            (OK, "converted, or (without --write) the plan shown"),
+            (BAD_INPUT, "invalid configuration, migrations folder or usage; the folder cannot be converted"),
+        ],
+        Program::Backup => vec![(OK, "taken and verified"), (FAILED, "the database or pg_dump failed"), USAGE],
+        Program::Backups => vec![(OK, "listed"), (FAILED, "backup_dir cannot be read"), USAGE],
+        Program::Demo => vec![(OK, "the demo ran"), (FAILED, "the throwaway PostgreSQL or a step failed"), USAGE],
+        Program::Daemon => vec![
+            (daemon::OK, "stopped by SIGTERM or SIGINT"),
+            (daemon::START_FAILED, "the socket, signals or runtime could not be set up"),
+            (daemon::BAD_CONFIG, "the configuration cannot work (also: wrong credentials, no such database)"),
+            (daemon::MIGRATION_FAILED, "the start-up migration failed (exit_on_start_failure)"),
+        ],
+        Program::Trigger => vec![
+            (OK, "applied, or nothing pending"),
+            (FAILED, "a migration (or the daemon's run) failed"),
+            USAGE,
+            (NOT_RUNNING, "no daemon listens on socket_path"),
+            (TIMED_OUT, "no answer within --timeout, or the daemon hung up mid-run"),
+            (REFUSED, "this user may not apply"),
+        ],
+    };
+    if matches!(program, Program::Migrate | Program::Backup) {
+        // The CLI's SIGINT/SIGTERM: pg_dump stopped, the temporary dump removed (128 + signal).
+        codes.push((130, "stopped by SIGINT"));
+        codes.push((143, "stopped by SIGTERM"));
+    }
+    codes.sort_by_key(|(code, _)| *code);
+    codes
+}
+
+/// The "Exit status" block of a `--help`.
+pub(crate) fn help_text(program: Program) -> String {
+    let lines: Vec<String> = documented(program)
+        .iter()
+        .map(|(code, meaning)| format!("  {code:>3}  {meaning}"))
+        .collect();
+    format!("Exit status:\n{}", lines.join("\n"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,7 +97,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'say "FAIL: interrupted or timed out (limit ${LIMIT}s)"; exit 1' INT TERM
 
-tmp="$(mktemp -d /tmp/vamsa-e2e.XXXXXX)"
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/vamsa-e2e.XXXXXX")"
 mkdir -p "$tmp/root" "$tmp/layers" "$tmp/share"
 touch "$tmp/console.log"
 cp "$deb" "$tmp/share/vamsa-migrate.deb"
@@ -304,7 +304,7 @@ in_ systemctl reset-failed vamsa-migrate.service 2>/dev/null
 # Every key of the packaged config, uncommented with its documented default, is accepted.
 all_keys="$(in_ sh -ec 'sed -E "s/^# ([a-z_]+ = )/\1/" /etc/vamsa-migrate/config.toml > /tmp/all-keys.toml
 grep -cE "^[a-z_]+ = " /tmp/all-keys.toml')"
-keys_out="$(in_ vamsa-migrate --config /tmp/all-keys.toml backups 2>&1)"
+keys_out="$(in_ vamsa-migrate backups --config /tmp/all-keys.toml 2>&1)"
 if [ $? -eq 0 ] && [ "${all_keys:-0}" -ge 20 ]; then
     pass "all $all_keys keys of the packaged config.toml, uncommented, are valid"
 else
@@ -559,7 +559,7 @@ in_ sh -c ': > /tmp/empty.toml; chmod 0644 /tmp/empty.toml'
 member_out="$(in_ runuser -u deploy -- vamsa-migrate trigger --timeout 60s 2>&1)"
 [ $? -eq 0 ] && pass "a member of group vamsa-migrate may trigger (allowed_groups in the packaged config)" ||
     { fail "group member trigger"; details "$member_out"; }
-outsider_out="$(in_ runuser -u outsider -- vamsa-migrate --config /tmp/empty.toml trigger --timeout 60s 2>&1)"
+outsider_out="$(in_ runuser -u outsider -- vamsa-migrate trigger --config /tmp/empty.toml --timeout 60s 2>&1)"
 outsider_status=$?
 if [ $outsider_status -eq 77 ] && grep -qi "permission denied" <<<"$outsider_out"; then
     pass "a user outside the group is refused by the socket (permission denied; trigger exit 77)"

@@ -67,7 +67,11 @@ async fn converse(stream: UnixStream, request: Request, format: Format) -> Outco
         eprintln!("Error: cannot send the request to vamsa-migrate: {e}");
         return Outcome::OtherFailure;
     }
-    let mut reporter = Reporter::new(io::stdout(), Format::Human, HumanOptions::default());
+    let options = HumanOptions {
+        apply_command: "vamsa-migrate trigger".into(),
+        ..HumanOptions::default()
+    };
+    let mut reporter = Reporter::new(io::stdout(), Format::Human, options);
     let mut lines = BufReader::new(read).lines();
     loop {
         let line = match lines.next_line().await {

@@ -22,16 +22,19 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::Settings;
+use crate::config::{ConfigError, Layer, Settings};
 use crate::exit::daemon as exit;
 use crate::protocol::{Event, Reply};
 use runner::{Control, Job, JobKind, Runner, RunnerStatus};
 use systemd::Notifier;
 
-/// Runs the service until SIGTERM/SIGINT; the exit code (`exit::daemon`).
-pub fn main(config: Option<PathBuf>) -> u8 {
+/// Runs the service until SIGTERM/SIGINT; the exit code (`exit::daemon`). `config` is
+/// `--config`; `flags` the layer of the command-line flags, applied over the file and the
+/// environment at start-up and again on every SIGHUP reload.
+pub fn main(config: Option<PathBuf>, flags: Layer) -> u8 {
     let env: HashMap<String, String> = std::env::vars().collect();
-    let settings = match Settings::load(config.as_deref(), &env) {
+    let source = Source { config, flags };
+    let settings = match source.load(&env) {
         Ok(s) => s,
         Err(e) => {
             crate::logging::init(Default::default(), "info");
@@ -40,7 +43,7 @@ pub fn main(config: Option<PathBuf>) -> u8 {
         }
     };
     crate::logging::init(settings.daemon.log_target, &settings.daemon.log_level);
-    warn_of_readable_secrets(config.as_deref(), &settings);
+    warn_of_readable_secrets(source.config.as_deref(), &settings);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -53,13 +56,28 @@ pub fn main(config: Option<PathBuf>) -> u8 {
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, run(config, settings, env))
+    local.block_on(&runtime, run(source, settings, env))
+}
+
+/// Where the daemon's settings come from, at the start and on every reload.
+#[derive(Clone)]
+struct Source {
+    config: Option<PathBuf>,
+    flags: Layer,
+}
+
+impl Source {
+    fn load(&self, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::load(self.config.as_deref(), env)?;
+        settings.apply(self.flags.clone());
+        Ok(settings)
+    }
 }
 
 /// The main loop's handles: it publishes the settings, reads the runner's status, and sends
 /// the runner jobs and control messages.
 struct Service {
-    config: Option<PathBuf>,
+    source: Source,
     notifier: Notifier,
     env: HashMap<String, String>,
     settings: tokio::sync::watch::Sender<Arc<Settings>>,
@@ -68,7 +86,7 @@ struct Service {
     control: mpsc::UnboundedSender<Control>,
 }
 
-async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, String>) -> u8 {
+async fn run(source: Source, settings: Settings, env: HashMap<String, String>) -> u8 {
     let notifier = Notifier;
     let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -106,7 +124,7 @@ async fn run(config: Option<PathBuf>, settings: Settings, env: HashMap<String, S
     let (control, control_rx) = mpsc::unbounded_channel();
     let runner_task = tokio::task::spawn_local(runner.run(job_rx, control_rx));
     let service = Service {
-        config,
+        source,
         notifier,
         env,
         settings,
@@ -259,11 +277,11 @@ impl Service {
     /// and the old one kept.
     async fn reload(&self) {
         self.notifier.reloading();
-        let config = self.config.clone();
+        let source = self.source.clone();
         let loaded = tokio::task::spawn_blocking(move || {
             let env: HashMap<String, String> = std::env::vars().collect();
-            let new = Settings::load(config.as_deref(), &env).map_err(|e| e.to_string())?;
-            let warnings = crate::config::secret_warnings(config.as_deref(), &new);
+            let new = source.load(&env).map_err(|e| e.to_string())?;
+            let warnings = crate::config::secret_warnings(source.config.as_deref(), &new);
             Ok((new, warnings))
         })
         .await

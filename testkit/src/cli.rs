@@ -26,7 +26,6 @@ pub struct Cli {
     envs: Vec<(OsString, Option<OsString>)>,
     database_url: Option<String>,
     migrations_dir: Option<PathBuf>,
-    backup_dir: Option<PathBuf>,
     as_nobody: bool,
     pub(crate) scratch: Arc<tempfile::TempDir>,
 }
@@ -55,7 +54,6 @@ impl Cli {
             ],
             database_url: None,
             migrations_dir: None,
-            backup_dir: None,
             as_nobody: false,
             scratch: Arc::new(scratch),
         }
@@ -101,10 +99,10 @@ impl Cli {
         self
     }
 
-    /// `--backup-dir DIR`, placed last.
+    /// `backup_dir` as VAMSA_MIGRATE_BACKUP_DIR: not every command takes `--backup-dir`
+    /// (each offers only the flags it uses), every one reads the environment.
     pub fn backup_dir(&mut self, dir: &Path) -> &mut Cli {
-        self.backup_dir = Some(dir.to_path_buf());
-        self
+        self.env("VAMSA_MIGRATE_BACKUP_DIR", dir)
     }
 
     /// Runs as uid and gid 65534 (`nobody`) with no supplementary groups: std drops them
@@ -134,10 +132,6 @@ impl Cli {
             (
                 "--migrations-dir",
                 self.migrations_dir.as_deref().map(Path::as_os_str),
-            ),
-            (
-                "--backup-dir",
-                self.backup_dir.as_deref().map(Path::as_os_str),
             ),
         ];
         for (flag, value) in options {

@@ -156,10 +156,11 @@ impl Daemon {
             .expect("write the daemon's config");
         let mut cmd = match activation {
             Some(listener) => activated_command(&cli, listener),
+            // The subcommand before the builder's flags: each subcommand takes its own.
             None => {
-                let mut c = cli.command();
-                c.arg("daemon");
-                c
+                let mut daemon = cli.clone();
+                daemon.arg("daemon");
+                daemon.command()
             }
         };
         cmd.env("VAMSA_MIGRATE_CONFIG", &config)
@@ -318,10 +319,12 @@ impl Drop for Daemon {
 /// `sh -c` setting LISTEN_PID to its own pid, then `exec`ing the daemon (which keeps that pid),
 /// with `listener` as fd 3.
 fn activated_command(cli: &Cli, listener: &UnixListener) -> Command {
-    let daemon = cli.command();
+    let mut daemon = cli.clone();
+    daemon.arg("daemon");
+    let daemon = daemon.command();
     let mut sh = Command::new("sh");
     sh.arg("-c")
-        .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=trigger exec \"$0\" \"$@\" daemon")
+        .arg("LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=trigger exec \"$0\" \"$@\"")
         .arg(daemon.get_program())
         .args(daemon.get_args());
     for (name, value) in daemon.get_envs() {

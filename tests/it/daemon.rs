@@ -107,7 +107,7 @@ fn trigger_applies_and_prints_the_migrate_lines() {
     );
     assert!(
         dry.stdout
-            .ends_with("\nNo changes were applied. Run 'vamsa-migrate migrate' to apply.\n"),
+            .ends_with("\nNo changes were applied. Run 'vamsa-migrate trigger' to apply.\n"),
         "{}",
         dry.stdout
     );

@@ -3,6 +3,7 @@
 //! all against real PostgreSQL servers that `support` starts. Its tests run in parallel.
 
 mod backup;
+mod cli_flags;
 mod daemon;
 mod daemon_state;
 mod drizzle1;

@@ -115,7 +115,7 @@ impl Db {
     }
 
     /// The binary with `--database-url` (this database), `--migrations-dir DIR` and
-    /// `--backup-dir` (this test's backup folder) after its arguments.
+    /// `backup_dir` (this test's backup folder, by the environment) after its arguments.
     pub fn cli(&self, dir: &Path) -> Cli {
         let mut cli = cli();
         cli.database_url(&self.url())

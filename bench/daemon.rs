@@ -84,7 +84,8 @@ pub(crate) fn bench_daemon(ctx: &mut Ctx, folder: &Folder, db: &str, table: &mut
     Ok(())
 }
 
-fn start(ctx: &Ctx, db: &str, dir: &Path) -> Daemon {
+/// The daemon on `db` and `dir`, with the bench's settle time (and no backups).
+pub(crate) fn start(ctx: &Ctx, db: &str, dir: &Path) -> Daemon {
     let mut cli = Cli::new(&ctx.bin);
     cli.env(
         "VAMSA_MIGRATE_SETTLE",

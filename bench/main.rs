@@ -11,9 +11,11 @@
 //!
 //! Modules, in the order of a run: `params`, `spawn` (the runner), `ctx` (the cluster and the
 //! binary), `folders` (generated Drizzle folders), the workloads `apply` (1), `uptodate` (2),
-//! `daemon` (4), `scans` (3) and `new`, with `growth` for the linearity checks, and `table`
-//! for the result table.
+//! `daemon` (4), `abuse` (the trigger socket's pings under abuse), `scans` (3), `new` and
+//! `parse` (one huge migration file), with `growth` for the linearity checks, and `table` for
+//! the result table.
 
+mod abuse;
 mod apply;
 mod ctx;
 mod daemon;
@@ -21,6 +23,7 @@ mod folders;
 mod growth;
 mod new;
 mod params;
+mod parse;
 mod procfs;
 mod scans;
 mod spawn;
@@ -164,6 +167,9 @@ fn run_workloads(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
     daemon::bench_daemon(ctx, big, &uptodate_db, table)?;
     phase("workload 4 (daemon)", t);
     let t = Instant::now();
+    abuse::bench_abuse(ctx, table)?;
+    phase("trigger socket under abuse", t);
+    let t = Instant::now();
     let mut scan_ns = vec![1];
     scan_ns.extend(ctx.p.scan_ns);
     let scan_folders = generate_folders(ctx, &scan_ns, "scan")?;
@@ -172,6 +178,9 @@ fn run_workloads(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
     let t = Instant::now();
     new::bench_new(ctx, &scan_folders, table)?;
     phase("new", t);
+    let t = Instant::now();
+    parse::bench_parse(ctx, table)?;
+    phase("parse", t);
     Ok(())
 }
 

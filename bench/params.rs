@@ -11,6 +11,8 @@ pub(crate) struct Params {
     pub(crate) uptodate_n: usize,
     /// Workload 3 and `new`: small and large folder (plus N = 1 as the fixed-cost baseline).
     pub(crate) scan_ns: [usize; 2],
+    /// `parse`: statements in one migration file (small and large).
+    pub(crate) parse_ns: [usize; 2],
     pub(crate) idle: Duration,
     pub(crate) settle: Duration,
 }
@@ -30,6 +32,7 @@ impl Params {
                 apply_ns: [100, 500],
                 uptodate_n: 500,
                 scan_ns: [100, 1_000],
+                parse_ns: [20_000, 200_000],
                 idle: Duration::from_secs(3),
                 settle: Duration::from_millis(500),
             }
@@ -40,6 +43,7 @@ impl Params {
                 apply_ns: [200, 2_000],
                 uptodate_n: 2_000,
                 scan_ns: [1_000, 10_000],
+                parse_ns: [20_000, 200_000],
                 idle: Duration::from_secs(10),
                 settle: Duration::from_millis(500),
             }

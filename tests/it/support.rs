@@ -45,6 +45,17 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
+/// A migration statement that runs until the test calls [`Db::open_gate`] (after
+/// [`Db::close_gate`]): it polls `public.gate` every 20 ms. Under READ COMMITTED each poll takes
+/// a new snapshot (PostgreSQL 15, "Transaction Isolation"), so it sees the commit that opens it.
+/// Find it running with `db.has_activity(GATED_ACTIVITY)`.
+pub const GATED: &str =
+    "DO $$ BEGIN WHILE NOT EXISTS (SELECT FROM public.gate) LOOP PERFORM pg_sleep(0.02); END LOOP; END $$;";
+
+/// The `pg_stat_activity` condition of a [`GATED`] statement in progress.
+pub const GATED_ACTIVITY: &str =
+    "state = 'active' AND query LIKE '%DO $$ BEGIN WHILE NOT EXISTS (SELECT FROM public.gate)%'";
+
 /// A fresh database on the shared cluster.
 pub struct Db {
     pub name: String,
@@ -105,6 +116,17 @@ impl Db {
                UNION ALL SELECT 'a:' || attrelid::regclass::text || '.' || attname FROM pg_attribute WHERE attnum > 0 \
                UNION ALL SELECT 'k:' || conname FROM pg_constraint) s",
         )
+    }
+
+    /// Creates the closed gate that [`GATED`] waits on: a migration running it stays in
+    /// progress until [`Db::open_gate`], however loaded the machine is.
+    pub fn close_gate(&self) {
+        self.psql("CREATE TABLE public.gate ()");
+    }
+
+    /// Lets a [`GATED`] statement (and so its migration) finish.
+    pub fn open_gate(&self) {
+        self.psql("INSERT INTO public.gate DEFAULT VALUES");
     }
 
     /// Whether another session of this database matches `condition` (on pg_stat_activity).

@@ -15,3 +15,4 @@ mod interop_v1;
 mod migrate;
 mod support;
 mod tracking_rows;
+mod unknown_rows;

@@ -83,6 +83,10 @@ pub enum Command {
     Backup,
     /// List the backups vamsa-migrate made.
     Backups,
+    /// Restore a dump vamsa-migrate made (FILE, the newest, or the one taken before a
+    /// migration), under the run lock; then show the last applied migration and what is
+    /// pending. Refused while other sessions are connected, unless --force.
+    Restore(RestoreCli),
     /// Start a throwaway PostgreSQL, apply the bundled migrations, show the output, clean up.
     Demo,
     /// Run as a service: apply at start-up, watch the folder, serve the trigger socket.
@@ -116,6 +120,25 @@ pub struct MigrateArgs {
     pub accept_edited: Vec<String>,
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreCli {
+    /// A dump from `vamsa-migrate backups`.
+    #[arg(required_unless_present_any = ["latest", "before"], conflicts_with_all = ["latest", "before"])]
+    pub file: Option<PathBuf>,
+    /// The newest dump of this database.
+    #[arg(long, conflicts_with = "before")]
+    pub latest: bool,
+    /// The dump taken before this migration was applied (its tag, e.g. 0004_media_tags).
+    #[arg(long, value_name = "MIGRATION")]
+    pub before: Option<String>,
+    /// Terminate the other sessions connected to the database (it says which).
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation (for scripts; required without a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 impl Cli {
@@ -219,6 +242,15 @@ pub fn main() -> ExitCode {
         }),
         Command::Backups => run(verbose, async {
             Ok(commands::backup::list(&cli.settings(&env)?))
+        }),
+        Command::Restore(args) => run(verbose, async {
+            let args = commands::restore::RestoreArgs {
+                file: args.file.clone(),
+                before: args.before.clone(),
+                force: args.force,
+                yes: args.yes,
+            };
+            Ok(commands::restore::run(&cli.settings(&env)?, &env, &args).await)
         }),
         Command::Trigger {
             dry_run,

@@ -8,6 +8,7 @@ pub(crate) mod convert;
 pub(crate) mod demo;
 pub(crate) mod migrate;
 pub(crate) mod new;
+pub(crate) mod restore;
 pub(crate) mod status;
 pub(crate) mod trigger;
 

@@ -75,6 +75,8 @@ pub enum BackupError {
     Verify { stderr: String },
     #[error(transparent)]
     Query(Box<crate::db::DbError>),
+    #[error("pg_restore failed ({status}); its transaction was rolled back: {stderr}")]
+    Restore { status: String, stderr: String },
     #[error("cannot hand the password to pg_dump: {0}")]
     PassFile(io::Error),
     #[error("cannot run pg_dump: {0}")]
@@ -146,6 +148,25 @@ fn parse_name(name: &str) -> Option<(String, String, String)> {
         }
     }
     None
+}
+
+/// `path` parsed as one of our dumps (by its name), when it is one.
+pub(crate) fn ours(path: &Path) -> Option<Listed> {
+    let name = path.file_name()?.to_str()?;
+    let (database, stamp, label) = parse_name(name)?;
+    let meta = fs::metadata(path).ok()?;
+    meta.is_file().then(|| Listed {
+        path: path.to_path_buf(),
+        database,
+        stamp,
+        label,
+        bytes: meta.len(),
+    })
+}
+
+/// Whether a dump named with `listed` is of the database `name`.
+pub(crate) fn is_of(listed: &Listed, name: &str) -> bool {
+    listed.database == sanitize(name)
 }
 
 /// Our dumps in `dir`, oldest first.
@@ -517,6 +538,13 @@ fn major_of_version_line(line: &str) -> Option<u32> {
 /// Checks that the dump reads back: `pg_restore --list` parses its table of contents, read
 /// from its standard input (our descriptor, from the start).
 async fn verify(dump: &fs::File) -> Result<(), BackupError> {
+    table_of_contents(dump).await.map(|_| ())
+}
+
+/// The dump's table of contents as `pg_restore --list` prints it (one line per entry:
+/// `215; 1259 16386 TABLE public persons postgres`), read from `dump` from its start;
+/// [`BackupError::Verify`] when it does not read back.
+pub(crate) async fn table_of_contents(dump: &fs::File) -> Result<String, BackupError> {
     let failed = |stderr: String| BackupError::Verify { stderr };
     let mut stdin = dump.try_clone().map_err(|e| failed(e.to_string()))?;
     stdin
@@ -527,18 +555,53 @@ async fn verify(dump: &fs::File) -> Result<(), BackupError> {
     let verify = cmd
         .arg("--list")
         .stdin(Stdio::from(stdin))
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .output()
         .await;
     match verify {
-        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
         Ok(o) => Err(failed(
             String::from_utf8_lossy(&o.stderr).trim().to_string(),
         )),
         Err(e) => Err(failed(e.to_string())),
     }
+}
+
+/// Restores `dump` (read from its start on pg_restore's standard input) into `dbname` with
+/// `pg_restore --clean --if-exists --single-transaction --exit-on-error` (PostgreSQL 15):
+/// every object the dump holds is dropped and re-created in one transaction, so a failure
+/// changes nothing. pg_restore's stderr on failure, in [`BackupError::Restore`].
+pub(crate) async fn restore(pg: &Config, dbname: &str, dump: &fs::File) -> Result<(), BackupError> {
+    let mut stdin = dump.try_clone().map_err(BackupError::Spawn)?;
+    stdin
+        .seek(io::SeekFrom::Start(0))
+        .map_err(BackupError::Spawn)?;
+    let mut cmd = Command::new("pg_restore");
+    cmd.args([
+        "--clean",
+        "--if-exists",
+        "--single-transaction",
+        "--exit-on-error",
+    ])
+    .args(["--no-password", "--dbname", dbname])
+    .stdin(Stdio::from(stdin))
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let pass = PassFile::new(pg.get_password()).map_err(BackupError::PassFile)?;
+    libpq_env(&mut cmd, pg, dbname, &pass.path());
+    let child = cmd.spawn().map_err(BackupError::Spawn)?;
+    drop(pass);
+    let output = child.wait_with_output().await.map_err(BackupError::Spawn)?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(BackupError::Restore {
+        status: output.status.to_string(),
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+    })
 }
 
 /// What `pg_dump` and `pg_restore` inherit of our environment: the search path, the home

@@ -62,6 +62,11 @@ pub enum Command {
     /// List the backups vamsa-migrate made, newest first.
     #[command(after_help = exit::help_text(exit::Program::Backups))]
     Backups(BackupsArgs),
+    /// Restore a dump vamsa-migrate made (FILE, the newest, or the one taken before a
+    /// migration), under the run lock; then show the last applied migration and what is
+    /// pending. Refused while other sessions are connected, unless --force.
+    #[command(after_help = exit::help_text(exit::Program::Restore))]
+    Restore(RestoreArgs),
     /// Start a throwaway PostgreSQL, apply the bundled migrations, show the output, clean up.
     /// Reads no configuration.
     #[command(after_help = exit::help_text(exit::Program::Demo))]
@@ -176,6 +181,35 @@ pub struct BackupArgs {
 }
 
 #[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    /// A dump that vamsa-migrate backups lists.
+    #[arg(required_unless_present_any = ["latest", "before"], conflicts_with_all = ["latest", "before"])]
+    pub file: Option<PathBuf>,
+    /// The newest dump of this database.
+    #[arg(long, conflicts_with = "before")]
+    pub latest: bool,
+    /// The dump taken before this migration was applied (its tag, e.g. 0004_media_tags).
+    #[arg(long, value_name = "MIGRATION")]
+    pub before: Option<String>,
+    /// Terminate the other sessions connected to the database (it says which).
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation (for scripts; required without a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub database: DatabaseFlag,
+    #[command(flatten)]
+    pub folder: FolderFlag,
+    #[command(flatten)]
+    pub backup_dir: BackupDirFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
+
+#[derive(Args, Debug, Clone)]
 pub struct BackupsArgs {
     #[command(flatten)]
     pub config: ConfigFlag,
@@ -272,6 +306,17 @@ pub fn main() -> ExitCode {
             let flags: [&dyn flags::Flags; 2] = [&args.database, &args.backup_dir];
             let settings = flags::settings(&args.config, &flags, &env)?;
             Ok(commands::backup::take(&settings, &env).await)
+        }),
+        Command::Restore(args) => run(args.verbose, async {
+            let flags: [&dyn flags::Flags; 3] = [&args.database, &args.folder, &args.backup_dir];
+            let settings = flags::settings(&args.config, &flags, &env)?;
+            let restore = commands::restore::RestoreArgs {
+                file: args.file.clone(),
+                before: args.before.clone(),
+                force: args.force,
+                yes: args.yes,
+            };
+            Ok(commands::restore::run(&settings, &env, &restore).await)
         }),
         Command::Backups(args) => run(args.verbose, async {
             let settings = flags::settings(&args.config, &[&args.backup_dir], &env)?;

@@ -67,6 +67,19 @@ pub enum PeerView {
     Status,
 }
 
+/// What a run does when the tracking table has rows that match no migration on disk: the
+/// database is newer than the code (it was rolled back without a restore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownRows {
+    /// Name the rows and apply anyway (Drizzle's own migrator ignores such rows silently).
+    Warn,
+    /// Name the rows and stop before any change: `migrate` exits 4, the daemon does not send
+    /// READY (so the old application does not start on a schema it does not know).
+    #[default]
+    Refuse,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogTarget {
@@ -94,6 +107,8 @@ pub struct Settings {
     pub transaction: TransactionMode,
     /// How often a migration that hit lock_timeout is tried again (with backoff).
     pub lock_retries: u32,
+    /// Tracking rows that match no file: warn, or refuse to run.
+    pub unknown_rows: UnknownRows,
     pub daemon: DaemonSettings,
     pub backup: crate::backup::BackupSettings,
 }
@@ -156,6 +171,7 @@ impl fmt::Debug for Settings {
             .field("statement_timeout", &self.statement_timeout)
             .field("transaction", &self.transaction)
             .field("lock_retries", &self.lock_retries)
+            .field("unknown_rows", &self.unknown_rows)
             .field("daemon", &self.daemon)
             .field("backup", &self.backup)
             .finish()
@@ -175,6 +191,7 @@ impl Default for Settings {
             statement_timeout: None,
             transaction: TransactionMode::PerMigration,
             lock_retries: 0,
+            unknown_rows: UnknownRows::Refuse,
             daemon: DaemonSettings::default(),
             backup: crate::backup::BackupSettings::default(),
         }
@@ -198,6 +215,7 @@ pub struct Layer {
     pub statement_timeout: Option<Duration>,
     pub transaction: Option<TransactionMode>,
     pub lock_retries: Option<u32>,
+    pub unknown_rows: Option<UnknownRows>,
     pub socket_path: Option<PathBuf>,
     pub socket_group: Option<String>,
     #[serde(default, deserialize_with = "string_list")]
@@ -282,7 +300,8 @@ impl Settings {
             lock_wait,
             lock_timeout,
             transaction,
-            lock_retries
+            lock_retries,
+            unknown_rows
         );
         let d = &mut self.daemon;
         macro_rules! set_daemon {

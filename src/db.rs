@@ -1,6 +1,8 @@
 //! The database side: connecting, Drizzle's tracking table, the advisory lock that keeps runs
 //! from overlapping, and applying one migration atomically with its tracking row.
 
+pub(crate) mod restore;
+
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};

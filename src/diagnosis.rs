@@ -5,6 +5,8 @@
 //! happened; the exit codes derive from the kind in [`crate::exit`].
 
 use crate::db::{DbError, PgFailure, StatementFailure};
+#[cfg(test)]
+use crate::engine::error::NewerDatabase;
 use crate::engine::error::{ApplyError, EngineError};
 use crate::protocol::{ErrorKind, ErrorReport, Request};
 
@@ -98,6 +100,9 @@ pub(crate) fn cause(e: &EngineError) -> Option<String> {
         EngineError::Db(DbError::LockWait { .. }) => Some(
             "Another vamsa-migrate (a deploy hook, the service, or an admin) is applying migrations right now.".into(),
         ),
+        EngineError::NewerDatabase(_) => Some(
+            "The code was rolled back (e.g. git checkout of an older release) without restoring the database: newer migrations are applied, and this code does not know the schema they made.".into(),
+        ),
         EngineError::Unmatched(_) => Some(
             "Migrations were applied to this database from a folder that is not here (another branch or a newer release), or the folder was converted without them.".into(),
         ),
@@ -116,6 +121,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Source(_) => "Fix the file named above (or pull a complete release); nothing was changed in the database.".into(),
         EngineError::Config(_) => "Fix the setting named above; nothing was changed in the database.".into(),
         EngineError::Drift(_) => "Nothing was applied. See `vamsa-migrate status` for the full picture.".into(),
+        EngineError::NewerDatabase(_) => "Two ways out: restore the dump taken before they were applied (`vamsa-migrate backups` lists the dumps, `vamsa-migrate restore FILE` restores one), or check out (deploy) the newer code whose migrations folder has them. To run this code anyway, set unknown_rows = \"warn\".".into(),
         EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
         EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
         EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
@@ -559,5 +565,28 @@ mod tests {
             "Send one JSON line such as {\"command\":\"apply\"} (commands: apply, dry-run, status, ping)."
         );
         assert_eq!(r.kind, ErrorKind::BadRequest);
+    }
+
+    #[test]
+    fn a_database_newer_than_the_code_names_its_rows_and_both_ways_out() {
+        let row = crate::plan::AppliedRow {
+            id: 3,
+            hash: "1f2e3d4c5b6a79880000".into(),
+            created_at: Some(3000),
+            applied_at: None,
+            name: Some("0002_index".into()),
+        };
+        let r = report(&EngineError::NewerDatabase(NewerDatabase {
+            rows: vec![row],
+        }));
+        assert_eq!(r.kind, ErrorKind::NewerDatabase);
+        assert_eq!(
+            r.message,
+            "the database is newer than this code: the tracking table has 1 row that matches no migration on disk (applied by newer code); nothing was applied\n  row 3 (name 0002_index, created_at 3000, hash 1f2e3d4c5b6a)"
+        );
+        assert_eq!(
+            r.hint,
+            "Two ways out: restore the dump taken before they were applied (`vamsa-migrate backups` lists the dumps, `vamsa-migrate restore FILE` restores one), or check out (deploy) the newer code whose migrations folder has them. To run this code anyway, set unknown_rows = \"warn\"."
+        );
     }
 }

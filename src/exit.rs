@@ -11,7 +11,8 @@ pub(crate) const FAILED: u8 = 1;
 pub(crate) const BAD_INPUT: u8 = 2;
 /// `status`: migrations are pending, no drift.
 pub(crate) const PENDING: u8 = 3;
-/// Drift: an edited file, a hole, a row matching no file (`status`); refused (`migrate`).
+/// Drift: an edited file, a hole, a row matching no file (`status`); refused (`migrate`,
+/// also for rows matching no file under `unknown_rows = "refuse"`).
 pub(crate) const DRIFT: u8 = 4;
 /// `trigger`: no daemon listens on the socket (EX_UNAVAILABLE).
 pub(crate) const NOT_RUNNING: u8 = 69;
@@ -20,8 +21,8 @@ pub(crate) const TIMED_OUT: u8 = 75;
 /// `trigger`: this user may not apply (EX_NOPERM).
 pub(crate) const REFUSED: u8 = 77;
 
-/// Exit codes of `vamsa-migrate daemon`; the unit's `RestartPreventExitStatus=2 3` names the
-/// two that restarting cannot fix.
+/// Exit codes of `vamsa-migrate daemon`; the unit's `RestartPreventExitStatus=2 3 4` names
+/// the three that restarting cannot fix.
 pub(crate) mod daemon {
     /// Stopped by SIGTERM/SIGINT.
     pub(crate) const OK: u8 = super::OK;
@@ -32,6 +33,10 @@ pub(crate) mod daemon {
     pub(crate) const BAD_CONFIG: u8 = super::BAD_INPUT;
     /// The start-up migration failed; retrying the same migration fails the same way.
     pub(crate) const MIGRATION_FAILED: u8 = 3;
+    /// At start-up the database was newer than the code (tracking rows matching no file)
+    /// under `unknown_rows = "refuse"`: READY was not sent, so the application does not start
+    /// on a schema it does not know. Restore, or deploy the newer code, then start.
+    pub(crate) const DATABASE_NEWER: u8 = 4;
 }
 
 /// How a command (`migrate`, `status`, `new`, `backup`, `backups`, `demo`, `trigger`) ended,
@@ -87,7 +92,7 @@ fn for_kind(kind: ErrorKind) -> u8 {
         | ErrorKind::TrackingTable
         | ErrorKind::Usage
         | ErrorKind::BadRequest => BAD_INPUT,
-        ErrorKind::Drift => DRIFT,
+        ErrorKind::Drift | ErrorKind::NewerDatabase => DRIFT,
         ErrorKind::Refused => REFUSED,
         ErrorKind::Database
         | ErrorKind::Apply
@@ -109,6 +114,7 @@ pub(crate) enum Program {
     Convert,
     Backup,
     Backups,
+    Restore,
     Demo,
     Daemon,
     Trigger,
@@ -125,7 +131,7 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (OK, "applied, or nothing pending; --dry-run: shown"),
             db_failed,
             (BAD_INPUT, "invalid configuration, migrations folder (journal, files) or usage"),
-            (DRIFT, "refused because of an edited file or a hole; nothing applied"),
+            (DRIFT, "refused because of an edited file or a hole, or the database is newer than this code (unknown_rows = \"refuse\"); nothing applied"),
         ],
         Program::Status => vec![
             (OK, "up to date"),
@@ -144,12 +150,18 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
         ],
         Program::Backup => vec![(OK, "taken and verified"), (FAILED, "the database or pg_dump failed"), USAGE],
         Program::Backups => vec![(OK, "listed"), (FAILED, "backup_dir cannot be read"), USAGE],
+        Program::Restore => vec![
+            (OK, "restored"),
+            (FAILED, "other sessions are connected (without --force), or the database or pg_restore failed"),
+            (BAD_INPUT, "no such dump, not one vamsa-migrate made of this database, corrupt, or not confirmed; nothing changed"),
+        ],
         Program::Demo => vec![(OK, "the demo ran"), (FAILED, "the throwaway PostgreSQL or a step failed"), USAGE],
         Program::Daemon => vec![
             (daemon::OK, "stopped by SIGTERM or SIGINT"),
             (daemon::START_FAILED, "the socket, signals or runtime could not be set up"),
             (daemon::BAD_CONFIG, "the configuration cannot work (also: wrong credentials, no such database)"),
             (daemon::MIGRATION_FAILED, "the start-up migration failed (exit_on_start_failure)"),
+            (daemon::DATABASE_NEWER, "the database is newer than this code (unknown_rows = \"refuse\"): READY never sent"),
         ],
         Program::Trigger => vec![
             (OK, "applied, or nothing pending"),
@@ -195,6 +207,8 @@ mod tests {
             (Outcome::Pending, 3),
             (Outcome::Drift, 4),
             (Outcome::Failed(ErrorKind::Drift), 4),
+            (Outcome::Failed(ErrorKind::NewerDatabase), 4),
+            (Outcome::DaemonFailed(ErrorKind::NewerDatabase), 1),
             (Outcome::NotRunning, 69),
             (Outcome::NoAnswer, 75),
             (Outcome::Failed(ErrorKind::Refused), 77),
@@ -208,5 +222,21 @@ mod tests {
         for (outcome, code) in cases {
             assert_eq!(outcome.code(), code, "{outcome:?}");
         }
+    }
+
+    #[test]
+    fn the_unit_does_not_restart_on_the_codes_restarting_cannot_fix() {
+        let unit = include_str!("../systemd/vamsa-migrate.service");
+        let listed = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("RestartPreventExitStatus="))
+            .expect("the unit sets RestartPreventExitStatus=");
+        let codes = [
+            daemon::BAD_CONFIG,
+            daemon::MIGRATION_FAILED,
+            daemon::DATABASE_NEWER,
+        ];
+        let expected: Vec<String> = codes.iter().map(u8::to_string).collect();
+        assert_eq!(listed, expected.join(" "));
     }
 }

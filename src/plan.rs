@@ -35,6 +35,23 @@ pub(crate) fn printable(text: &str) -> String {
     out
 }
 
+/// A tracking row for messages: `row 3 (name 0002_index, created_at 3000, hash 1f2e3d4c5b6a,
+/// applied 2026-11-29 22:28:24)`, the name and time only when the table has them, text from
+/// the table escaped.
+pub(crate) fn describe_row(row: &AppliedRow) -> String {
+    let mut facts = Vec::with_capacity(4);
+    if let Some(name) = &row.name {
+        facts.push(format!("name {}", printable(name)));
+    }
+    let created = row.created_at.map_or("NULL".into(), |c| c.to_string());
+    facts.push(format!("created_at {created}"));
+    facts.push(format!("hash {}", crate::engine::short_hash(&row.hash)));
+    if let Some(at) = &row.applied_at {
+        facts.push(format!("applied {}", printable(at)));
+    }
+    format!("row {} ({})", row.id, facts.join(", "))
+}
+
 /// What the admin allowed for this run.
 #[derive(Debug, Clone, Default)]
 pub struct PlanOptions {

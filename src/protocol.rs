@@ -177,6 +177,9 @@ pub enum ErrorKind {
     Folder,
     /// An edited file or a hole: nothing was applied.
     Drift,
+    /// The tracking table has rows that match no migration on disk (the code is older than the
+    /// database) and `unknown_rows = "refuse"`: nothing was applied.
+    NewerDatabase,
     /// The tracking table holds a value we cannot interpret (a row made by hand or by another
     /// tool: a NULL hash, a text id): nothing was applied.
     TrackingTable,

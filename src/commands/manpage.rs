@@ -50,6 +50,7 @@ fn program(name: &str) -> Program {
         "convert" => Program::Convert,
         "backup" => Program::Backup,
         "backups" => Program::Backups,
+        "restore" => Program::Restore,
         "demo" => Program::Demo,
         "daemon" => Program::Daemon,
         "trigger" => Program::Trigger,
@@ -184,6 +185,10 @@ fn examples(roff: &mut Roff, program: Program) {
         Program::Backups => &[(
             "vamsa-migrate backups",
             "List the dumps: time, size, the migration each preceded, path.",
+        )],
+        Program::Restore => &[(
+            "vamsa-migrate restore --latest",
+            "Put the database back as the newest dump shows it (asks first; --yes for scripts).",
         )],
         Program::Demo => &[(
             "vamsa-migrate demo",

@@ -9,6 +9,7 @@ pub(crate) mod demo;
 pub(crate) mod manpage;
 pub(crate) mod migrate;
 pub(crate) mod new;
+pub(crate) mod restore;
 pub(crate) mod status;
 pub(crate) mod trigger;
 

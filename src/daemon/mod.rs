@@ -23,8 +23,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::{ConfigError, Layer, Settings};
+use crate::diagnosis::daemon_report;
 use crate::exit::daemon as exit;
-use crate::protocol::{Event, Reply};
+use crate::protocol::{ErrorKind, ErrorReport, Event, Reply};
 use runner::{Control, Job, JobKind, Runner, RunnerStatus};
 use systemd::Notifier;
 
@@ -197,18 +198,30 @@ impl Service {
             _ = signals.next() => None,
         };
         extender.abort();
-        let Some((ok, error)) = started else {
+        let Some(result) = started else {
             self.stop().await;
             return Some(exit::OK);
         };
-        if !ok && settings.daemon.exit_on_start_failure {
-            let error = error.unwrap_or_default();
-            self.notifier
-                .status(&format!("Start-up migration failed: {error}"));
-            crate::logging::fatal(
-                "start-up migration failed; exiting so that units requiring vamsa-migrate do not start",
-            );
-            return Some(exit::MIGRATION_FAILED);
+        match result {
+            // The application must never start on a schema newer than its code, whatever
+            // exit_on_start_failure says.
+            Err(error) if error.kind == ErrorKind::NewerDatabase => {
+                let headline = error.message.lines().next().unwrap_or_default();
+                self.notifier.status(&format!("Refused: {headline}"));
+                crate::logging::fatal(
+                    "the database is newer than this code; exiting without READY so that the application does not start on it",
+                );
+                return Some(exit::DATABASE_NEWER);
+            }
+            Err(error) if settings.daemon.exit_on_start_failure => {
+                self.notifier
+                    .status(&format!("Start-up migration failed: {}", error.message));
+                crate::logging::fatal(
+                    "start-up migration failed; exiting so that units requiring vamsa-migrate do not start",
+                );
+                return Some(exit::MIGRATION_FAILED);
+            }
+            _ => {}
         }
         // The start-up job left its STATUS; compute one only if it did not get that far.
         let last = self.status.borrow().line.clone();
@@ -412,7 +425,8 @@ async fn run_and_wait(
     jobs: &mpsc::UnboundedSender<Job>,
     kind: JobKind,
     origin: &str,
-) -> (bool, Option<String>) {
+) -> Result<(), ErrorReport> {
+    let stopped = |message: &str| daemon_report(ErrorKind::Unknown, message.into());
     let (tx, mut rx) = mpsc::unbounded_channel();
     if jobs
         .send(Job {
@@ -422,16 +436,17 @@ async fn run_and_wait(
         })
         .is_err()
     {
-        return (false, Some("the runner stopped".into()));
+        return Err(stopped("the runner stopped"));
     }
     // No `done` means the runner died mid-job: that is a failure, never a success.
-    let mut result = (
-        false,
-        Some("the migration runner stopped before answering".into()),
-    );
+    let mut result = Err(stopped("the migration runner stopped before answering"));
     while let Some(event) = rx.recv().await {
         if let Reply::Event(Event::Done { ok, error, .. }) = event {
-            result = (ok, error.map(|e| e.message));
+            result = match (ok, error) {
+                (true, _) => Ok(()),
+                (false, Some(error)) => Err(error),
+                (false, None) => Err(stopped("the run failed without a report")),
+            };
         }
     }
     result

@@ -321,10 +321,18 @@ impl Runner {
         client: &Client,
         set: &MigrationSet,
     ) -> Option<bool> {
-        if !self.report_pending(engine, client, set).await {
-            let message = "cannot read the tracking table (see the log)".into();
-            let error = daemon_report(ErrorKind::Database, message);
-            send(job, Event::done_failed(error, true));
+        if let Err(e) = self.report_pending(engine, client, set).await {
+            let error = match e {
+                // The database is newer than the code: the same refusal as a run's.
+                EngineError::NewerDatabase(_) => diagnosis::report(&e),
+                _ => {
+                    let message = "cannot read the tracking table (see the log)".into();
+                    daemon_report(ErrorKind::Database, message)
+                }
+            };
+            let event = Event::done_failed(error, true);
+            log_event(&event, &job.origin);
+            send(job, event);
             return None;
         }
         if engine.settings.daemon.apply != ApplyPolicy::OnChange {
@@ -393,22 +401,27 @@ impl Runner {
         }
     }
 
-    /// Logs newly pending migrations and sets STATUS, from one plan; false when the database
-    /// could not be read.
+    /// Logs newly pending migrations and sets STATUS, from one plan; an error when the
+    /// database could not be read, or is newer than the code under `unknown_rows = "refuse"`.
     async fn report_pending(
         &mut self,
         engine: &Engine<'_>,
         client: &Client,
         set: &MigrationSet,
-    ) -> bool {
+    ) -> Result<(), EngineError> {
         let status = match engine.status(client, set, &PlanOptions::default()).await {
             Ok(status) => status,
             Err(e) => {
                 tracing::warn!("cannot read the tracking table after a folder change: {e}");
                 self.forget_broken_connection(&e);
-                return false;
+                return Err(e);
             }
         };
+        engine
+            .check_unknown_rows(&status.plan.missing, &mut |event| {
+                log_event(&event, "folder change")
+            })
+            .map_err(EngineError::from)?;
         let pending: Vec<String> = status
             .plan
             .items
@@ -432,7 +445,7 @@ impl Runner {
         }
         self.last_pending = Some(pending);
         self.set_status(status_line_for(&status.plan, engine.settings.daemon.apply));
-        true
+        Ok(())
     }
 
     /// The STATUS text for the database as it is now.

@@ -46,6 +46,8 @@ pub enum EngineError {
     Drift(Vec<Blocker>),
     #[error("{}", apply_headline(.0))]
     Apply(Box<ApplyError>),
+    #[error(transparent)]
+    NewerDatabase(#[from] NewerDatabase),
     #[error("backup before migrating failed: {0}")]
     Backup(#[from] crate::backup::BackupError),
     #[error(transparent)]
@@ -79,6 +81,27 @@ fn apply_headline(e: &ApplyError) -> String {
     format!("migration {} failed{place}\n  {}", e.file, e.failure)
 }
 
+/// Tracking rows that match no migration on disk, under `unknown_rows = "refuse"`: the code
+/// was rolled back without a restore, so the database is newer than the code.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", newer_database_headline(.rows))]
+pub struct NewerDatabase {
+    /// The rows, in id order.
+    pub rows: Vec<crate::plan::AppliedRow>,
+}
+
+fn newer_database_headline(rows: &[crate::plan::AppliedRow]) -> String {
+    let count = match rows.len() {
+        1 => "1 row that matches".to_string(),
+        n => format!("{n} rows that match"),
+    };
+    let rows: Vec<String> = rows.iter().map(crate::plan::describe_row).collect();
+    format!(
+        "the database is newer than this code: the tracking table has {count} no migration on disk (applied by newer code); nothing was applied\n  {}",
+        rows.join("\n  ")
+    )
+}
+
 impl EngineError {
     /// The kind clients see on the wire and decide from.
     pub fn kind(&self) -> ErrorKind {
@@ -89,6 +112,7 @@ impl EngineError {
             EngineError::Db(DbError::TrackingRow(_)) => ErrorKind::TrackingTable,
             EngineError::Db(_) => ErrorKind::Database,
             EngineError::Drift(_) => ErrorKind::Drift,
+            EngineError::NewerDatabase(_) => ErrorKind::NewerDatabase,
             EngineError::Apply(_) | EngineError::LockReleased { .. } => ErrorKind::Apply,
             EngineError::Backup(_) => ErrorKind::Backup,
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Config};
 
-use crate::config::{Settings, TransactionMode};
+use crate::config::{Settings, TransactionMode, UnknownRows};
 use crate::db::{
     self, Commit, DbError, Limits, StatementFailure, TableVersion, Tracking, TrackingTable, Txn,
 };
@@ -18,7 +18,7 @@ use crate::protocol::{Event, PendingMigration};
 use crate::source::{Layout, Migration, MigrationSet};
 use crate::summary::summarize;
 
-pub use error::{ApplyError, EngineError};
+pub use error::{ApplyError, EngineError, NewerDatabase};
 
 fn pending_migration(m: &Migration, drizzle_would_skip: bool) -> PendingMigration {
     PendingMigration {
@@ -258,7 +258,7 @@ impl<'a> Engine<'a> {
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunSummary, EngineError> {
         let status = self.status(client, set, &options.plan).await?;
-        warn_missing(&status.plan.missing, emit);
+        self.check_unknown_rows(&status.plan.missing, emit)?;
         for message in status.notes.iter().cloned() {
             emit(Event::Warning { message });
         }
@@ -313,7 +313,7 @@ impl<'a> Engine<'a> {
         // Read after the lock is held: another run may have applied migrations meanwhile.
         let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
         let plan = plan::plan(set, &table.rows, &options.plan);
-        warn_missing(&plan.missing, emit);
+        self.check_unknown_rows(&plan.missing, emit)?;
         for message in out_of_order_notes(&plan)
             .into_iter()
             .chain(applied_order_notes(&plan))
@@ -377,6 +377,25 @@ impl<'a> Engine<'a> {
             applied,
             pending_before: to_apply.len(),
         })
+    }
+
+    /// Rows that match no migration on disk: the database is newer than this code. Warned
+    /// about, or (`unknown_rows = "refuse"`) refused with [`NewerDatabase`] before any change.
+    pub fn check_unknown_rows(
+        &self,
+        missing: &[AppliedRow],
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<(), NewerDatabase> {
+        match self.settings.unknown_rows {
+            _ if missing.is_empty() => Ok(()),
+            UnknownRows::Warn => {
+                warn_missing(missing, emit);
+                Ok(())
+            }
+            UnknownRows::Refuse => Err(NewerDatabase {
+                rows: missing.to_vec(),
+            }),
+        }
     }
 
     /// The dump before a run that applies something (unless backups are off), and the

@@ -285,7 +285,22 @@ fn the_manual_pages_render_without_warnings_and_leak_no_environment() {
         .map(|e| e.unwrap().path())
         .collect();
     pages.sort();
-    assert_eq!(pages.len(), 10, "{pages:?}");
+    let names: Vec<_> = pages
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let expected: Vec<String> = [
+        "backup", "backups", "convert", "daemon", "demo", "migrate", "new", "restore", "status",
+        "trigger",
+    ]
+    .iter()
+    .map(|c| format!("vamsa-migrate-{c}.1"))
+    .chain(["vamsa-migrate.1".to_string()])
+    .collect();
+    assert_eq!(
+        names, expected,
+        "one page per command and one for the program"
+    );
     let mut rendered = std::collections::HashMap::new();
     for page in &pages {
         let out = Command::new("man")

@@ -14,5 +14,7 @@ mod hostile;
 mod interop;
 mod interop_v1;
 mod migrate;
+mod restore;
 mod support;
 mod tracking_rows;
+mod unknown_rows;

@@ -345,7 +345,12 @@ fn applied_row_without_a_file_is_a_warning() {
     // Code rolled back: 0002 is gone from disk.
     f.write(&[("0000_init", 1000, A), ("0001_media", 2000, B)]);
     std::fs::remove_file(f.path().join("0002_index.sql")).unwrap();
-    let run = db.run(f.path(), &["migrate"]);
+    // unknown_rows = "refuse" (the default) is tests/it/unknown_rows.rs.
+    let run = db
+        .cli(f.path())
+        .env("VAMSA_MIGRATE_UNKNOWN_ROWS", "warn")
+        .arg("migrate")
+        .run();
     run.ok();
     assert!(
         run.stderr.contains("matches no migration on disk"),
@@ -927,7 +932,11 @@ fn a_hand_made_row_with_any_text_as_hash_is_reported_not_a_crash() {
     db.run(f.path(), &["migrate"]).ok();
     // 'ó' straddles byte 12: slicing the hash by bytes would panic.
     db.psql("INSERT INTO drizzle.__drizzle_migrations (hash, created_at) VALUES ('004_migración_a_mano', 5)");
-    let run = db.run(f.path(), &["migrate"]);
+    let run = db
+        .cli(f.path())
+        .env("VAMSA_MIGRATE_UNKNOWN_ROWS", "warn")
+        .arg("migrate")
+        .run();
     run.ok();
     assert!(run.stderr.contains("hash 004_migració)"), "{}", run.stderr);
     let status = db.run(f.path(), &["status"]);

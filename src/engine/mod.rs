@@ -139,10 +139,19 @@ impl Table {
                 self.upgrade.len()
             ));
         }
+        notes.extend(line_ending_notes(plan));
         notes.extend(out_of_order_notes(plan));
         notes.extend(applied_order_notes(plan));
         notes
     }
+}
+
+/// Files applied with other line endings (see [`plan::same_but_line_endings`]).
+fn line_ending_notes(plan: &Plan<'_>) -> Vec<String> {
+    plan.line_endings_differ
+        .iter()
+        .map(|file| plan::line_endings_warning(file))
+        .collect()
 }
 
 /// Folder-layout migrations whose name order differs from the order their rows were written
@@ -314,8 +323,9 @@ impl<'a> Engine<'a> {
         let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
         let plan = plan::plan(set, &table.rows, &options.plan);
         warn_missing(&plan.missing, emit);
-        for message in out_of_order_notes(&plan)
+        for message in line_ending_notes(&plan)
             .into_iter()
+            .chain(out_of_order_notes(&plan))
             .chain(applied_order_notes(&plan))
         {
             emit(Event::Warning { message });

@@ -582,48 +582,51 @@ pub async fn upgrade_table(
 
 /// The session-level advisory lock that serialises runs. Released when the connection closes,
 /// so a killed process never leaves it behind.
+///
+/// A run that must wait tries again every [`LOCK_POLL`] with `pg_try_advisory_lock` and holds
+/// no open statement between tries: a session blocked in `pg_advisory_lock` holds a snapshot,
+/// and PostgreSQL 15's `CREATE INDEX CONCURRENTLY` in the run holding the lock waits for every
+/// snapshot older than its own, until `deadlock_timeout` aborts the build (40P01) and leaves an
+/// INVALID index. Gives up with [`DbError::LockWait`] after `wait`.
 pub async fn acquire_lock(
     client: &Client,
     tracking: &Tracking,
     wait: Duration,
     mut on_wait: impl FnMut(Option<i32>),
 ) -> Result<(), DbError> {
-    const TAKING: &str = "taking the migration lock";
     let key = tracking.lock_key();
-    let row = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-        .await
-        .map_err(DbError::query(TAKING))?;
-    if value::<bool>(&row, 0, TAKING)? {
+    if try_lock(client, key).await? {
         return Ok(());
     }
     let holder = lock_holder(client, key).await;
     on_wait(holder);
     let started = Instant::now();
-    // lock_timeout bounds the wait inside the server: no polling, and the lock is granted the
-    // moment the other run's session ends.
-    let millis = wait.as_millis().clamp(1, i32::MAX as u128);
-    client
-        .batch_execute(&format!("SET lock_timeout = {millis}"))
-        .await
-        .map_err(DbError::query("taking the migration lock"))?;
-    let result = client
-        .query_one("SELECT pg_advisory_lock($1)", &[&key])
-        .await;
-    client
-        .batch_execute("RESET lock_timeout")
-        .await
-        .map_err(DbError::query("taking the migration lock"))?;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-            Err(DbError::LockWait {
+    loop {
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(DbError::LockWait {
                 waited: started.elapsed(),
                 holder,
-            })
+            });
         }
-        Err(e) => Err(DbError::query("taking the migration lock")(e)),
+        tokio::time::sleep(left.min(LOCK_POLL)).await;
+        if try_lock(client, key).await? {
+            return Ok(());
+        }
     }
+}
+
+/// How often a waiting run tries the run lock again.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
+/// One `pg_try_advisory_lock`: whether this session now holds the run lock.
+async fn try_lock(client: &Client, key: i64) -> Result<bool, DbError> {
+    const TAKING: &str = "taking the migration lock";
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(DbError::query(TAKING))?;
+    Ok(value::<bool>(&row, 0, TAKING)?)
 }
 
 async fn lock_holder(client: &Client, key: i64) -> Option<i32> {

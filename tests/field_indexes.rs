@@ -1,0 +1,143 @@
+//! Concurrent index builds against a real PostgreSQL: a run waiting for our run lock must not
+//! break the build of the run holding it, and an INVALID index is never hidden.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{Db, Folder, Run};
+
+const ITEMS: &str = "CREATE TABLE \"items\" (\"id\" serial PRIMARY KEY, \"n\" int);\n\
+--> statement-breakpoint\n\
+INSERT INTO \"items\" (\"n\") SELECT g FROM generate_series(1, 5000) g;\n";
+
+/// Polls `check` until it holds; panics (a safety net, not a threshold) after a minute.
+#[track_caller]
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A psql session holding advisory lock `key` until dropped: a gate a migration waits at.
+struct Gate {
+    psql: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Gate {
+    fn close(db: &Db, key: i64) -> Gate {
+        let mut psql = db
+            .cluster
+            .psql_command(&db.name)
+            .args(["-XAtq"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = psql.stdin.take().unwrap();
+        writeln!(stdin, "SELECT pg_advisory_lock({key});").unwrap();
+        stdin.flush().unwrap();
+        wait_until("the gate is closed", || {
+            db.psql(&format!(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {key} AND granted"
+            )) == "1"
+        });
+        Gate {
+            psql,
+            stdin: Some(stdin),
+        }
+    }
+
+    /// Ends the session, which releases the lock.
+    fn open(mut self) {
+        drop(self.stdin.take());
+        self.psql.wait().unwrap();
+    }
+}
+
+fn spawn_migrate(db: &Db, dir: &Path) -> Child {
+    common::bin()
+        .args(["migrate", "--no-backup", "--database-url"])
+        .arg(db.url())
+        .arg("--migrations-dir")
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Issue 18 item 6 (b): while one run builds an index concurrently on a table with rows, a
+/// second run that waits for the run lock holds no snapshot, so the build completes and both
+/// runs succeed (on PostgreSQL 15, a waiter blocked in `pg_advisory_lock` made the build fail
+/// with 40P01 after `deadlock_timeout`, leaving an INVALID index).
+#[test]
+fn a_run_waiting_for_the_lock_does_not_break_a_concurrent_index_build() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_items", 1000, ITEMS)]);
+    db.run(f.path(), &["migrate", "--no-backup"]).ok();
+    f.write(&[
+        ("0000_items", 1000, ITEMS),
+        (
+            "0001_index",
+            2000,
+            "-- vamsa-migrate: no-transaction\n\
+             SELECT pg_advisory_lock(4242);\n\
+             --> statement-breakpoint\n\
+             SELECT pg_advisory_unlock(4242);\n\
+             --> statement-breakpoint\n\
+             CREATE INDEX CONCURRENTLY \"items_n_idx\" ON \"items\" (\"n\");\n",
+        ),
+    ]);
+    let gate = Gate::close(&db, 4242);
+    let first = spawn_migrate(&db, f.path());
+    wait_until("the first run waits at the gate", || {
+        db.psql(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted",
+        ) == "1"
+    });
+    let mut second = spawn_migrate(&db, f.path());
+    let (tx, rx) = mpsc::channel();
+    let stderr = second.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines() {
+            let line = line.unwrap();
+            if line.contains("Waiting for another vamsa-migrate run") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the second run says it waits for the lock");
+    // And it has gone on to wait (blocked, or between tries): its session's latest query is
+    // the run lock's.
+    wait_until("the second run waits for the run lock", || {
+        db.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+             AND query ~ 'pg_(try_)?advisory_lock\\(\\$1\\)'",
+            db.name
+        )) == "1"
+    });
+    gate.open();
+    let first = Run::from(first.wait_with_output().unwrap());
+    let second_out = second.wait_with_output().unwrap();
+    let second_stderr = reader.join().unwrap();
+    first.ok();
+    assert_eq!(second_out.status.code(), Some(0), "{second_stderr}");
+    assert_eq!(
+        db.psql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'items_n_idx'::regclass"),
+        "t"
+    );
+    assert_eq!(db.rows().len(), 2);
+}

@@ -117,6 +117,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Config(_) => "Fix the setting named above; nothing was changed in the database.".into(),
         EngineError::Drift(_) => "Nothing was applied. See `vamsa-migrate status` for the full picture.".into(),
         EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
+        EngineError::TransactionControl { .. } => "Nothing was applied. Remove the statement (vamsa-migrate commits each migration itself), or, if the migration must control its transactions, make `-- vamsa-migrate: no-transaction` its first line: it then runs statement by statement.".into(),
         EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
         EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
         EngineError::Db(DbError::TrackingRow(e)) => e.next_step(),
@@ -175,6 +176,9 @@ fn apply_next_step(e: &ApplyError) -> String {
 
 /// What of this run is committed and what is not.
 fn what_stays(e: &ApplyError) -> String {
+    if let Some(committed) = e.transaction_ended {
+        return ended_transaction(e, committed);
+    }
     if e.all_rolled_back {
         return "The whole run was rolled back (transaction = \"all\"): the database is as it was before.".into();
     }
@@ -184,12 +188,37 @@ fn what_stays(e: &ApplyError) -> String {
         n => format!(" {n} earlier migrations of this run are committed and stay."),
     };
     match e.no_transaction_completed {
+        Some(done) if !e.invalid_indexes.is_empty() => format!(
+            "{} ran outside a transaction: its first {done} statement(s) stayed applied and it is not recorded. It left INVALID index(es), which a retry must not skip; drop them first:{}{earlier}",
+            e.file,
+            e.invalid_indexes
+                .iter()
+                .map(|i| format!("\n  DROP INDEX CONCURRENTLY {i};"))
+                .collect::<String>()
+        ),
         Some(done) => format!(
             "{} ran outside a transaction: its first {done} statement(s) stayed applied and it is not recorded; make its statements safe to re-run (IF NOT EXISTS) before retrying.{earlier}",
             e.file
         ),
         None => format!("Nothing of {} was committed.{earlier}", e.file),
     }
+}
+
+/// What stays when the migration ended our transaction itself: never less than is committed.
+fn ended_transaction(e: &ApplyError, committed: bool) -> String {
+    let ours = if committed {
+        let earlier = match e.committed {
+            0 => String::new(),
+            n => format!(" and the {n} earlier migration(s) of this run"),
+        };
+        format!("its statements before that point{earlier} are committed")
+    } else {
+        "its statements before that point were rolled back".into()
+    };
+    format!(
+        "{} ended vamsa-migrate's transaction itself (COMMIT, ROLLBACK or the like): {ours}; statements after that point ran on their own and may be committed. It is not recorded: check the database before running again, and move transaction control to a `-- vamsa-migrate: no-transaction` migration.",
+        e.file
+    )
 }
 
 /// The way back to before this run: the dump it took, or the admin's own.
@@ -236,6 +265,8 @@ mod tests {
             all_rolled_back: false,
             backup: None,
             lock_timeout: Duration::from_secs(10),
+            transaction_ended: None,
+            invalid_indexes: Vec::new(),
         }
     }
 
@@ -519,6 +550,40 @@ mod tests {
     }
 
     #[test]
+    fn invalid_indexes_are_named_with_their_drop_statement_not_if_not_exists() {
+        let mut e = apply_error(Some("23505"), false);
+        e.no_transaction_completed = Some(0);
+        e.committed = 0;
+        e.invalid_indexes = vec!["\"public\".\"users_email_uq\"".into()];
+        assert_eq!(
+            what_stays(&e),
+            "0001_add_media_tags.sql ran outside a transaction: its first 0 statement(s) stayed applied and it is not recorded. It left INVALID index(es), which a retry must not skip; drop them first:\n  DROP INDEX CONCURRENTLY \"public\".\"users_email_uq\";"
+        );
+    }
+
+    #[test]
+    fn a_migration_that_ended_our_transaction_never_reports_less_committed() {
+        let mut e = apply_error(Some("42P01"), false);
+        e.transaction_ended = Some(true);
+        e.committed = 2;
+        assert_eq!(
+            what_stays(&e),
+            "0001_add_media_tags.sql ended vamsa-migrate's transaction itself (COMMIT, ROLLBACK or the like): its statements before that point and the 2 earlier migration(s) of this run are committed; statements after that point ran on their own and may be committed. It is not recorded: check the database before running again, and move transaction control to a `-- vamsa-migrate: no-transaction` migration."
+        );
+        e.transaction_ended = Some(false);
+        assert!(what_stays(&e).contains(": its statements before that point were rolled back; statements after that point ran on their own and may be committed."));
+        let refused = EngineError::TransactionControl {
+            file: "0001_x.sql".into(),
+            line: 3,
+            statement: "COMMIT".into(),
+        };
+        assert_eq!(refused.kind(), ErrorKind::Folder);
+        assert!(
+            next_step(&refused).contains("make `-- vamsa-migrate: no-transaction` its first line")
+        );
+    }
+
+    #[test]
     fn a_lost_connection_is_one_that_broke_under_a_query_or_migration() {
         assert!(connection_lost(&EngineError::Apply(Box::new(apply_error(
             None, true
@@ -545,6 +610,9 @@ mod tests {
             failure: failure(Some(sqlstate), false),
             completed_outside_transaction: completed,
             during_commit: false,
+            transaction_ended: None,
+            invalid_indexes: Vec::new(),
+            xid: None,
         };
         assert!(is_retryable_lock_timeout(&f("55P03", 0)));
         assert!(!is_retryable_lock_timeout(&f("55P03", 1)));

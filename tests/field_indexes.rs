@@ -141,3 +141,46 @@ fn a_run_waiting_for_the_lock_does_not_break_a_concurrent_index_build() {
     );
     assert_eq!(db.rows().len(), 2);
 }
+/// Issue 18 item 6 (a): a unique index built concurrently fails on duplicates and leaves an
+/// INVALID index: the report names it with the exact DROP statement and does not advise IF NOT
+/// EXISTS; after the duplicate is gone, the retry with IF NOT EXISTS (which would skip the
+/// invalid index) is not recorded as applied while the index is invalid.
+#[test]
+fn an_invalid_index_left_by_a_concurrent_build_is_named_and_never_recorded_as_applied() {
+    let db = Db::new();
+    let users = "CREATE TABLE \"users\" (\"id\" serial PRIMARY KEY, \"email\" text);\n\
+                 --> statement-breakpoint\n\
+                 INSERT INTO \"users\" (\"email\") VALUES ('a@x'), ('a@x');\n";
+    let index = "-- vamsa-migrate: no-transaction\n\
+                 CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS \"users_email_uq\" ON \"users\" (\"email\");\n";
+    let f = Folder::new(&[("0000_users", 1000, users), ("0001_email_uq", 2000, index)]);
+    let run = db.run(f.path(), &["migrate", "--no-backup"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("DROP INDEX CONCURRENTLY \"public\".\"users_email_uq\";"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("safe to re-run (IF NOT EXISTS)"),
+        "{}",
+        run.stderr
+    );
+    db.psql("DELETE FROM users WHERE id = 2");
+    let retry = db.run(f.path(), &["migrate", "--no-backup"]);
+    retry.code(1);
+    assert!(
+        retry.stderr.contains("users_email_uq") && retry.stderr.contains("INVALID"),
+        "{}",
+        retry.stderr
+    );
+    assert_eq!(db.rows().len(), 1, "0001 is not recorded");
+    db.psql("DROP INDEX CONCURRENTLY \"public\".\"users_email_uq\"");
+    db.run(f.path(), &["migrate", "--no-backup"]).ok();
+    assert_eq!(
+        db.psql("SELECT indisvalid FROM pg_index WHERE indexrelid = 'users_email_uq'::regclass"),
+        "t"
+    );
+    assert_eq!(db.rows().len(), 2);
+}

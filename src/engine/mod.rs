@@ -275,6 +275,7 @@ impl<'a> Engine<'a> {
         if !blockers.is_empty() {
             return Err(EngineError::Drift(blockers));
         }
+        refuse_transaction_control(&status.plan.to_apply().collect::<Vec<_>>()).map_err(|e| *e)?;
         let pending = pending_events(&status.plan);
         let count = pending.len();
         emit(Event::Pending {
@@ -336,6 +337,7 @@ impl<'a> Engine<'a> {
         }
         let to_apply: Vec<&Migration> = plan.to_apply().collect();
         // Refuse before the backup and before any change, not half-way.
+        refuse_transaction_control(&to_apply).map_err(|e| *e)?;
         if self.settings.transaction == TransactionMode::All {
             if let Some(m) = to_apply.iter().find(|m| m.no_transaction) {
                 return Err(EngineError::NeedsOwnTransaction {
@@ -452,14 +454,20 @@ impl<'a> Engine<'a> {
             let txn = if all { Txn::Outer } else { Txn::Own(commit) };
             let name = names.and_then(|n| n.get(&m.tag)).map(String::as_str);
             let result = self.apply_one(client, m, name, txn, emit).await;
-            if let Err(failure) = result {
+            if let Err(mut failure) = result {
                 if all {
                     let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
-                } else if !applied.is_empty() && !failure.failure.connection_lost {
+                    failure.check_committed(client).await;
+                }
+                // A migration that committed the run's transaction itself committed the
+                // earlier migrations of the run (and their rows) with it.
+                let rolled_back = all && failure.transaction_ended != Some(true);
+                if !rolled_back && !applied.is_empty() && !failure.failure.connection_lost {
                     // Make the earlier asynchronous commits durable before we say they stay.
                     let _ = db::flush_commits(client).await;
                 }
-                return Err(self.apply_error(m, failure, if all { 0 } else { applied.len() }, all));
+                let committed = if rolled_back { 0 } else { applied.len() };
+                return Err(self.apply_error(m, failure, committed, rolled_back));
             }
             let ms = started.elapsed().as_millis() as u64;
             if all {
@@ -574,8 +582,28 @@ impl<'a> Engine<'a> {
             all_rolled_back: all,
             backup: None,
             lock_timeout: self.settings.lock_timeout,
+            transaction_ended: f.transaction_ended,
+            invalid_indexes: f.invalid_indexes,
         }))
     }
+}
+
+/// Refuses a transactional migration with a top-level transaction-control statement (it would
+/// end the transaction vamsa-migrate runs it in, so a failure later in it could not be rolled
+/// back): the first one found, with its line.
+fn refuse_transaction_control(to_apply: &[&Migration]) -> Result<(), Box<EngineError>> {
+    for m in to_apply.iter().filter(|m| !m.no_transaction) {
+        for s in &m.statements {
+            if let Some((offset, statement)) = crate::sqlscan::transaction_control(&s.sql) {
+                return Err(Box::new(EngineError::TransactionControl {
+                    file: m.file_name.clone(),
+                    line: s.sql_start_line + s.sql[..offset].matches('\n').count(),
+                    statement,
+                }));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn pending_events(plan: &Plan<'_>) -> Vec<PendingMigration> {

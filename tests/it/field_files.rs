@@ -1,12 +1,10 @@
 //! Migration files as the field writes them, against a real PostgreSQL: line endings changed by
 //! a checkout, byte-order marks, and Drizzle's comment-only custom migrations.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::{sha256_hex, Db, Folder};
+use crate::support::{cli, sha256_hex, Db, Folder};
 
 const A: &str = "CREATE TABLE \"users\" (\n  \"id\" serial PRIMARY KEY\n);\n";
 const B: &str =
@@ -145,14 +143,11 @@ fn a_drizzle_kit_custom_migration_is_a_recorded_no_op() {
 #[test]
 fn the_placeholder_of_new_is_refused_until_its_marker_line_is_deleted() {
     let f = Folder::new(&[("0000_init", 1000, A)]);
-    let run = common::Run::from(
-        common::bin()
-            .args(["new", "seed", "--migrations-dir"])
-            .arg(f.path())
-            .output()
-            .unwrap(),
-    );
-    run.ok();
+    cli()
+        .args(["new", "seed"])
+        .migrations_dir(f.path())
+        .run()
+        .ok();
     let file = f.path().join("0001_seed.sql");
     let placeholder = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, format!("{placeholder}{C}")).unwrap();

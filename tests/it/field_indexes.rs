@@ -1,29 +1,16 @@
 //! Concurrent index builds against a real PostgreSQL: a run waiting for our run lock must not
 //! break the build of the run holding it, and an INVALID index is never hidden.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Db, Folder, Run};
+use crate::support::{eventually, Db, Folder};
 
 const ITEMS: &str = "CREATE TABLE \"items\" (\"id\" serial PRIMARY KEY, \"n\" int);\n\
 --> statement-breakpoint\n\
 INSERT INTO \"items\" (\"n\") SELECT g FROM generate_series(1, 5000) g;\n";
-
-/// Polls `check` until it holds; panics (a safety net, not a threshold) after a minute.
-#[track_caller]
-fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// A psql session holding advisory lock `key` until dropped: a gate a migration waits at.
 struct Gate {
@@ -44,7 +31,7 @@ impl Gate {
         let mut stdin = psql.stdin.take().unwrap();
         writeln!(stdin, "SELECT pg_advisory_lock({key});").unwrap();
         stdin.flush().unwrap();
-        wait_until("the gate is closed", || {
+        eventually("the gate is closed", || {
             db.psql(&format!(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = {key} AND granted"
             )) == "1"
@@ -60,18 +47,6 @@ impl Gate {
         drop(self.stdin.take());
         self.psql.wait().unwrap();
     }
-}
-
-fn spawn_migrate(db: &Db, dir: &Path) -> Child {
-    common::bin()
-        .args(["migrate", "--no-backup", "--database-url"])
-        .arg(db.url())
-        .arg("--migrations-dir")
-        .arg(dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
 }
 
 /// Issue 18 item 6 (b): while one run builds an index concurrently on a table with rows, a
@@ -97,13 +72,20 @@ fn a_run_waiting_for_the_lock_does_not_break_a_concurrent_index_build() {
         ),
     ]);
     let gate = Gate::close(&db, 4242);
-    let first = spawn_migrate(&db, f.path());
-    wait_until("the first run waits at the gate", || {
+    let migrate = db.cli(f.path()).args(["migrate", "--no-backup"]).clone();
+    let first = migrate.spawn();
+    eventually("the first run waits at the gate", || {
         db.psql(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted",
         ) == "1"
     });
-    let mut second = spawn_migrate(&db, f.path());
+    // Its stderr read line by line, to see it start waiting.
+    let mut second = migrate
+        .command()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (tx, rx) = mpsc::channel();
     let stderr = second.stderr.take().unwrap();
     let reader = std::thread::spawn(move || {
@@ -122,7 +104,7 @@ fn a_run_waiting_for_the_lock_does_not_break_a_concurrent_index_build() {
         .expect("the second run says it waits for the lock");
     // And it has gone on to wait (blocked, or between tries): its session's latest query is
     // the run lock's.
-    wait_until("the second run waits for the run lock", || {
+    eventually("the second run waits for the run lock", || {
         db.psql(&format!(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
              AND query ~ 'pg_(try_)?advisory_lock\\(\\$1\\)'",
@@ -130,7 +112,7 @@ fn a_run_waiting_for_the_lock_does_not_break_a_concurrent_index_build() {
         )) == "1"
     });
     gate.open();
-    let first = Run::from(first.wait_with_output().unwrap());
+    let first = first.wait();
     let second_out = second.wait_with_output().unwrap();
     let second_stderr = reader.join().unwrap();
     first.ok();

@@ -2,11 +2,9 @@
 //! before any backup or change, and noticed at run time as a second line of defence, so a
 //! report never says less was committed than was.
 
-mod common;
-
 use std::str::FromStr;
 
-use common::{Db, Folder};
+use crate::support::{Db, Folder};
 use vamsa_migrate::db::{self, Limits, Tracking, Txn};
 use vamsa_migrate::source::{split_statements, Migration};
 

@@ -105,7 +105,9 @@ fn a_migration_that_ends_our_transaction_is_noticed_at_run_time() {
             schema: "drizzle".into(),
             table: "__drizzle_migrations".into(),
         };
-        db::ensure_table(&client, &tracking).await.unwrap();
+        db::ensure_table(&client, &tracking, db::TableVersion::V0)
+            .await
+            .unwrap();
         let limits = Limits {
             lock_timeout: std::time::Duration::from_secs(5),
             statement_timeout: None,
@@ -113,8 +115,15 @@ fn a_migration_that_ends_our_transaction_is_noticed_at_run_time() {
         let apply = |m: Migration| {
             let (client, tracking) = (&client, &tracking);
             async move {
-                db::apply_migration(client, tracking, &m, limits, Txn::Own(db::Commit::Flushed))
-                    .await
+                db::apply_migration(
+                    client,
+                    tracking,
+                    &m,
+                    None,
+                    limits,
+                    Txn::Own(db::Commit::Flushed),
+                )
+                .await
             }
         };
         // COMMIT then a failure: the part before COMMIT is committed and the report says so.

@@ -726,7 +726,7 @@ impl Limits {
         );
         // Without a configured statement_timeout the server's (or role's) own setting applies:
         // `DEFAULT` is the value at connection start, never one an earlier migration of this
-        // run set.
+        // run set. A configured 0 is sent as 0: no limit (PostgreSQL 15).
         match self.statement_timeout {
             Some(t) => sql.push_str(&format!(
                 "; SET {scope} statement_timeout = {}",
@@ -736,6 +736,34 @@ impl Limits {
         }
         sql
     }
+}
+
+/// The `statement_timeout` a session runs with and where it was set, as PostgreSQL 15's
+/// `pg_settings` tells: for the report of a cancelled statement (57014).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeoutInForce {
+    /// As `SHOW statement_timeout` prints it (`1s`, `0`).
+    pub value: String,
+    /// `pg_settings.source`: `user` (ALTER ROLE ... SET), `database`, `database user`,
+    /// `configuration file`, `client`, `default`, ...; or `vamsa-migrate` for our own key.
+    pub source: String,
+}
+
+/// The session's `statement_timeout` outside any migration (our `SET LOCAL` gone): the
+/// server's, role's or database's. `None` when it cannot be read.
+pub(crate) async fn statement_timeout_in_force(client: &Client) -> Option<TimeoutInForce> {
+    let row = client
+        .query_opt(
+            "SELECT current_setting('statement_timeout'), source::text FROM pg_settings \
+             WHERE name = 'statement_timeout'",
+            &[],
+        )
+        .await
+        .ok()??;
+    Some(TimeoutInForce {
+        value: row.try_get(0).ok()?,
+        source: row.try_get(1).ok()?,
+    })
 }
 
 /// Where in a migration a failure happened.

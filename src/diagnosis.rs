@@ -145,12 +145,32 @@ fn apply_cause(e: &ApplyError) -> String {
         "53100" => "Disk full: the database server ran out of storage space.".into(),
         "53200" => "The database server ran out of memory.".into(),
         "55P03" => format!("Lock timeout: the statement waited longer than lock_timeout ({}) for a lock held by another session, probably the running application.", humantime::format_duration(e.lock_timeout)),
-        "57014" => "The statement was cancelled: it ran longer than statement_timeout, or the run was stopped.".into(),
+        "57014" => cancelled_cause(e),
         "42601" => "The migration file has an SQL syntax error.".into(),
         "25001" => "This statement cannot run inside a transaction block: make `-- vamsa-migrate: no-transaction` the first line of the file.".into(),
         "23505" | "23503" | "23502" | "23514" => "The existing data violates a constraint this migration adds.".into(),
         _ => "The migration could not be applied to this database as it is.".into(),
     }
+}
+
+/// 57014: the `statement_timeout` in force, where it came from and the key that changes it.
+fn cancelled_cause(e: &ApplyError) -> String {
+    let Some(t) = &e.statement_timeout else {
+        return "The statement was cancelled: it ran longer than statement_timeout, or the run was stopped.".into();
+    };
+    let from = match t.source.as_str() {
+        "vamsa-migrate" => "statement_timeout in vamsa-migrate's configuration".to_string(),
+        "user" => "the role's setting (ALTER ROLE ... SET statement_timeout)".into(),
+        "database" => "the database's setting (ALTER DATABASE ... SET statement_timeout)".into(),
+        "database user" => "the role's setting in this database (ALTER ROLE ... IN DATABASE ... SET statement_timeout)".into(),
+        "configuration file" => "the server's postgresql.conf".into(),
+        "client" => "the connection's options (options= in database_url, or PGOPTIONS)".into(),
+        other => format!("PostgreSQL's setting (source: {})", crate::plan::printable(other)),
+    };
+    format!(
+        "The statement was cancelled: it ran longer than statement_timeout ({}, from {from}), or the run was stopped. Set statement_timeout in vamsa-migrate's configuration to change it for migrations (\"0\": no limit).",
+        crate::plan::printable(&t.value)
+    )
 }
 
 fn permission_cause(e: &ApplyError) -> String {
@@ -267,6 +287,7 @@ mod tests {
             lock_timeout: Duration::from_secs(10),
             transaction_ended: None,
             invalid_indexes: Vec::new(),
+            statement_timeout: None,
         }
     }
 
@@ -547,6 +568,19 @@ mod tests {
         assert!(is_permanent(&EngineError::Config(
             crate::config::ConfigError::NoDatabase
         )));
+    }
+
+    #[test]
+    fn a_cancelled_statement_names_the_timeout_its_source_and_our_key() {
+        let mut e = apply_error(Some("57014"), false);
+        e.statement_timeout = Some(crate::db::TimeoutInForce {
+            value: "1s".into(),
+            source: "user".into(),
+        });
+        assert_eq!(
+            apply_cause(&e),
+            "The statement was cancelled: it ran longer than statement_timeout (1s, from the role's setting (ALTER ROLE ... SET statement_timeout)), or the run was stopped. Set statement_timeout in vamsa-migrate's configuration to change it for migrations (\"0\": no limit)."
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct ApplyError {
     pub transaction_ended: Option<bool>,
     /// INVALID indexes the migration's concurrent builds left, as `"schema"."name"`.
     pub invalid_indexes: Vec<String>,
+    /// For a cancelled statement (57014): the `statement_timeout` it ran under and its source.
+    pub statement_timeout: Option<crate::db::TimeoutInForce>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -467,7 +467,12 @@ impl<'a> Engine<'a> {
                     let _ = db::flush_commits(client).await;
                 }
                 let committed = if rolled_back { 0 } else { applied.len() };
-                return Err(self.apply_error(m, failure, committed, rolled_back));
+                let timeout = self.timeout_in_force(client, &failure).await;
+                let mut e = self.apply_error(m, failure, committed, rolled_back);
+                if let EngineError::Apply(a) = &mut e {
+                    a.statement_timeout = timeout;
+                }
+                return Err(e);
             }
             let ms = started.elapsed().as_millis() as u64;
             if all {
@@ -561,6 +566,29 @@ impl<'a> Engine<'a> {
             && crate::diagnosis::is_retryable_lock_timeout(f)
     }
 
+    /// For a statement cancelled by the server (57014): the `statement_timeout` it ran under,
+    /// ours when configured, else the session's as PostgreSQL reports it.
+    async fn timeout_in_force(
+        &self,
+        client: &Client,
+        f: &StatementFailure,
+    ) -> Option<db::TimeoutInForce> {
+        if f.failure.sqlstate.as_deref() != Some("57014") || f.failure.connection_lost {
+            return None;
+        }
+        match self.settings.statement_timeout {
+            Some(t) => Some(db::TimeoutInForce {
+                value: if t.is_zero() {
+                    "0".into()
+                } else {
+                    humantime::format_duration(t).to_string()
+                },
+                source: "vamsa-migrate".into(),
+            }),
+            None => db::statement_timeout_in_force(client).await,
+        }
+    }
+
     fn apply_error(
         &self,
         m: &Migration,
@@ -584,6 +612,7 @@ impl<'a> Engine<'a> {
             lock_timeout: self.settings.lock_timeout,
             transaction_ended: f.transaction_ended,
             invalid_indexes: f.invalid_indexes,
+            statement_timeout: None,
         }))
     }
 }

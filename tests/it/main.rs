@@ -10,6 +10,7 @@ mod drizzle1;
 mod faults;
 mod field_files;
 mod field_indexes;
+mod field_timeouts;
 mod field_transactions;
 mod folder_layout;
 mod folders_prop;

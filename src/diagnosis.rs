@@ -138,6 +138,9 @@ fn apply_cause(e: &ApplyError) -> String {
             "The connection to PostgreSQL was lost (server restarted or network failure): nothing of this migration was committed.".into()
         };
     }
+    if !e.invalid_indexes.is_empty() && e.failure.sqlstate.is_none() {
+        return "A concurrent index build failed (in this run or an earlier one) and left the index INVALID; IF NOT EXISTS does not rebuild it.".into();
+    }
     match code {
         "42P07" | "42710" | "42701" | "42P06" | "42723" => "An object it creates already exists: the migration was partially applied before (perhaps after a crash), or the object was made by hand.".into(),
         "42703" | "42P01" | "42704" | "3F000" | "42883" => "Something it uses does not exist: a previous migration was skipped or failed silently, or the object was removed by hand.".into(),
@@ -191,7 +194,9 @@ fn apply_next_step(e: &ApplyError) -> String {
         _ if e.failure.connection_lost => "Once PostgreSQL is reachable, run `vamsa-migrate migrate` again: it continues from the last committed migration.",
         _ => "Fix the cause and run `vamsa-migrate migrate` again.",
     };
-    format!("{} {action}{}", what_stays(e), restore_steps(e))
+    let stays = what_stays(e);
+    let sep = if stays.ends_with('\n') { "" } else { " " };
+    format!("{stays}{sep}{action}{}", restore_steps(e))
 }
 
 /// What of this run is committed and what is not.
@@ -209,11 +214,11 @@ fn what_stays(e: &ApplyError) -> String {
     };
     match e.no_transaction_completed {
         Some(done) if !e.invalid_indexes.is_empty() => format!(
-            "{} ran outside a transaction: its first {done} statement(s) stayed applied and it is not recorded. It left INVALID index(es), which a retry must not skip; drop them first:{}{earlier}",
+            "{} ran outside a transaction: its first {done} statement(s) stayed applied and it is not recorded.{earlier} It left INVALID index(es), which IF NOT EXISTS would skip; drop them before retrying:\n{}",
             e.file,
             e.invalid_indexes
                 .iter()
-                .map(|i| format!("\n  DROP INDEX CONCURRENTLY {i};"))
+                .map(|i| format!("  DROP INDEX CONCURRENTLY {i};\n"))
                 .collect::<String>()
         ),
         Some(done) => format!(
@@ -591,7 +596,7 @@ mod tests {
         e.invalid_indexes = vec!["\"public\".\"users_email_uq\"".into()];
         assert_eq!(
             what_stays(&e),
-            "0001_add_media_tags.sql ran outside a transaction: its first 0 statement(s) stayed applied and it is not recorded. It left INVALID index(es), which a retry must not skip; drop them first:\n  DROP INDEX CONCURRENTLY \"public\".\"users_email_uq\";"
+            "0001_add_media_tags.sql ran outside a transaction: its first 0 statement(s) stayed applied and it is not recorded. It left INVALID index(es), which IF NOT EXISTS would skip; drop them before retrying:\n  DROP INDEX CONCURRENTLY \"public\".\"users_email_uq\";\n"
         );
     }
 

@@ -454,25 +454,8 @@ impl<'a> Engine<'a> {
             let txn = if all { Txn::Outer } else { Txn::Own(commit) };
             let name = names.and_then(|n| n.get(&m.tag)).map(String::as_str);
             let result = self.apply_one(client, m, name, txn, emit).await;
-            if let Err(mut failure) = result {
-                if all {
-                    let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
-                    failure.check_committed(client).await;
-                }
-                // A migration that committed the run's transaction itself committed the
-                // earlier migrations of the run (and their rows) with it.
-                let rolled_back = all && failure.transaction_ended != Some(true);
-                if !rolled_back && !applied.is_empty() && !failure.failure.connection_lost {
-                    // Make the earlier asynchronous commits durable before we say they stay.
-                    let _ = db::flush_commits(client).await;
-                }
-                let committed = if rolled_back { 0 } else { applied.len() };
-                let timeout = self.timeout_in_force(client, &failure).await;
-                let mut e = self.apply_error(m, failure, committed, rolled_back);
-                if let EngineError::Apply(a) = &mut e {
-                    a.statement_timeout = timeout;
-                }
-                return Err(e);
+            if let Err(failure) = result {
+                return Err(self.failed(client, m, failure, applied.len(), all).await);
             }
             let ms = started.elapsed().as_millis() as u64;
             if all {
@@ -493,6 +476,37 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(applied)
+    }
+
+    /// The error for migration `m` failing after `applied` migrations of this run: rolls back
+    /// the run's transaction under `transaction = "all"`, makes committed work durable, and
+    /// finds out what is committed (never less than is) and the timeout of a cancel.
+    async fn failed(
+        &self,
+        client: &Client,
+        m: &Migration,
+        mut failure: StatementFailure,
+        applied: usize,
+        all: bool,
+    ) -> EngineError {
+        if all {
+            let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
+            failure.check_committed(client).await;
+        }
+        // A migration that committed the run's transaction itself committed the earlier
+        // migrations of the run (and their rows) with it.
+        let rolled_back = all && failure.transaction_ended != Some(true);
+        if !rolled_back && applied > 0 && !failure.failure.connection_lost {
+            // Make the earlier asynchronous commits durable before we say they stay.
+            let _ = db::flush_commits(client).await;
+        }
+        let committed = if rolled_back { 0 } else { applied };
+        let timeout = self.timeout_in_force(client, &failure).await;
+        let mut e = self.apply_error(m, failure, committed, rolled_back);
+        if let EngineError::Apply(a) = &mut e {
+            a.statement_timeout = timeout;
+        }
+        e
     }
 
     /// Stops the run when the migration just applied released our run lock: another run may

@@ -102,7 +102,9 @@ pub struct Settings {
     pub lock_wait: Duration,
     /// `lock_timeout` for each migration's statements; zero disables it.
     pub lock_timeout: Duration,
-    /// `statement_timeout` for each statement; `None` leaves the server's setting.
+    /// `statement_timeout` for each statement; `None` (unset) leaves the server's setting
+    /// (postgresql.conf, `ALTER DATABASE/ROLE ... SET`); `Some(0)` means no limit, as
+    /// PostgreSQL 15 reads `statement_timeout = 0`.
     pub statement_timeout: Option<Duration>,
     pub transaction: TransactionMode,
     /// How often a migration that hit lock_timeout is tried again (with backoff).
@@ -343,7 +345,7 @@ impl Settings {
             self.database_password_file = layer.database_password_file;
         }
         if let Some(t) = layer.statement_timeout {
-            self.statement_timeout = (!t.is_zero()).then_some(t);
+            self.statement_timeout = Some(t);
         }
     }
 

@@ -247,6 +247,8 @@ mod tests {
                     when: *when,
                     file_name: format!("{tag}.sql"),
                     hash: drizzle_hash(sql),
+                    line_ending_hashes: Vec::new(),
+                    bom: false,
                     statements: split_statements(sql),
                     no_transaction: false,
                     stamp: None,

@@ -584,48 +584,51 @@ pub async fn upgrade_table(
 
 /// The session-level advisory lock that serialises runs. Released when the connection closes,
 /// so a killed process never leaves it behind.
+///
+/// A run that must wait tries again every [`LOCK_POLL`] with `pg_try_advisory_lock` and holds
+/// no open statement between tries: a session blocked in `pg_advisory_lock` holds a snapshot,
+/// and PostgreSQL 15's `CREATE INDEX CONCURRENTLY` in the run holding the lock waits for every
+/// snapshot older than its own, until `deadlock_timeout` aborts the build (40P01) and leaves an
+/// INVALID index. Gives up with [`DbError::LockWait`] after `wait`.
 pub async fn acquire_lock(
     client: &Client,
     tracking: &Tracking,
     wait: Duration,
     mut on_wait: impl FnMut(Option<i32>),
 ) -> Result<(), DbError> {
-    const TAKING: &str = "taking the migration lock";
     let key = tracking.lock_key();
-    let row = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-        .await
-        .map_err(DbError::query(TAKING))?;
-    if value::<bool>(&row, 0, TAKING)? {
+    if try_lock(client, key).await? {
         return Ok(());
     }
     let holder = lock_holder(client, key).await;
     on_wait(holder);
     let started = Instant::now();
-    // lock_timeout bounds the wait inside the server: no polling, and the lock is granted the
-    // moment the other run's session ends.
-    let millis = wait.as_millis().clamp(1, i32::MAX as u128);
-    client
-        .batch_execute(&format!("SET lock_timeout = {millis}"))
-        .await
-        .map_err(DbError::query("taking the migration lock"))?;
-    let result = client
-        .query_one("SELECT pg_advisory_lock($1)", &[&key])
-        .await;
-    client
-        .batch_execute("RESET lock_timeout")
-        .await
-        .map_err(DbError::query("taking the migration lock"))?;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-            Err(DbError::LockWait {
+    loop {
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(DbError::LockWait {
                 waited: started.elapsed(),
                 holder,
-            })
+            });
         }
-        Err(e) => Err(DbError::query("taking the migration lock")(e)),
+        tokio::time::sleep(left.min(LOCK_POLL)).await;
+        if try_lock(client, key).await? {
+            return Ok(());
+        }
     }
+}
+
+/// How often a waiting run tries the run lock again.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
+/// One `pg_try_advisory_lock`: whether this session now holds the run lock.
+async fn try_lock(client: &Client, key: i64) -> Result<bool, DbError> {
+    const TAKING: &str = "taking the migration lock";
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .map_err(DbError::query(TAKING))?;
+    Ok(value::<bool>(&row, 0, TAKING)?)
 }
 
 async fn lock_holder(client: &Client, key: i64) -> Option<i32> {
@@ -725,7 +728,7 @@ impl Limits {
         );
         // Without a configured statement_timeout the server's (or role's) own setting applies:
         // `DEFAULT` is the value at connection start, never one an earlier migration of this
-        // run set.
+        // run set. A configured 0 is sent as 0: no limit (PostgreSQL 15).
         match self.statement_timeout {
             Some(t) => sql.push_str(&format!(
                 "; SET {scope} statement_timeout = {}",
@@ -735,6 +738,34 @@ impl Limits {
         }
         sql
     }
+}
+
+/// The `statement_timeout` a session runs with and where it was set, as PostgreSQL 15's
+/// `pg_settings` tells: for the report of a cancelled statement (57014).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeoutInForce {
+    /// As `SHOW statement_timeout` prints it (`1s`, `0`).
+    pub value: String,
+    /// `pg_settings.source`: `user` (ALTER ROLE ... SET), `database`, `database user`,
+    /// `configuration file`, `client`, `default`, ...; or `vamsa-migrate` for our own key.
+    pub source: String,
+}
+
+/// The session's `statement_timeout` outside any migration (our `SET LOCAL` gone): the
+/// server's, role's or database's. `None` when it cannot be read.
+pub(crate) async fn statement_timeout_in_force(client: &Client) -> Option<TimeoutInForce> {
+    let row = client
+        .query_opt(
+            "SELECT current_setting('statement_timeout'), source::text FROM pg_settings \
+             WHERE name = 'statement_timeout'",
+            &[],
+        )
+        .await
+        .ok()??;
+    Some(TimeoutInForce {
+        value: row.try_get(0).ok()?,
+        source: row.try_get(1).ok()?,
+    })
 }
 
 /// Where in a migration a failure happened.
@@ -749,6 +780,16 @@ pub struct StatementFailure {
     /// The failure hit COMMIT itself: if the connection broke there, the server may have
     /// committed; the next run's plan tells.
     pub during_commit: bool,
+    /// The migration ended our transaction itself (its own COMMIT, ROLLBACK, ...): `Some(true)`
+    /// when PostgreSQL reports that transaction committed (`txid_status`), `Some(false)` when
+    /// not; statements after that point ran outside it and may be committed one by one.
+    pub transaction_ended: Option<bool>,
+    /// INVALID indexes (`pg_index.indisvalid`) among those the migration builds, as
+    /// `"schema"."name"`: a failed `CREATE INDEX CONCURRENTLY` leaves one behind.
+    pub invalid_indexes: Vec<String>,
+    /// The transaction the migration ran in (`txid_current()`), to ask after the rollback
+    /// whether the migration had committed it.
+    pub xid: Option<String>,
 }
 
 /// Who owns the transaction around a migration.
@@ -820,12 +861,27 @@ pub async fn apply_migration(
                 })
         }
         (Ok(()), Txn::Outer) => Ok(()),
-        (Err(failure), Txn::Own(_)) => {
+        (Err(mut failure), Txn::Own(_)) => {
             // Best effort: if the connection is gone, the server rolls back by itself.
             let _ = client.batch_execute("ROLLBACK").await;
+            failure.check_committed(client).await;
             Err(failure)
         }
         (Err(failure), Txn::Outer) => Err(failure),
+    }
+}
+
+impl StatementFailure {
+    /// After the rollback: whether the migration had committed our transaction itself before
+    /// the failing statement (PostgreSQL then reports it committed), recorded in
+    /// `transaction_ended`.
+    pub(crate) async fn check_committed(&mut self, client: &Client) {
+        if self.transaction_ended.is_none()
+            && !self.failure.connection_lost
+            && xact_committed(client, &self.xid).await
+        {
+            self.transaction_ended = Some(true);
+        }
     }
 }
 
@@ -839,7 +895,126 @@ fn failure(
         failure: PgFailure::from_error(e),
         completed_outside_transaction,
         during_commit: false,
+        transaction_ended: None,
+        invalid_indexes: Vec::new(),
+        xid: None,
     }
+}
+
+/// A failure PostgreSQL did not report but we found by checking (no SQLSTATE).
+fn found(statement: Option<usize>, message: String, completed: usize) -> StatementFailure {
+    StatementFailure {
+        statement,
+        failure: PgFailure {
+            sqlstate: None,
+            message,
+            detail: None,
+            hint: None,
+            position: None,
+            connection_lost: false,
+        },
+        completed_outside_transaction: completed,
+        during_commit: false,
+        transaction_ended: None,
+        invalid_indexes: Vec::new(),
+        xid: None,
+    }
+}
+
+/// The one value of a single-row answer of `simple_query`, as text (NULL as `None`).
+async fn simple_value(client: &Client, sql: &str) -> Result<Option<String>, tokio_postgres::Error> {
+    let messages = client.simple_query(sql).await?;
+    Ok(messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .flatten())
+}
+
+/// The id of the transaction a migration runs in (`txid_current()`, which assigns one: PostgreSQL
+/// 10+), so that the end of the migration can tell whether it is still the one open.
+async fn our_xid(client: &Client) -> Result<Option<String>, StatementFailure> {
+    simple_value(client, "SELECT txid_current()")
+        .await
+        .map_err(|e| failure(None, &e, 0))
+}
+
+/// After the statements ran without error: a failure when the session is no longer in the
+/// transaction `xid` (the migration committed or rolled it back itself), with whether it
+/// committed.
+async fn check_still_in(client: &Client, xid: &Option<String>) -> Result<(), StatementFailure> {
+    let current = simple_value(client, "SELECT txid_current_if_assigned()")
+        .await
+        .map_err(|e| failure(None, &e, 0))?;
+    if current == *xid {
+        return Ok(());
+    }
+    Err(ended_transaction(client, xid).await)
+}
+
+/// The failure for a migration that ended our transaction `xid` itself.
+async fn ended_transaction(client: &Client, xid: &Option<String>) -> StatementFailure {
+    let committed = xact_committed(client, xid).await;
+    StatementFailure {
+        transaction_ended: Some(committed),
+        ..found(
+            None,
+            "the migration ended vamsa-migrate's transaction itself (a COMMIT, ROLLBACK or similar \
+             statement in it)"
+                .into(),
+            0,
+        )
+    }
+}
+
+/// Whether PostgreSQL reports transaction `xid` committed (`txid_status`, PostgreSQL 10+); false
+/// when it cannot tell.
+async fn xact_committed(client: &Client, xid: &Option<String>) -> bool {
+    let Some(xid) = xid
+        .as_deref()
+        .filter(|x| x.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return false;
+    };
+    let status = simple_value(client, &format!("SELECT txid_status({xid})")).await;
+    matches!(status.ok().flatten().as_deref(), Some("committed"))
+}
+
+/// After a statement of a transactional migration failed: whether the session was still in a
+/// transaction block (ours, now aborted). A query that succeeds shows it was not: the
+/// migration had ended our transaction before the failing statement.
+async fn still_in_block(client: &Client) -> bool {
+    match client.simple_query("SELECT 1").await {
+        Ok(_) => false,
+        Err(e) => e.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION),
+    }
+}
+
+/// The INVALID indexes among those `migration` builds (by name, on the table it names), as
+/// `"schema"."name"`. Best effort: a query that fails yields none.
+pub(crate) async fn invalid_indexes(client: &Client, migration: &Migration) -> Vec<String> {
+    let mut invalid = Vec::new();
+    for statement in &migration.statements {
+        for index in crate::sqlscan::built_indexes(&statement.sql) {
+            let rows = client
+                .query(
+                    "SELECT n.nspname::text, c.relname::text FROM pg_index i \
+                     JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE NOT i.indisvalid AND c.relname = $1 AND i.indrelid = to_regclass($2)",
+                    &[&index.name, &index.table],
+                )
+                .await
+                .unwrap_or_default();
+            invalid.extend(rows.iter().filter_map(|r| {
+                let schema: String = r.try_get(0).ok()?;
+                let name: String = r.try_get(1).ok()?;
+                Some(format!("{}.{}", quote_ident(&schema), quote_ident(&name)))
+            }));
+        }
+    }
+    invalid
 }
 
 /// `begin` (which opens the transaction or only sets its limits), the statements, then the
@@ -854,12 +1029,20 @@ async fn run_in_transaction(
         .batch_execute(begin)
         .await
         .map_err(|e| failure(None, &e, 0))?;
+    let xid = our_xid(client).await?;
     for (i, statement) in migration.statements.iter().enumerate() {
-        client
-            .batch_execute(&statement.sql)
-            .await
-            .map_err(|e| failure(Some(i + 1), &e, 0))?;
+        if let Err(e) = client.batch_execute(&statement.sql).await {
+            let mut f = failure(Some(i + 1), &e, 0);
+            // Second line of defence behind the planning check (`sqlscan`): a migration that
+            // ended our transaction must never be reported as rolled back.
+            if !f.failure.connection_lost && !still_in_block(client).await {
+                f.transaction_ended = Some(xact_committed(client, &xid).await);
+            }
+            f.xid = xid;
+            return Err(f);
+        }
     }
+    check_still_in(client, &xid).await?;
     client
         .batch_execute(insert)
         .await
@@ -885,10 +1068,34 @@ async fn apply_outside_transaction(
             let _ = client
                 .batch_execute("RESET lock_timeout; RESET statement_timeout")
                 .await;
-            return Err(failure(Some(i + 1), &e, i));
+            let mut f = failure(Some(i + 1), &e, i);
+            if !f.failure.connection_lost {
+                f.invalid_indexes = invalid_indexes(client, migration).await;
+            }
+            return Err(f);
         }
     }
     let n = migration.statements.len();
+    // `IF NOT EXISTS` skips an index an earlier failed build left INVALID: never record a
+    // migration whose index is not usable.
+    let invalid = invalid_indexes(client, migration).await;
+    if !invalid.is_empty() {
+        let _ = client
+            .batch_execute("RESET lock_timeout; RESET statement_timeout")
+            .await;
+        return Err(StatementFailure {
+            invalid_indexes: invalid.clone(),
+            ..found(
+                None,
+                format!(
+                    "index {} is INVALID after the migration's statements (pg_index.indisvalid): \
+                     a concurrent build of it failed, in this run or an earlier one",
+                    invalid.join(", ")
+                ),
+                n,
+            )
+        });
+    }
     client
         .batch_execute(&format!(
             "{insert}; RESET lock_timeout; RESET statement_timeout"

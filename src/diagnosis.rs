@@ -123,6 +123,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Drift(_) => "Nothing was applied. See `vamsa-migrate status` for the full picture.".into(),
         EngineError::NewerDatabase(_) => "Two ways out: restore the dump taken before they were applied (`vamsa-migrate backups` lists the dumps, `vamsa-migrate restore FILE` restores one), or check out (deploy) the newer code whose migrations folder has them. To run this code anyway, set unknown_rows = \"warn\".".into(),
         EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
+        EngineError::TransactionControl { .. } => "Nothing was applied. Remove the statement (vamsa-migrate commits each migration itself), or, if the migration must control its transactions, make `-- vamsa-migrate: no-transaction` its first line: it then runs statement by statement.".into(),
         EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
         EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
         EngineError::Db(DbError::TrackingRow(e)) => e.next_step(),
@@ -143,6 +144,9 @@ fn apply_cause(e: &ApplyError) -> String {
             "The connection to PostgreSQL was lost (server restarted or network failure): nothing of this migration was committed.".into()
         };
     }
+    if !e.invalid_indexes.is_empty() && e.failure.sqlstate.is_none() {
+        return "A concurrent index build failed (in this run or an earlier one) and left the index INVALID; IF NOT EXISTS does not rebuild it.".into();
+    }
     match code {
         "42P07" | "42710" | "42701" | "42P06" | "42723" => "An object it creates already exists: the migration was partially applied before (perhaps after a crash), or the object was made by hand.".into(),
         "42703" | "42P01" | "42704" | "3F000" | "42883" => "Something it uses does not exist: a previous migration was skipped or failed silently, or the object was removed by hand.".into(),
@@ -150,12 +154,32 @@ fn apply_cause(e: &ApplyError) -> String {
         "53100" => "Disk full: the database server ran out of storage space.".into(),
         "53200" => "The database server ran out of memory.".into(),
         "55P03" => format!("Lock timeout: the statement waited longer than lock_timeout ({}) for a lock held by another session, probably the running application.", humantime::format_duration(e.lock_timeout)),
-        "57014" => "The statement was cancelled: it ran longer than statement_timeout, or the run was stopped.".into(),
+        "57014" => cancelled_cause(e),
         "42601" => "The migration file has an SQL syntax error.".into(),
         "25001" => "This statement cannot run inside a transaction block: make `-- vamsa-migrate: no-transaction` the first line of the file.".into(),
         "23505" | "23503" | "23502" | "23514" => "The existing data violates a constraint this migration adds.".into(),
         _ => "The migration could not be applied to this database as it is.".into(),
     }
+}
+
+/// 57014: the `statement_timeout` in force, where it came from and the key that changes it.
+fn cancelled_cause(e: &ApplyError) -> String {
+    let Some(t) = &e.statement_timeout else {
+        return "The statement was cancelled: it ran longer than statement_timeout, or the run was stopped.".into();
+    };
+    let from = match t.source.as_str() {
+        "vamsa-migrate" => "statement_timeout in vamsa-migrate's configuration".to_string(),
+        "user" => "the role's setting (ALTER ROLE ... SET statement_timeout)".into(),
+        "database" => "the database's setting (ALTER DATABASE ... SET statement_timeout)".into(),
+        "database user" => "the role's setting in this database (ALTER ROLE ... IN DATABASE ... SET statement_timeout)".into(),
+        "configuration file" => "the server's postgresql.conf".into(),
+        "client" => "the connection's options (options= in database_url, or PGOPTIONS)".into(),
+        other => format!("PostgreSQL's setting (source: {})", crate::plan::printable(other)),
+    };
+    format!(
+        "The statement was cancelled: it ran longer than statement_timeout ({}, from {from}), or the run was stopped. Set statement_timeout in vamsa-migrate's configuration to change it for migrations (\"0\": no limit).",
+        crate::plan::printable(&t.value)
+    )
 }
 
 fn permission_cause(e: &ApplyError) -> String {
@@ -176,11 +200,16 @@ fn apply_next_step(e: &ApplyError) -> String {
         _ if e.failure.connection_lost => "Once PostgreSQL is reachable, run `vamsa-migrate migrate` again: it continues from the last committed migration.",
         _ => "Fix the cause and run `vamsa-migrate migrate` again.",
     };
-    format!("{} {action}{}", what_stays(e), restore_steps(e))
+    let stays = what_stays(e);
+    let sep = if stays.ends_with('\n') { "" } else { " " };
+    format!("{stays}{sep}{action}{}", restore_steps(e))
 }
 
 /// What of this run is committed and what is not.
 fn what_stays(e: &ApplyError) -> String {
+    if let Some(committed) = e.transaction_ended {
+        return ended_transaction(e, committed);
+    }
     if e.all_rolled_back {
         return "The whole run was rolled back (transaction = \"all\"): the database is as it was before.".into();
     }
@@ -190,12 +219,37 @@ fn what_stays(e: &ApplyError) -> String {
         n => format!(" {n} earlier migrations of this run are committed and stay."),
     };
     match e.no_transaction_completed {
+        Some(done) if !e.invalid_indexes.is_empty() => format!(
+            "{} ran outside a transaction: its first {done} statement(s) stayed applied and it is not recorded.{earlier} It left INVALID index(es), which IF NOT EXISTS would skip; drop them before retrying:\n{}",
+            e.file,
+            e.invalid_indexes
+                .iter()
+                .map(|i| format!("  DROP INDEX CONCURRENTLY {i};\n"))
+                .collect::<String>()
+        ),
         Some(done) => format!(
             "{} ran outside a transaction: its first {done} statement(s) stayed applied and it is not recorded; make its statements safe to re-run (IF NOT EXISTS) before retrying.{earlier}",
             e.file
         ),
         None => format!("Nothing of {} was committed.{earlier}", e.file),
     }
+}
+
+/// What stays when the migration ended our transaction itself: never less than is committed.
+fn ended_transaction(e: &ApplyError, committed: bool) -> String {
+    let ours = if committed {
+        let earlier = match e.committed {
+            0 => String::new(),
+            n => format!(" and the {n} earlier migration(s) of this run"),
+        };
+        format!("its statements before that point{earlier} are committed")
+    } else {
+        "its statements before that point were rolled back".into()
+    };
+    format!(
+        "{} ended vamsa-migrate's transaction itself (COMMIT, ROLLBACK or the like): {ours}; statements after that point ran on their own and may be committed. It is not recorded: check the database before running again, and move transaction control to a `-- vamsa-migrate: no-transaction` migration.",
+        e.file
+    )
 }
 
 /// The way back to before this run: the dump it took, or the admin's own.
@@ -242,6 +296,9 @@ mod tests {
             all_rolled_back: false,
             backup: None,
             lock_timeout: Duration::from_secs(10),
+            transaction_ended: None,
+            invalid_indexes: Vec::new(),
+            statement_timeout: None,
         }
     }
 
@@ -525,6 +582,53 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_statement_names_the_timeout_its_source_and_our_key() {
+        let mut e = apply_error(Some("57014"), false);
+        e.statement_timeout = Some(crate::db::TimeoutInForce {
+            value: "1s".into(),
+            source: "user".into(),
+        });
+        assert_eq!(
+            apply_cause(&e),
+            "The statement was cancelled: it ran longer than statement_timeout (1s, from the role's setting (ALTER ROLE ... SET statement_timeout)), or the run was stopped. Set statement_timeout in vamsa-migrate's configuration to change it for migrations (\"0\": no limit)."
+        );
+    }
+
+    #[test]
+    fn invalid_indexes_are_named_with_their_drop_statement_not_if_not_exists() {
+        let mut e = apply_error(Some("23505"), false);
+        e.no_transaction_completed = Some(0);
+        e.committed = 0;
+        e.invalid_indexes = vec!["\"public\".\"users_email_uq\"".into()];
+        assert_eq!(
+            what_stays(&e),
+            "0001_add_media_tags.sql ran outside a transaction: its first 0 statement(s) stayed applied and it is not recorded. It left INVALID index(es), which IF NOT EXISTS would skip; drop them before retrying:\n  DROP INDEX CONCURRENTLY \"public\".\"users_email_uq\";\n"
+        );
+    }
+
+    #[test]
+    fn a_migration_that_ended_our_transaction_never_reports_less_committed() {
+        let mut e = apply_error(Some("42P01"), false);
+        e.transaction_ended = Some(true);
+        e.committed = 2;
+        assert_eq!(
+            what_stays(&e),
+            "0001_add_media_tags.sql ended vamsa-migrate's transaction itself (COMMIT, ROLLBACK or the like): its statements before that point and the 2 earlier migration(s) of this run are committed; statements after that point ran on their own and may be committed. It is not recorded: check the database before running again, and move transaction control to a `-- vamsa-migrate: no-transaction` migration."
+        );
+        e.transaction_ended = Some(false);
+        assert!(what_stays(&e).contains(": its statements before that point were rolled back; statements after that point ran on their own and may be committed."));
+        let refused = EngineError::TransactionControl {
+            file: "0001_x.sql".into(),
+            line: 3,
+            statement: "COMMIT".into(),
+        };
+        assert_eq!(refused.kind(), ErrorKind::Folder);
+        assert!(
+            next_step(&refused).contains("make `-- vamsa-migrate: no-transaction` its first line")
+        );
+    }
+
+    #[test]
     fn a_lost_connection_is_one_that_broke_under_a_query_or_migration() {
         assert!(connection_lost(&EngineError::Apply(Box::new(apply_error(
             None, true
@@ -551,6 +655,9 @@ mod tests {
             failure: failure(Some(sqlstate), false),
             completed_outside_transaction: completed,
             during_commit: false,
+            transaction_ended: None,
+            invalid_indexes: Vec::new(),
+            xid: None,
         };
         assert!(is_retryable_lock_timeout(&f("55P03", 0)));
         assert!(!is_retryable_lock_timeout(&f("55P03", 1)));

@@ -22,5 +22,6 @@ pub mod plan;
 pub mod protocol;
 pub mod report;
 pub mod source;
+pub(crate) mod sqlscan;
 pub mod summary;
 pub mod upgrade;

@@ -23,13 +23,6 @@ pub enum NewError {
     Source(#[from] SourceError),
 }
 
-/// What a new migration file holds: only comments, so that it is refused as empty (by us; and
-/// never recorded as applied) until it holds SQL.
-const PLACEHOLDER: &[u8] =
-    b"-- Write the migration's SQL here. Separate statements with the marker\n\
-      -- --> statement-breakpoint\n\
-      -- An empty migration is refused, so this file must hold SQL before the next run.\n";
-
 /// Creates the next migration in the layout `dir` uses and returns the path of its SQL file.
 ///
 /// - Folder layout (Drizzle 1.0, `dir` holds `<YYYYMMDDHHMMSS>_<name>/migration.sql` folders and
@@ -83,7 +76,8 @@ fn write_new(sql_path: &Path) -> Result<(), NewError> {
         .create_new(true)
         .open(sql_path)
         .map_err(io_error(sql_path))?;
-    file.write_all(PLACEHOLDER).map_err(io_error(sql_path))
+    file.write_all(placeholder().as_bytes())
+        .map_err(io_error(sql_path))
 }
 
 /// Creates `<dir>/<NNNN>_<name>.sql` and appends its entry to the journal, which is rewritten
@@ -97,6 +91,18 @@ fn create_journal_entry(dir: &Path, slug: &str) -> Result<PathBuf, NewError> {
     write_new(&sql_path)?;
     write_journal(&journal_path, &journal)?;
     Ok(sql_path)
+}
+
+/// The new file's text: our placeholder marker first (a file holding it is refused, so it is
+/// never applied by accident: a file with no statement is a valid no-op migration), then how
+/// to write statements.
+fn placeholder() -> String {
+    format!(
+        "{}\n\
+         -- Write the migration's SQL below. Separate statements with a line holding only\n\
+         -- the marker --> statement-breakpoint\n",
+        crate::source::PLACEHOLDER_MARKER
+    )
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> NewError {

@@ -94,6 +94,36 @@ pub struct Plan<'a> {
     /// The folder's layout: in the folder layout an out-of-order migration is applied (as
     /// Drizzle 1.0 does), not drift.
     pub layout: Layout,
+    /// Applied files whose recorded hash is that of the same text with other line endings
+    /// (see [`same_but_line_endings`]): applied, not edited; the admin should pin them.
+    pub line_endings_differ: Vec<String>,
+}
+
+/// Whether the recorded `hash` is that of `m`'s file with only its line endings changed (CR LF
+/// made LF, or LF made CR LF, as git's `core.autocrlf` does): the same migration, not an edit.
+pub fn same_but_line_endings(m: &Migration, hash: &str) -> bool {
+    m.line_ending_hashes.iter().any(|h| h == hash)
+}
+
+/// The warning for a file in [`Plan::line_endings_differ`].
+pub fn line_endings_warning(file: &str) -> String {
+    format!(
+        "{file} has other line endings (CR LF / LF) than when it was applied; it counts as \
+         applied. Pin them with the line `*.sql text eol=lf` in the migrations' .gitattributes"
+    )
+}
+
+/// Files applied with a hash that differs from theirs only by line endings.
+fn line_endings_differ(items: &[Item<'_>]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|item| match &item.state {
+            State::Applied(row) if row.hash != item.migration.hash => {
+                Some(item.migration.file_name.clone())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Drift that stops a run until the admin decides.
@@ -214,14 +244,16 @@ pub fn plan<'a>(set: &'a MigrationSet, rows: &[AppliedRow], options: &PlanOption
     let (matched, used) = match_rows(set, rows);
     let newest_created = rows.iter().filter_map(|r| r.created_at).max();
     let last_applied = matched.iter().rposition(Option::is_some);
-    let items = set
+    let items: Vec<Item<'_>> = set
         .migrations
         .iter()
         .zip(&matched)
         .enumerate()
         .map(|(pos, (m, row))| {
             let state = match row {
-                Some(i) if rows[*i].hash == m.hash => State::Applied(rows[*i].clone()),
+                Some(i) if rows[*i].hash == m.hash || same_but_line_endings(m, &rows[*i].hash) => {
+                    State::Applied(rows[*i].clone())
+                }
                 Some(i) => State::Edited {
                     row: rows[*i].clone(),
                     accepted: options.accept_edited.contains(&m.tag),
@@ -246,6 +278,7 @@ pub fn plan<'a>(set: &'a MigrationSet, rows: &[AppliedRow], options: &PlanOption
         .map(|(row, _)| row.clone())
         .collect();
     Plan {
+        line_endings_differ: line_endings_differ(&items),
         items,
         missing,
         layout: set.layout,
@@ -272,13 +305,15 @@ pub fn plan_by_name<'a>(
         .migrations
         .iter()
         .rposition(|m| by_name.contains_key(m.tag.as_str()));
-    let items = set
+    let items: Vec<Item<'_>> = set
         .migrations
         .iter()
         .enumerate()
         .map(|(pos, m)| {
             let state = match by_name.get(m.tag.as_str()) {
-                Some(row) if row.hash == m.hash => State::Applied((*row).clone()),
+                Some(row) if row.hash == m.hash || same_but_line_endings(m, &row.hash) => {
+                    State::Applied((*row).clone())
+                }
                 Some(row) => State::Edited {
                     row: (*row).clone(),
                     accepted: options.accept_edited.contains(&m.tag),
@@ -304,6 +339,7 @@ pub fn plan_by_name<'a>(
         .cloned()
         .collect();
     Plan {
+        line_endings_differ: line_endings_differ(&items),
         items,
         missing,
         layout: set.layout,
@@ -341,8 +377,10 @@ fn match_rows(set: &MigrationSet, rows: &[AppliedRow]) -> (Vec<Option<usize>>, V
         matched.push(take(by_when.get_mut(&m.when), &mut used));
     }
     for (m, slot) in set.migrations.iter().zip(matched.iter_mut()) {
-        if slot.is_none() {
-            *slot = take(by_hash.get_mut(m.hash.as_str()), &mut used);
+        for hash in std::iter::once(&m.hash).chain(&m.line_ending_hashes) {
+            if slot.is_none() {
+                *slot = take(by_hash.get_mut(hash.as_str()), &mut used);
+            }
         }
     }
     (matched, used)
@@ -370,6 +408,8 @@ mod tests {
                         when: *when,
                         file_name: format!("{tag}.sql"),
                         hash: drizzle_hash(&sql),
+                        line_ending_hashes: Vec::new(),
+                        bom: false,
                         statements: split_statements(&sql),
                         no_transaction: false,
                         stamp: None,

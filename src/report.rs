@@ -159,6 +159,10 @@ impl<W: Write> Reporter<W> {
             } else {
                 writeln!(self.out, "  {} ({})", m.migration, notes.join("; "))?;
             }
+            if m.statements.is_empty() {
+                // A comment-only file (drizzle-kit's `generate --custom`): a no-op, recorded.
+                writeln!(self.out, "    (no statements)")?;
+            }
             for s in &m.statements {
                 writeln!(self.out, "    - {s}")?;
             }

@@ -22,6 +22,15 @@ pub const BREAKPOINT: &str = "--> statement-breakpoint";
 /// `CREATE INDEX CONCURRENTLY` that PostgreSQL refuses to run inside one).
 pub const NO_TRANSACTION_MARKER: &str = "-- vamsa-migrate: no-transaction";
 
+/// A line of ours in the file `vamsa-migrate new` writes: a file holding it is refused until
+/// the line is deleted, so a placeholder is never applied by accident (a file with no
+/// statement at all is a valid no-op migration, as in Drizzle).
+pub const PLACEHOLDER_MARKER: &str =
+    "-- vamsa-migrate: placeholder; delete this line once the SQL below is written";
+
+/// The UTF-8 byte-order mark some editors put at the start of a file.
+const BOM: char = '\u{feff}';
+
 pub(crate) const JOURNAL: &str = "meta/_journal.json";
 
 /// One statement of a migration, exactly as Drizzle would send it to the server.
@@ -48,8 +57,15 @@ pub struct Migration {
     pub when: i64,
     /// `<tag>.sql`, or `<tag>/migration.sql` in the folder layout: relative to the folder.
     pub file_name: String,
-    /// Lowercase hex SHA-256 of the file's text: the `hash` column Drizzle writes.
+    /// Lowercase hex SHA-256 of the file's exact bytes (a BOM included): the `hash` column
+    /// Drizzle writes.
     pub hash: String,
+    /// The SHA-256 of the file with only its line endings changed (see [`line_ending_hashes`]):
+    /// a recorded hash equal to one of these is the same migration checked out with other
+    /// line endings, not an edit.
+    pub line_ending_hashes: Vec<String>,
+    /// The file starts with a UTF-8 byte-order mark (never sent to the server).
+    pub bom: bool,
     pub statements: Vec<Statement>,
     pub no_transaction: bool,
     /// The file's identity when it was read, if old enough to be trusted for reuse.
@@ -96,6 +112,8 @@ pub enum SourceWarning {
     NotInJournal { file_name: String },
     /// A top-level `.sql` file in the folder layout, which Drizzle 1.0 ignores.
     NotInFolder { file_name: String },
+    /// A file starting with a UTF-8 byte-order mark: it is skipped, never sent to the server.
+    Bom { file_name: String },
     /// An entry whose `when` is older than an earlier entry's (a migration merged from a branch).
     WhenGoesBack {
         file_name: String,
@@ -116,6 +134,11 @@ impl fmt::Display for SourceWarning {
                 f,
                 "{file_name} is not in a migration folder (<YYYYMMDDHHMMSS>_<name>/migration.sql); \
                  it will not be applied"
+            ),
+            SourceWarning::Bom { file_name } => write!(
+                f,
+                "{file_name} starts with a UTF-8 byte-order mark; it is not sent to the server \
+                 (save the file as UTF-8 without BOM)"
             ),
             SourceWarning::WhenGoesBack {
                 file_name,
@@ -187,10 +210,10 @@ pub enum SourceError {
         line: usize,
         byte: usize,
     },
-    #[error("{path}: empty migration: it holds no SQL statement")]
-    Empty { path: PathBuf },
     #[error("{path}: is {kind}, not a regular file; a migration file and the journal must be regular files (or symlinks to one)")]
     NotRegularFile { path: PathBuf, kind: &'static str },
+    #[error("{path}:{line}: still the placeholder `vamsa-migrate new` wrote; write the migration's SQL, then delete the line {PLACEHOLDER_MARKER:?}")]
+    Placeholder { path: PathBuf, line: usize },
 }
 
 impl SourceError {
@@ -209,7 +232,7 @@ impl SourceError {
             | SourceError::OutsideFolder { path, .. }
             | SourceError::NotUtf8 { path, .. }
             | SourceError::NotRegularFile { path, .. }
-            | SourceError::Empty { path } => path,
+            | SourceError::Placeholder { path, .. } => path,
         }
     }
 }
@@ -302,7 +325,7 @@ impl MigrationSet {
         if !folders.is_empty() {
             return MigrationSet::load_folders(dir, folders, &journal_path, previous, now_ns);
         }
-        let journal = read_journal(&journal_path)?;
+        let (journal, journal_bom) = read_journal(&journal_path)?;
         let reader = FolderReader::new(dir, &journal_path, Layout::Journal, previous, now_ns)?;
         let mut seen_idx = BTreeSet::new();
         let mut seen_tag = BTreeSet::new();
@@ -311,7 +334,14 @@ impl MigrationSet {
             check_entry(&entry, &mut seen_idx, &mut seen_tag, &journal_path)?;
             migrations.push(reader.migration(entry)?);
         }
-        let mut warnings = when_goes_back(&migrations);
+        let mut warnings: Vec<SourceWarning> = journal_bom
+            .then(|| SourceWarning::Bom {
+                file_name: JOURNAL.to_string(),
+            })
+            .into_iter()
+            .chain(bom_warnings(&migrations))
+            .collect();
+        warnings.extend(when_goes_back(&migrations));
         warnings.extend(not_in_journal(dir, &migrations)?);
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
@@ -344,9 +374,13 @@ impl MigrationSet {
             let idx = idx as u64;
             migrations.push(reader.migration(JournalEntry { idx, when, tag })?);
         }
-        let warnings = v1::loose_sql_files(dir)?
-            .into_iter()
-            .map(|file_name| SourceWarning::NotInFolder { file_name })
+        let loose = v1::loose_sql_files(dir)?;
+        let warnings = bom_warnings(&migrations)
+            .chain(
+                loose
+                    .into_iter()
+                    .map(|file_name| SourceWarning::NotInFolder { file_name }),
+            )
             .collect();
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
@@ -361,7 +395,18 @@ impl MigrationSet {
     }
 }
 
-fn read_journal(journal_path: &Path) -> Result<Journal, SourceError> {
+/// A warning for each migration file that starts with a BOM.
+fn bom_warnings(migrations: &[Migration]) -> impl Iterator<Item = SourceWarning> + '_ {
+    migrations
+        .iter()
+        .filter(|m| m.bom)
+        .map(|m| SourceWarning::Bom {
+            file_name: m.file_name.clone(),
+        })
+}
+
+/// The journal, and whether it started with a UTF-8 BOM (skipped: JSON does not allow one).
+fn read_journal(journal_path: &Path) -> Result<(Journal, bool), SourceError> {
     let text = match read_regular_file(journal_path, Follow::Yes) {
         Ok(bytes) => bytes,
         Err(SourceError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -371,12 +416,17 @@ fn read_journal(journal_path: &Path) -> Result<Journal, SourceError> {
         }
         Err(e) => return Err(e),
     };
-    serde_json::from_slice(&text).map_err(|e| SourceError::InvalidJournal {
+    let (json, bom) = match text.strip_prefix(BOM.to_string().as_bytes()) {
+        Some(rest) => (rest, true),
+        None => (text.as_slice(), false),
+    };
+    let journal = serde_json::from_slice(json).map_err(|e| SourceError::InvalidJournal {
         path: journal_path.to_path_buf(),
         line: e.line(),
         column: e.column().max(1),
         message: strip_serde_position(&e.to_string()),
-    })
+    })?;
+    Ok((journal, bom))
 }
 
 /// Refuses a duplicate idx, a tag that would name a file outside the folder, and a duplicate
@@ -471,18 +521,21 @@ impl<'a> FolderReader<'a> {
         }
         let bytes = self.read(&path, meta.file_type(), &file_name, &entry)?;
         let text = utf8_text(bytes, &path)?;
-        let statements = split_statements(&text);
-        if statements.is_empty() {
-            return Err(SourceError::Empty { path });
+        if let Some(line) = placeholder_line(&text) {
+            return Err(SourceError::Placeholder { path, line });
         }
+        // Drizzle hashes the bytes as they are, BOM included; the server must never see it.
+        let code = text.strip_prefix(BOM);
         Ok(Migration {
             idx: entry.idx,
             no_transaction: has_no_transaction_marker(&text),
             hash: drizzle_hash(&text),
+            line_ending_hashes: line_ending_hashes(&text),
+            bom: code.is_some(),
             tag: entry.tag,
             when: entry.when,
             file_name,
-            statements,
+            statements: split_statements(code.unwrap_or(&text)),
             stamp: stamp.and_then(|s| s.trusted(self.now_ns)),
         })
     }
@@ -690,8 +743,48 @@ pub fn drizzle_hash(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// The SHA-256 of `text` with every CRLF made LF, and of that with every LF made CRLF (what
+/// git's `core.autocrlf` and `eol` conversions produce), leaving out those equal to the hash
+/// of `text` itself. Hashed as a stream: no copy of the file is made.
+pub fn line_ending_hashes(text: &str) -> Vec<String> {
+    let has_cr_lf = text.contains("\r\n");
+    let has_bare_lf = text
+        .match_indices('\n')
+        .any(|(i, _)| i == 0 || text.as_bytes()[i - 1] != b'\r');
+    let mut hashes = Vec::new();
+    if has_cr_lf {
+        hashes.push(hash_with_line_endings(text, "\n"));
+    }
+    if has_bare_lf {
+        hashes.push(hash_with_line_endings(text, "\r\n"));
+    }
+    hashes
+}
+
+/// SHA-256 of `text` with each line ending (LF, or CR LF) written as `eol`.
+fn hash_with_line_endings(text: &str, eol: &str) -> String {
+    let mut hasher = Sha256::new();
+    let mut lines = text.split('\n').peekable();
+    while let Some(line) = lines.next() {
+        if lines.peek().is_some() {
+            hasher.update(line.strip_suffix('\r').unwrap_or(line));
+            hasher.update(eol);
+        } else {
+            hasher.update(line);
+        }
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// The 1-based line holding [`PLACEHOLDER_MARKER`], if any.
+fn placeholder_line(text: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| line.trim_matches([BOM, ' ', '\t', '\r']) == PLACEHOLDER_MARKER)
+        .map(|i| i + 1)
+}
+
 fn has_no_transaction_marker(text: &str) -> bool {
-    let first = text.strip_prefix('\u{feff}').unwrap_or(text).lines().next();
+    let first = text.strip_prefix(BOM).unwrap_or(text).lines().next();
     first.is_some_and(|line| line.trim_end() == NO_TRANSACTION_MARKER)
 }
 
@@ -767,6 +860,20 @@ mod tests {
             drizzle_hash("SELECT 1;\n"),
             "b4e0497804e46e0a0b0b8c31975b062152d551bac49c3c2e80932567b4085dcd"
         );
+    }
+
+    #[test]
+    fn line_ending_hashes_are_those_of_the_lf_and_crlf_texts() {
+        let lf = "SELECT 1;\nSELECT 2;\n";
+        let crlf = "SELECT 1;\r\nSELECT 2;\r\n";
+        assert_eq!(line_ending_hashes(lf), [drizzle_hash(crlf)]);
+        assert_eq!(line_ending_hashes(crlf), [drizzle_hash(lf)]);
+        let mixed = "a\r\nb\nc\rd";
+        assert_eq!(
+            line_ending_hashes(mixed),
+            [drizzle_hash("a\nb\nc\rd"), drizzle_hash("a\r\nb\r\nc\rd")]
+        );
+        assert!(line_ending_hashes("SELECT 1;").is_empty());
     }
 
     #[test]

@@ -97,6 +97,8 @@ mod tests {
                     when: crate::source::v1::created_at(name).unwrap(),
                     file_name: format!("{name}/migration.sql"),
                     hash: drizzle_hash(sql),
+                    line_ending_hashes: Vec::new(),
+                    bom: false,
                     statements: split_statements(sql),
                     no_transaction: false,
                     stamp: None,

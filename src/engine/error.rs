@@ -32,6 +32,13 @@ pub struct ApplyError {
     /// The dump taken before this run, and the database it is of: for the restore steps.
     pub backup: Option<(PathBuf, String)>,
     pub lock_timeout: Duration,
+    /// The migration ended our transaction itself: `Some(true)` when PostgreSQL reports it
+    /// committed (see [`crate::db::StatementFailure::transaction_ended`]).
+    pub transaction_ended: Option<bool>,
+    /// INVALID indexes the migration's concurrent builds left, as `"schema"."name"`.
+    pub invalid_indexes: Vec<String>,
+    /// For a cancelled statement (57014): the `statement_timeout` it ran under and its source.
+    pub statement_timeout: Option<crate::db::TimeoutInForce>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +74,14 @@ pub enum EngineError {
         /// The whole run was one transaction (`transaction = "all"`), now rolled back.
         all_rolled_back: bool,
     },
+    #[error("{file}:{line}: {statement} controls the transaction, but vamsa-migrate runs this migration in a transaction of its own")]
+    TransactionControl {
+        file: String,
+        /// 1-based line of the statement's first word.
+        line: usize,
+        /// Its first word, upper case (`COMMIT`, `PREPARE TRANSACTION`, ...).
+        statement: String,
+    },
 }
 
 fn apply_headline(e: &ApplyError) -> String {
@@ -76,6 +91,9 @@ fn apply_headline(e: &ApplyError) -> String {
             e.statement_count
         ),
         _ if e.during_commit => " at COMMIT".to_string(),
+        _ if e.transaction_ended.is_some() || !e.invalid_indexes.is_empty() => {
+            " after its statements ran".to_string()
+        }
         _ => " while recording it in the tracking table".to_string(),
     };
     format!("migration {} failed{place}\n  {}", e.file, e.failure)
@@ -106,7 +124,9 @@ impl EngineError {
     /// The kind clients see on the wire and decide from.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::Source(_) | EngineError::Convert(_) => ErrorKind::Folder,
+            EngineError::Source(_)
+            | EngineError::Convert(_)
+            | EngineError::TransactionControl { .. } => ErrorKind::Folder,
             EngineError::Unmatched(_) => ErrorKind::TrackingTable,
             EngineError::Config(_) | EngineError::NeedsOwnTransaction { .. } => ErrorKind::Config,
             EngineError::Db(DbError::TrackingRow(_)) => ErrorKind::TrackingTable,

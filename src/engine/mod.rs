@@ -139,10 +139,19 @@ impl Table {
                 self.upgrade.len()
             ));
         }
+        notes.extend(line_ending_notes(plan));
         notes.extend(out_of_order_notes(plan));
         notes.extend(applied_order_notes(plan));
         notes
     }
+}
+
+/// Files applied with other line endings (see [`plan::same_but_line_endings`]).
+fn line_ending_notes(plan: &Plan<'_>) -> Vec<String> {
+    plan.line_endings_differ
+        .iter()
+        .map(|file| plan::line_endings_warning(file))
+        .collect()
 }
 
 /// Folder-layout migrations whose name order differs from the order their rows were written
@@ -266,6 +275,7 @@ impl<'a> Engine<'a> {
         if !blockers.is_empty() {
             return Err(EngineError::Drift(blockers));
         }
+        refuse_transaction_control(&status.plan.to_apply().collect::<Vec<_>>()).map_err(|e| *e)?;
         let pending = pending_events(&status.plan);
         let count = pending.len();
         emit(Event::Pending {
@@ -314,8 +324,9 @@ impl<'a> Engine<'a> {
         let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
         let plan = plan::plan(set, &table.rows, &options.plan);
         self.check_unknown_rows(&plan.missing, emit)?;
-        for message in out_of_order_notes(&plan)
+        for message in line_ending_notes(&plan)
             .into_iter()
+            .chain(out_of_order_notes(&plan))
             .chain(applied_order_notes(&plan))
         {
             emit(Event::Warning { message });
@@ -326,6 +337,7 @@ impl<'a> Engine<'a> {
         }
         let to_apply: Vec<&Migration> = plan.to_apply().collect();
         // Refuse before the backup and before any change, not half-way.
+        refuse_transaction_control(&to_apply).map_err(|e| *e)?;
         if self.settings.transaction == TransactionMode::All {
             if let Some(m) = to_apply.iter().find(|m| m.no_transaction) {
                 return Err(EngineError::NeedsOwnTransaction {
@@ -462,13 +474,7 @@ impl<'a> Engine<'a> {
             let name = names.and_then(|n| n.get(&m.tag)).map(String::as_str);
             let result = self.apply_one(client, m, name, txn, emit).await;
             if let Err(failure) = result {
-                if all {
-                    let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
-                } else if !applied.is_empty() && !failure.failure.connection_lost {
-                    // Make the earlier asynchronous commits durable before we say they stay.
-                    let _ = db::flush_commits(client).await;
-                }
-                return Err(self.apply_error(m, failure, if all { 0 } else { applied.len() }, all));
+                return Err(self.failed(client, m, failure, applied.len(), all).await);
             }
             let ms = started.elapsed().as_millis() as u64;
             if all {
@@ -489,6 +495,37 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(applied)
+    }
+
+    /// The error for migration `m` failing after `applied` migrations of this run: rolls back
+    /// the run's transaction under `transaction = "all"`, makes committed work durable, and
+    /// finds out what is committed (never less than is) and the timeout of a cancel.
+    async fn failed(
+        &self,
+        client: &Client,
+        m: &Migration,
+        mut failure: StatementFailure,
+        applied: usize,
+        all: bool,
+    ) -> EngineError {
+        if all {
+            let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
+            failure.check_committed(client).await;
+        }
+        // A migration that committed the run's transaction itself committed the earlier
+        // migrations of the run (and their rows) with it.
+        let rolled_back = all && failure.transaction_ended != Some(true);
+        if !rolled_back && applied > 0 && !failure.failure.connection_lost {
+            // Make the earlier asynchronous commits durable before we say they stay.
+            let _ = db::flush_commits(client).await;
+        }
+        let committed = if rolled_back { 0 } else { applied };
+        let timeout = self.timeout_in_force(client, &failure).await;
+        let mut e = self.apply_error(m, failure, committed, rolled_back);
+        if let EngineError::Apply(a) = &mut e {
+            a.statement_timeout = timeout;
+        }
+        e
     }
 
     /// Stops the run when the migration just applied released our run lock: another run may
@@ -562,6 +599,29 @@ impl<'a> Engine<'a> {
             && crate::diagnosis::is_retryable_lock_timeout(f)
     }
 
+    /// For a statement cancelled by the server (57014): the `statement_timeout` it ran under,
+    /// ours when configured, else the session's as PostgreSQL reports it.
+    async fn timeout_in_force(
+        &self,
+        client: &Client,
+        f: &StatementFailure,
+    ) -> Option<db::TimeoutInForce> {
+        if f.failure.sqlstate.as_deref() != Some("57014") || f.failure.connection_lost {
+            return None;
+        }
+        match self.settings.statement_timeout {
+            Some(t) => Some(db::TimeoutInForce {
+                value: if t.is_zero() {
+                    "0".into()
+                } else {
+                    humantime::format_duration(t).to_string()
+                },
+                source: "vamsa-migrate".into(),
+            }),
+            None => db::statement_timeout_in_force(client).await,
+        }
+    }
+
     fn apply_error(
         &self,
         m: &Migration,
@@ -583,8 +643,29 @@ impl<'a> Engine<'a> {
             all_rolled_back: all,
             backup: None,
             lock_timeout: self.settings.lock_timeout,
+            transaction_ended: f.transaction_ended,
+            invalid_indexes: f.invalid_indexes,
+            statement_timeout: None,
         }))
     }
+}
+
+/// Refuses a transactional migration with a top-level transaction-control statement (it would
+/// end the transaction vamsa-migrate runs it in, so a failure later in it could not be rolled
+/// back): the first one found, with its line.
+fn refuse_transaction_control(to_apply: &[&Migration]) -> Result<(), Box<EngineError>> {
+    for m in to_apply.iter().filter(|m| !m.no_transaction) {
+        for s in &m.statements {
+            if let Some((offset, statement)) = crate::sqlscan::transaction_control(&s.sql) {
+                return Err(Box::new(EngineError::TransactionControl {
+                    file: m.file_name.clone(),
+                    line: s.sql_start_line + s.sql[..offset].matches('\n').count(),
+                    statement,
+                }));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn pending_events(plan: &Plan<'_>) -> Vec<PendingMigration> {

@@ -72,12 +72,14 @@ fn new_in_a_folder_layout_makes_a_dated_folder_that_sorts_last_and_waits_for_sql
     );
     assert!(!dir.path().join("meta").exists(), "no journal is made");
 
-    // The placeholder is refused as empty and nothing is recorded, until it holds SQL.
+    // The placeholder is refused and nothing is recorded, until it holds SQL.
     let db = Db::new();
     let refused = db.run(dir.path(), &["migrate"]);
     refused.code(2);
     assert!(
-        refused.stderr.contains("empty migration"),
+        refused
+            .stderr
+            .contains("still the placeholder `vamsa-migrate new` wrote"),
         "{}",
         refused.stderr
     );
@@ -158,7 +160,7 @@ fn the_daemon_follows_a_folder_converted_in_place_and_applies_a_new_migration_fo
         .ok();
     assert!(!f.path().join("meta").exists());
     // Then a new migration, in a new subdirectory: first the placeholder `new` writes, which
-    // the daemon must refuse as empty, then its SQL, written into that subdirectory.
+    // the daemon must refuse, then its SQL, written into that subdirectory.
     let created = new(f.path(), "add media").ok().stdout.clone();
     let sql = created
         .trim_start_matches("Created ")
@@ -170,7 +172,7 @@ fn the_daemon_follows_a_folder_converted_in_place_and_applies_a_new_migration_fo
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    d.wait_log("empty migration");
+    d.wait_log("still the placeholder");
     std::fs::write(&sql, MEDIA).unwrap();
     d.wait_log(&format!("Applied: {folder}/migration.sql"));
     // The 0.x table was upgraded as Drizzle 1.0 does, and every row carries its folder's name.

@@ -201,11 +201,15 @@ fn bad_folders_are_refused_with_the_file_named_and_nothing_changed() {
             "0001_media.sql:2: not valid UTF-8",
         ),
         (
-            "empty",
+            "placeholder of new",
             Box::new(|p: &Path| {
-                std::fs::write(p.join("0001_media.sql"), "-- nothing yet\n\n").unwrap()
+                std::fs::write(
+                    p.join("0001_media.sql"),
+                    "-- vamsa-migrate: placeholder; delete this line once the SQL below is written\nSELECT 1;\n",
+                )
+                .unwrap()
             }),
-            "0001_media.sql: empty migration",
+            "0001_media.sql:1: still the placeholder",
         ),
         (
             "symlink outside",

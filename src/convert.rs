@@ -41,6 +41,12 @@ pub enum ConvertError {
     AlreadyFolders,
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a regular file (a symlink, a FIFO, a directory, ...); nothing was converted: replace it with the file itself, or remove it")]
+    NotRegularFile { path: PathBuf },
+    #[error(
+        "{path} already exists; nothing was converted: remove it (or rename it) and convert again"
+    )]
+    FolderExists { path: PathBuf },
     #[error("after converting, {dir} does not read back as planned ({what}); the old files are still there: remove the new folders and try again")]
     ReadBack { dir: PathBuf, what: String },
 }
@@ -58,6 +64,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ConvertError + '_ {
 /// the old `.sql` files, the journal and the copied snapshots removed (and `meta/` if empty).
 pub fn write(set: &MigrationSet, renamed: &[Renamed]) -> Result<(), ConvertError> {
     let dir = &set.dir;
+    check_before_writing(set, renamed)?;
     for (m, r) in set.migrations.iter().zip(renamed) {
         let folder = dir.join(&r.folder);
         fs::create_dir(&folder).map_err(io_err(&folder))?;
@@ -82,6 +89,32 @@ pub fn write(set: &MigrationSet, renamed: &[Renamed]) -> Result<(), ConvertError
     fs::remove_file(&journal).map_err(io_err(&journal))?;
     // Only when nothing else is left in it.
     let _ = fs::remove_dir(dir.join("meta"));
+    Ok(())
+}
+
+/// Refuses, before anything is written, what would leave a half-converted folder or copy a
+/// file from outside it: a target folder that exists, a snapshot that is a symlink (a hostile
+/// commit could point it at /etc/shadow, which root's conversion would copy into the checkout)
+/// or anything but a regular file.
+fn check_before_writing(set: &MigrationSet, renamed: &[Renamed]) -> Result<(), ConvertError> {
+    for (m, r) in set.migrations.iter().zip(renamed) {
+        let folder = set.dir.join(&r.folder);
+        if fs::symlink_metadata(&folder).is_ok() {
+            return Err(ConvertError::FolderExists { path: folder });
+        }
+        let snapshot = snapshot_path(&set.dir, m.idx);
+        match fs::symlink_metadata(&snapshot) {
+            Ok(md) if md.file_type().is_file() => {}
+            Ok(_) => return Err(ConvertError::NotRegularFile { path: snapshot }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ConvertError::Io {
+                    path: snapshot,
+                    source,
+                })
+            }
+        }
+    }
     Ok(())
 }
 

@@ -35,8 +35,10 @@ pub(crate) fn folder_names(dir: &Path) -> Result<Vec<String>, SourceError> {
         let entry = entry.map_err(io_err)?;
         let path = entry.path();
         // Node's existsSync follows symlinks, so a symlinked folder counts; we check below
-        // that it stays inside the migrations folder.
-        if !path.join(MIGRATION_FILE).is_file() {
+        // that it stays inside the migrations folder. Whatever is named `migration.sql` makes
+        // a migration (a FIFO, a directory, a dangling link included): reading it then refuses
+        // what is not a regular file, by name, instead of skipping the migration silently.
+        if fs::symlink_metadata(path.join(MIGRATION_FILE)).is_err() {
             continue;
         }
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {

@@ -270,3 +270,75 @@ fn status_warns_when_name_order_differs_from_the_order_applied() {
         "{status:#?}"
     );
 }
+
+/// Whatever is named `migration.sql` in a migration folder makes a migration: one that is not
+/// a regular file (a FIFO, a directory, a dangling link) is refused by name, never skipped as if
+/// the migration were not there ("up to date" with a migration missing).
+#[test]
+fn a_migration_sql_that_is_not_a_regular_file_is_refused_not_skipped() {
+    let db = Db::new();
+    let cases: [(&str, fn(&Path)); 3] = [
+        ("is a FIFO", |p| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
+        }),
+        ("directory", |p| std::fs::create_dir(p).unwrap()),
+        ("does not exist", |p| {
+            std::os::unix::fs::symlink("/nonexistent/migration.sql", p).unwrap()
+        }),
+    ];
+    for (what, make) in cases {
+        let dir = folders(&[("20250101120000_a", A)]);
+        std::fs::create_dir(dir.path().join("20250102120000_b")).unwrap();
+        make(&dir.path().join("20250102120000_b/migration.sql"));
+        for args in [&["migrate", "--dry-run"][..], &["status"], &["migrate"]] {
+            let run = db.run(dir.path(), args);
+            run.code(2);
+            assert!(
+                run.stderr.contains("20250102120000_b/migration.sql") && run.stderr.contains(what),
+                "{what}: {args:?}: {}",
+                run.stderr
+            );
+        }
+        assert!(!db.table_exists("persons"), "{what}: something was applied");
+    }
+}
+
+/// `convert --write` copies nothing from outside the folder and leaves no half-converted
+/// folder: a snapshot that is a symlink, or a target folder that exists, stops it before
+/// anything is written.
+#[test]
+fn convert_refuses_a_symlinked_snapshot_or_an_existing_target_before_writing() {
+    let secret = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(secret.path(), "root:SECRET-HASH:19000::::::\n").unwrap();
+    let link = repo_folder("tests/data/vamsa-drizzle");
+    std::os::unix::fs::symlink(secret.path(), link.path().join("meta/0001_snapshot.json")).unwrap();
+    let clash = repo_folder("tests/data/vamsa-drizzle");
+    std::fs::create_dir(
+        clash
+            .path()
+            .join("20260124062723_grandfather_verified_users"),
+    )
+    .unwrap();
+    for (f, problem) in [(&link, "not a regular file"), (&clash, "already exists")] {
+        let before: Vec<_> = std::fs::read_dir(f.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let run = cli()
+            .args(["convert", "--write", "--migrations-dir"])
+            .arg(f.path())
+            .run();
+        run.code(2);
+        assert!(run.stderr.contains(problem), "{}", run.stderr);
+        let after: Vec<_> = std::fs::read_dir(f.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            before.len(),
+            after.len(),
+            "something was written: {after:?}"
+        );
+        assert!(f.path().join("meta/_journal.json").is_file());
+    }
+}

@@ -277,7 +277,8 @@ fn status_warns_when_name_order_differs_from_the_order_applied() {
 #[test]
 fn a_migration_sql_that_is_not_a_regular_file_is_refused_not_skipped() {
     let db = Db::new();
-    let cases: [(&str, fn(&Path)); 3] = [
+    type Make = fn(&Path);
+    let cases: [(&str, Make); 3] = [
         ("is a FIFO", |p| {
             nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
         }),

@@ -64,11 +64,15 @@ pub fn summarize(sql: &str) -> String {
 pub fn without_literals(summary: &str) -> String {
     let mut out = String::with_capacity(summary.len());
     let mut rest = summary;
-    while let Some(i) = rest.find(['\'', '"', '$']) {
+    while let Some(i) = rest.find(['\'', '"', '$', '/']) {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
         let (kept, skipped) = match tail.as_bytes()[0] {
             b'"' => quoted_identifier(tail),
+            // A block comment is masked whole: a quote inside it opens no constant, and its
+            // text may hold anything.
+            b'/' if tail.starts_with("/*") => (String::from("/*…*/"), block_comment(tail)),
+            b'/' => (String::from("/"), 1),
             // E'...' takes backslash escapes (PostgreSQL 15 docs, 4.1.2.2).
             b'\'' => {
                 let escapes = out.ends_with(['E', 'e']);
@@ -84,6 +88,30 @@ pub fn without_literals(summary: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The length of the block comment `tail` starts with; nested ones count, as in PostgreSQL
+/// (15 docs, 4.1.5); to the end when unterminated.
+fn block_comment(tail: &str) -> usize {
+    let bytes = tail.as_bytes();
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i + 1 < bytes.len() {
+        match (bytes[i], bytes[i + 1]) {
+            (b'/', b'*') => {
+                depth += 1;
+                i += 2;
+            }
+            (b'*', b'/') => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return i;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    tail.len()
 }
 
 /// `"ident"` (with `""` inside) kept as it is.
@@ -166,6 +194,14 @@ fn cut(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::{summarize, without_literals};
+
+    #[test]
+    fn a_quote_inside_a_block_comment_opens_no_constant() {
+        let masked = without_literals("COMMENT ON TABLE t IS 'x' /* ' /* ' */ */ || 'S7SECRET'");
+        assert!(!masked.contains("S7SECRET"), "{masked}");
+        assert_eq!(masked, "COMMENT ON TABLE t IS '…' /*…*/ || '…'");
+        assert_eq!(without_literals("a / b /* 'x"), "a / b /*…*/");
+    }
 
     #[test]
     fn literals_are_masked_for_outsiders() {

@@ -30,7 +30,18 @@ pub(crate) async fn run() -> Outcome {
         return Outcome::OtherFailure;
     };
     println!("Starting a throwaway PostgreSQL cluster in a temporary directory...");
-    let cluster = match TempCluster::start().and_then(|c| c.create_database("vamsa").map(|_| c)) {
+    let start = || TempCluster::start().and_then(|c| c.create_database("vamsa").map(|_| c));
+    let started = match start() {
+        Err(vamsa_testkit::ClusterError::NoServerBinaries) => match install_postgresql() {
+            Ok(()) => start(),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                return Outcome::OtherFailure;
+            }
+        },
+        other => other,
+    };
+    let cluster = match started {
         Ok(c) => c,
         Err(e) => {
             eprintln!("Error: cannot start a throwaway PostgreSQL: {e}");
@@ -76,4 +87,45 @@ pub(crate) async fn run() -> Outcome {
     println!("\nStopping and removing the throwaway cluster.");
     drop(cluster);
     outcome
+}
+
+/// The README's first command works on a fresh Debian machine: without PostgreSQL's server
+/// binaries, install Debian's `postgresql` package with apt-get (through `sudo` when not
+/// root), saying so first. Debian's package starts a system cluster on port 5432, which the
+/// demo never uses: it is stopped again.
+fn install_postgresql() -> Result<(), String> {
+    use std::process::Command;
+    let root = nix::unistd::geteuid().is_root();
+    let sudo = if root { "" } else { "sudo " };
+    println!(
+        "PostgreSQL's server is not installed: installing Debian's postgresql package ({sudo}apt-get install postgresql)..."
+    );
+    let run = |args: &[&str]| -> Result<(), String> {
+        let mut cmd = if root {
+            Command::new(args[0])
+        } else {
+            // sudo resets the environment: the variable goes as an argument.
+            let mut c = Command::new("sudo");
+            c.arg("DEBIAN_FRONTEND=noninteractive").arg(args[0]);
+            c
+        };
+        cmd.args(&args[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        match cmd.status() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err(format!("`{sudo}{}` failed ({s}): install PostgreSQL's server yourself (apt install postgresql), then run the demo again", args.join(" "))),
+            Err(e) => Err(format!("cannot run `{sudo}{}`: {e}; install PostgreSQL's server yourself (apt install postgresql)", args[0])),
+        }
+    };
+    run(&["apt-get", "update", "-q"])?;
+    run(&[
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "postgresql",
+    ])?;
+    let _ = run(&["systemctl", "stop", "postgresql"]);
+    Ok(())
 }

@@ -4,6 +4,7 @@
 
 mod backup;
 mod cli_flags;
+mod connect;
 mod daemon;
 mod daemon_state;
 mod drizzle1;

@@ -12,10 +12,12 @@ use tokio_postgres::{Client, Config, Row, SimpleQueryMessage};
 pub(crate) use crate::config::describe_target;
 
 mod connect;
+pub(crate) mod preflight;
 mod tls;
 use crate::plan::AppliedRow;
 use crate::source::{Migration, Statement};
 pub use connect::{connect, ConnectCause};
+pub use preflight::PreflightError;
 
 /// Drizzle's tracking table, `"schema"."table"`.
 #[derive(Debug, Clone)]
@@ -125,6 +127,8 @@ pub enum DbError {
     },
     #[error(transparent)]
     Value(#[from] ValueError),
+    #[error(transparent)]
+    Preflight(#[from] Box<PreflightError>),
     #[error(transparent)]
     TrackingRow(#[from] TrackingRowError),
 }

@@ -87,6 +87,10 @@ pub(crate) fn cause(e: &EngineError) -> Option<String> {
     match e {
         EngineError::Apply(a) => Some(apply_cause(a)),
         EngineError::Db(DbError::Connect { cause, .. }) => Some(connect_cause(*cause).into()),
+        EngineError::Db(DbError::Preflight(p)) => Some(format!(
+            "The database role {:?} lacks a privilege the run needs on the tracking table, or (as a superuser) must not write to a table another role controls.",
+            p.role
+        )),
         EngineError::Db(DbError::LockWait { .. }) => Some(
             "Another vamsa-migrate (a deploy hook, the service, or an admin) is applying migrations right now.".into(),
         ),
@@ -117,6 +121,10 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
         EngineError::Db(DbError::TrackingRow(e)) => e.next_step(),
         EngineError::Db(DbError::Connect { cause, .. }) => connect_next_step(*cause).into(),
+        EngineError::Db(DbError::Preflight(p)) => format!(
+            "Nothing was changed (no backup was taken). As a superuser or the owner, run:\n  {}\nthen run again. README \"The database role\" lists the minimal grants.",
+            p.statements().join("\n  ")
+        ),
         EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
         EngineError::Apply(a) => apply_next_step(a),
         EngineError::LockReleased { file, committed, all_rolled_back: false } => format!("{file} and the migrations before it in this run are applied ({committed} in all); none after it ran. In later migrations release only the locks they take (pg_advisory_unlock(key)), then run again to apply the rest."),
@@ -590,6 +598,35 @@ mod tests {
             next_step(&connect_error(NoDatabase)),
             "Create the database (createdb -O <user> <database>), or correct its name in database_url; nothing was changed."
         );
+    }
+
+    #[test]
+    fn a_missing_privilege_names_the_statement_to_run() {
+        use crate::db::preflight::Problem;
+        let e = EngineError::Db(DbError::Preflight(Box::new(crate::db::PreflightError {
+            role: "vamsa".into(),
+            table: "\"drizzle\".\"__drizzle_migrations\"".into(),
+            schema: "drizzle".into(),
+            problems: vec![
+                Problem::NoCreateOnDatabase {
+                    database: "vamsa".into(),
+                },
+                Problem::UnsafeForSuperuser {
+                    owner: "app".into(),
+                    triggers: vec!["t".into()],
+                    rules: vec![],
+                },
+            ],
+        })));
+        assert_eq!(
+            next_step(&e),
+            "Nothing was changed (no backup was taken). As a superuser or the owner, run:\n  \
+             CREATE SCHEMA \"drizzle\" AUTHORIZATION \"vamsa\";\n  \
+             DROP TRIGGER \"t\" ON \"drizzle\".\"__drizzle_migrations\";\n  \
+             ALTER TABLE \"drizzle\".\"__drizzle_migrations\" OWNER TO \"vamsa\";  -- after reading what the triggers did\n\
+             then run again. README \"The database role\" lists the minimal grants."
+        );
+        assert!(!is_permanent(&e));
     }
 
     #[test]

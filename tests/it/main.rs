@@ -16,6 +16,7 @@ mod interop;
 mod interop_v1;
 mod migrate;
 mod restore;
+mod roles;
 mod support;
 mod tracking_rows;
 mod unknown_rows;

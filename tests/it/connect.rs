@@ -346,3 +346,27 @@ fn a_malformed_setting_is_refused_naming_the_part_never_the_password() {
         "the value of \"password\" has no closing quote",
     );
 }
+
+#[test]
+fn the_daemon_keeps_waiting_and_logs_why_each_attempt_failed() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let folder = Folder::new(&[]);
+    let url = format!("host=127.0.0.1 port={port} user=u dbname=d");
+    let mut d = Daemon::start(cli(), &url, folder.path(), "db_retry_max = \"1s\"");
+    d.wait_log("(attempt 2)");
+    let log = d.log();
+    assert!(
+        log.contains(&format!("connection refused (127.0.0.1:{port})")),
+        "{log}"
+    );
+    assert!(
+        log.contains("Nothing accepts connections at that address"),
+        "{log}"
+    );
+    assert!(!log.contains("SQLSTATE=\"\""), "{log}");
+    assert!(!d.has_exited());
+    d.kill();
+}

@@ -273,8 +273,9 @@ pub enum ConfigError {
     },
     #[error("database_url is not set: set it in {DEFAULT_CONFIG_FILE}, or in DATABASE_URL, or pass --database-url")]
     NoDatabase,
-    #[error("database_url: {message}")]
-    BadDatabaseUrl { message: String },
+    /// A connection setting (in database_url, a `PG*` variable, a service file) is wrong.
+    #[error(transparent)]
+    ConnInfo(#[from] crate::libpq::ConnInfoError),
     #[error("{key}: {message}")]
     BadValue { key: &'static str, message: String },
     /// `migrations_dir` names no folder; `origin` is the setting that gave it (a flag, a
@@ -410,28 +411,24 @@ impl Settings {
             .database_url
             .as_deref()
             .ok_or(ConfigError::NoDatabase)?;
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| {
-            // The parser's message never echoes the password, but the URL could; leave it out.
-            ConfigError::BadDatabaseUrl {
-                message: mask_secrets(&e.to_string()),
-            }
-        })?;
-        if config.get_application_name().is_none() {
-            config.application_name("vamsa-migrate");
-        }
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
-        }
         let credential = env
             .get("CREDENTIALS_DIRECTORY")
             .map(|dir| Path::new(dir).join(CREDENTIAL_NAME))
             .filter(|p| p.exists());
-        if let Some(path) = self.database_password_file.clone().or(credential) {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|source| ConfigError::PasswordFile { path, source })?;
-            config.password(text.trim_end_matches(['\n', '\r']));
-        }
-        Ok(config)
+        let password_override = match self.database_password_file.clone().or(credential) {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| ConfigError::PasswordFile { path, source })?;
+                Some(text.trim_end_matches(['\n', '\r']).to_string())
+            }
+            None => None,
+        };
+        let inputs = crate::libpq::Inputs {
+            env,
+            os_user: crate::libpq::os_user(env),
+            password_override,
+        };
+        crate::libpq::resolve(url, &inputs).map_err(ConfigError::ConnInfo)
     }
 }
 

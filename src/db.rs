@@ -9,9 +9,15 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::types::{FromSql, Type};
 use tokio_postgres::{Client, Config, Row, SimpleQueryMessage};
 
-use crate::config::describe_target;
+pub(crate) use crate::config::describe_target;
+
+mod connect;
+pub(crate) mod preflight;
+mod tls;
 use crate::plan::AppliedRow;
 use crate::source::{Migration, Statement};
+pub use connect::{connect, ConnectCause};
+pub use preflight::PreflightError;
 
 /// Drizzle's tracking table, `"schema"."table"`.
 #[derive(Debug, Clone)]
@@ -102,7 +108,11 @@ impl std::fmt::Display for PgFailure {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot connect to PostgreSQL at {target}: {failure}")]
-    Connect { target: String, failure: PgFailure },
+    Connect {
+        target: String,
+        cause: ConnectCause,
+        failure: PgFailure,
+    },
     #[error("{what}: {failure}")]
     Query {
         what: &'static str,
@@ -117,6 +127,8 @@ pub enum DbError {
     },
     #[error(transparent)]
     Value(#[from] ValueError),
+    #[error(transparent)]
+    Preflight(#[from] Box<PreflightError>),
     #[error(transparent)]
     TrackingRow(#[from] TrackingRowError),
 }
@@ -215,119 +227,6 @@ impl TrackingRowError {
             ),
         };
         format!("{fix}, then run again. Nothing was changed in the database.")
-    }
-}
-
-/// Opens a connection (TLS when `sslmode` asks for it) and drives it on the current runtime.
-/// Refuses a read-only server, so that with several hosts only a primary is ever migrated.
-pub async fn connect(config: &Config) -> Result<Client, DbError> {
-    let target = describe_target(config);
-    let connect_error = |e: tokio_postgres::Error| DbError::Connect {
-        target: target.clone(),
-        failure: PgFailure::from_error(&e),
-    };
-    let client = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => {
-            let (client, connection) = config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(connect_error)?;
-            tokio::spawn(connection);
-            client
-        }
-        _ => {
-            let tls = tls_connector().map_err(|message| DbError::Connect {
-                target: target.clone(),
-                failure: PgFailure {
-                    sqlstate: None,
-                    message,
-                    detail: None,
-                    hint: None,
-                    position: None,
-                    connection_lost: false,
-                },
-            })?;
-            let (client, connection) = config.connect(tls).await.map_err(connect_error)?;
-            tokio::spawn(connection);
-            client
-        }
-    };
-    const READ_ONLY: &str = "checking whether the server is read-only";
-    let row = client
-        .query_one(
-            "SELECT current_setting('transaction_read_only') = 'on'",
-            &[],
-        )
-        .await
-        .map_err(DbError::query(READ_ONLY))?;
-    if value::<bool>(&row, 0, READ_ONLY)? {
-        return Err(DbError::ReadOnly { target });
-    }
-    Ok(client)
-}
-
-/// libpq's `sslmode=prefer`/`require` encrypt without verifying the certificate; we do the same
-/// (tokio-postgres does not offer verify-ca/verify-full). rustls with no root store: nothing to
-/// load at start-up (OpenSSL parsed the whole system CA bundle for every process).
-fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
-    use std::sync::Arc;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("cannot set up TLS: {e}"))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
-}
-
-/// Accepts the server's certificate without checking who issued it (libpq's `require`), but
-/// still checks that the server holds its key: the handshake signatures are verified.
-#[derive(Debug)]
-struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -1147,17 +1046,5 @@ pub fn line_of_position(statement: &Statement, position: Option<u32>) -> usize {
 /// Asks the server to cancel the query running on another connection (PostgreSQL's cancel
 /// request); the cancelled statement fails and its transaction rolls back.
 pub async fn cancel(token: &tokio_postgres::CancelToken, config: &Config) {
-    let result = match config.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => token.cancel_query(tokio_postgres::NoTls).await,
-        _ => match tls_connector() {
-            Ok(tls) => token.cancel_query(tls).await,
-            Err(e) => {
-                tracing::warn!("cannot cancel: {e}");
-                return;
-            }
-        },
-    };
-    if let Err(e) = result {
-        tracing::warn!("cancel request failed: {e}");
-    }
+    connect::cancel(token, config).await
 }

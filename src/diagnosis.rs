@@ -4,7 +4,7 @@
 //! functions of an error's kind, its SQLSTATE (PostgreSQL 15, Appendix A) and where it
 //! happened; the exit codes derive from the kind in [`crate::exit`].
 
-use crate::db::{DbError, PgFailure, StatementFailure};
+use crate::db::{ConnectCause, DbError, StatementFailure};
 #[cfg(test)]
 use crate::engine::error::NewerDatabase;
 use crate::engine::error::{ApplyError, EngineError};
@@ -52,27 +52,19 @@ pub(crate) fn daemon_report(kind: ErrorKind, message: String) -> ErrorReport {
     }
 }
 
-/// Waiting cannot fix it: bad settings, credentials PostgreSQL refuses (28000, 28P01), a
-/// database that does not exist (3D000). The daemon then stops waiting for the database.
+/// Waiting cannot fix it: bad settings, credentials PostgreSQL refuses (28000, 28P01, or none
+/// given), a database that does not exist (3D000), TLS the server refuses. The daemon then
+/// stops waiting for the database.
 pub(crate) fn is_permanent(e: &EngineError) -> bool {
+    use ConnectCause::*;
     match e {
         EngineError::Config(_) => true,
-        EngineError::Db(DbError::Connect { failure, .. }) => {
-            matches!(
-                failure.sqlstate.as_deref(),
-                Some("28000" | "28P01" | "3D000")
-            ) || client_rejected_settings(failure)
-        }
+        EngineError::Db(DbError::Connect { cause, .. }) => matches!(
+            cause,
+            PasswordRequired | PasswordWrong | RoleRefused | NoDatabase | TlsRefused
+        ),
         _ => false,
     }
-}
-
-/// tokio-postgres 0.7 refuses settings it cannot use (a password the server asks for but none
-/// is set, host and port counts that differ) with its private `Kind::Config`, which it shows
-/// only as the text "invalid configuration: ...". The one place a message text is read: the
-/// library's, not ours; a typed flag on [`PgFailure`] would replace it.
-fn client_rejected_settings(failure: &PgFailure) -> bool {
-    failure.sqlstate.is_none() && failure.message.starts_with("invalid configuration")
 }
 
 /// The connection broke during a query or a migration: it must not be used again.
@@ -94,9 +86,11 @@ pub(crate) fn is_retryable_lock_timeout(f: &StatementFailure) -> bool {
 pub(crate) fn cause(e: &EngineError) -> Option<String> {
     match e {
         EngineError::Apply(a) => Some(apply_cause(a)),
-        EngineError::Db(DbError::Connect { .. }) => Some(
-            "PostgreSQL is not running or not reachable at that address, or the credentials are wrong.".into(),
-        ),
+        EngineError::Db(DbError::Connect { cause, .. }) => Some(connect_cause(*cause).into()),
+        EngineError::Db(DbError::Preflight(p)) => Some(format!(
+            "The database role {:?} lacks a privilege the run needs on the tracking table, or (as a superuser) must not write to a table another role controls.",
+            p.role
+        )),
         EngineError::Db(DbError::LockWait { .. }) => Some(
             "Another vamsa-migrate (a deploy hook, the service, or an admin) is applying migrations right now.".into(),
         ),
@@ -127,11 +121,57 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
         EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
         EngineError::Db(DbError::TrackingRow(e)) => e.next_step(),
+        EngineError::Db(DbError::Connect { cause, .. }) => connect_next_step(*cause).into(),
+        EngineError::Db(DbError::Preflight(p)) => format!(
+            "Nothing was changed (no backup was taken). As a superuser or the owner, run:\n  {}\nthen run again. README \"The database role\" lists the minimal grants.",
+            p.statements().join("\n  ")
+        ),
         EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
         EngineError::Apply(a) => apply_next_step(a),
         EngineError::LockReleased { file, committed, all_rolled_back: false } => format!("{file} and the migrations before it in this run are applied ({committed} in all); none after it ran. In later migrations release only the locks they take (pg_advisory_unlock(key)), then run again to apply the rest."),
         EngineError::LockReleased { file, .. } => format!("Nothing was applied: the run's transaction was rolled back. Remove the unlock from {file} (release only the locks it takes, with pg_advisory_unlock(key)), then run again."),
         EngineError::Backup(_) => "Nothing was migrated. Fix the cause above, or run without a backup (--no-backup, or backup_enabled = false) if you have one of your own.".into(),
+    }
+}
+
+/// The likely cause of a connection that could not be set up.
+fn connect_cause(cause: ConnectCause) -> &'static str {
+    use ConnectCause::*;
+    match cause {
+        Refused => "Nothing accepts connections at that address: PostgreSQL is not running, or listens on another port or address (listen_addresses, port).",
+        NoSuchHost => "The host name in database_url (or PGHOST) is not known to the DNS or /etc/hosts.",
+        NoSocket => "No PostgreSQL socket in that directory: the server is not running on this machine, uses another port, or another socket directory (unix_socket_directories).",
+        TimedOut => "The server (or something in between: a firewall dropping packets, a proxy, a hung server) did not answer within connect_timeout.",
+        Closed => "The server closed the connection before the session was ready: something other than PostgreSQL listens there, a proxy refused it, or the server wants a password that was not given.",
+        TlsRefused => "The server does not accept TLS connections (ssl = off in postgresql.conf), and sslmode=require forbids an unencrypted one.",
+        TlsFailed => "The TLS handshake with the server failed.",
+        PasswordRequired => "The server asks for a password (pg_hba.conf: scram-sha-256 or md5) and none was given.",
+        PasswordWrong => "PostgreSQL refused the password for that user (SQLSTATE 28P01), or the user does not exist.",
+        RoleRefused => "The user does not exist, or pg_hba.conf has no entry allowing it to connect to that database from here (SQLSTATE 28000).",
+        NoDatabase => "The database named in database_url does not exist on that server (SQLSTATE 3D000).",
+        TooManyConnections => "The server has reached max_connections (SQLSTATE 53300).",
+        NotAccepting => "The server is starting up, shutting down or recovering, and accepts no connections yet (SQLSTATE 57P03).",
+        Other => "PostgreSQL could not be reached at that address, or refused the connection.",
+    }
+}
+
+/// The next step for a connection that could not be set up.
+fn connect_next_step(cause: ConnectCause) -> &'static str {
+    use ConnectCause::*;
+    match cause {
+        Refused | NoSocket => "Start PostgreSQL (systemctl start postgresql), or correct the host and port in database_url; nothing was changed.",
+        NoSuchHost => "Correct the host name in database_url (or PGHOST); nothing was changed.",
+        TimedOut => "Check that the host and port are PostgreSQL's and reachable (firewall), or raise connect_timeout in database_url; nothing was changed.",
+        Closed => "Check that the port is PostgreSQL's (not a proxy or another service), and give the password (in database_url, PGPASSWORD, ~/.pgpass or database_password_file); nothing was changed.",
+        TlsRefused => "Enable ssl in postgresql.conf, or set sslmode=prefer (or disable) in database_url if the network is trusted; nothing was changed.",
+        TlsFailed => "Check the server's TLS set-up (certificate, ssl_min_protocol_version), or set sslmode=disable if the network is trusted; nothing was changed.",
+        PasswordRequired => "Put the password in database_password_file (or PGPASSWORD, ~/.pgpass, or percent-encoded in database_url); nothing was changed.",
+        PasswordWrong => "Correct the user or the password (database_password_file, PGPASSWORD, ~/.pgpass or database_url); nothing was changed.",
+        RoleRefused => "Create the role (CREATE ROLE ... LOGIN), or add a pg_hba.conf line for it and reload PostgreSQL; nothing was changed.",
+        NoDatabase => "Create the database (createdb -O <user> <database>), or correct its name in database_url; nothing was changed.",
+        TooManyConnections => "Close idle connections, or raise max_connections, then run again; nothing was changed.",
+        NotAccepting => "Wait until the server has started (pg_isready), then run again; nothing was changed.",
+        Other => "Check database_url and that PostgreSQL is running; nothing was changed.",
     }
 }
 
@@ -269,6 +309,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::db::PgFailure;
 
     fn failure(sqlstate: Option<&str>, connection_lost: bool) -> PgFailure {
         PgFailure {
@@ -550,32 +591,37 @@ mod tests {
         );
     }
 
-    fn connect_error(sqlstate: Option<&str>, message: &str) -> EngineError {
-        let mut f = failure(sqlstate, true);
-        f.message = message.into();
+    fn connect_error(cause: ConnectCause) -> EngineError {
         EngineError::Db(DbError::Connect {
             target: "127.0.0.1:5432/vamsa".into(),
-            failure: f,
+            cause,
+            failure: failure(None, false),
         })
     }
 
     #[test]
     fn waiting_helps_only_when_the_server_may_come_back() {
-        for code in ["28000", "28P01", "3D000"] {
-            assert!(is_permanent(&connect_error(Some(code), "m")), "{code}");
+        use ConnectCause::*;
+        for cause in [
+            PasswordRequired,
+            PasswordWrong,
+            RoleRefused,
+            NoDatabase,
+            TlsRefused,
+        ] {
+            assert!(is_permanent(&connect_error(cause)), "{cause:?}");
         }
-        assert!(is_permanent(&connect_error(
-            None,
-            "invalid configuration: password missing"
-        )));
-        assert!(!is_permanent(&connect_error(
-            None,
-            "error connecting to server: Connection refused (os error 111)"
-        )));
-        assert!(!is_permanent(&connect_error(
-            Some("57P03"),
-            "the database system is starting up"
-        )));
+        for cause in [
+            Refused,
+            NoSuchHost,
+            NoSocket,
+            TimedOut,
+            Closed,
+            TooManyConnections,
+            NotAccepting,
+        ] {
+            assert!(!is_permanent(&connect_error(cause)), "{cause:?}");
+        }
         assert!(is_permanent(&EngineError::Config(
             crate::config::ConfigError::NoDatabase
         )));
@@ -591,6 +637,36 @@ mod tests {
         assert_eq!(
             apply_cause(&e),
             "The statement was cancelled: it ran longer than statement_timeout (1s, from the role's setting (ALTER ROLE ... SET statement_timeout)), or the run was stopped. Set statement_timeout in vamsa-migrate's configuration to change it for migrations (\"0\": no limit)."
+        );
+    }
+
+    #[test]
+    fn each_connection_failure_has_its_own_cause_and_next_step() {
+        use ConnectCause::*;
+        let all = [
+            Refused,
+            NoSuchHost,
+            NoSocket,
+            TimedOut,
+            Closed,
+            TlsRefused,
+            TlsFailed,
+            PasswordRequired,
+            PasswordWrong,
+            RoleRefused,
+            NoDatabase,
+            TooManyConnections,
+            NotAccepting,
+            Other,
+        ];
+        let causes: std::collections::BTreeSet<_> = all.iter().map(|c| connect_cause(*c)).collect();
+        assert_eq!(causes.len(), all.len());
+        let report = report(&connect_error(PasswordWrong));
+        assert_eq!(report.cause.as_deref(), Some("PostgreSQL refused the password for that user (SQLSTATE 28P01), or the user does not exist."));
+        assert_eq!(report.hint, "Correct the user or the password (database_password_file, PGPASSWORD, ~/.pgpass or database_url); nothing was changed.");
+        assert_eq!(
+            next_step(&connect_error(NoDatabase)),
+            "Create the database (createdb -O <user> <database>), or correct its name in database_url; nothing was changed."
         );
     }
 
@@ -629,6 +705,35 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_privilege_names_the_statement_to_run() {
+        use crate::db::preflight::Problem;
+        let e = EngineError::Db(DbError::Preflight(Box::new(crate::db::PreflightError {
+            role: "vamsa".into(),
+            table: "\"drizzle\".\"__drizzle_migrations\"".into(),
+            schema: "drizzle".into(),
+            problems: vec![
+                Problem::NoCreateOnDatabase {
+                    database: "vamsa".into(),
+                },
+                Problem::UnsafeForSuperuser {
+                    owner: "app".into(),
+                    triggers: vec!["t".into()],
+                    rules: vec![],
+                },
+            ],
+        })));
+        assert_eq!(
+            next_step(&e),
+            "Nothing was changed (no backup was taken). As a superuser or the owner, run:\n  \
+             CREATE SCHEMA \"drizzle\" AUTHORIZATION \"vamsa\";\n  \
+             DROP TRIGGER \"t\" ON \"drizzle\".\"__drizzle_migrations\";\n  \
+             ALTER TABLE \"drizzle\".\"__drizzle_migrations\" OWNER TO \"vamsa\";  -- after reading what the triggers did\n\
+             then run again. README \"The database role\" lists the minimal grants."
+        );
+        assert!(!is_permanent(&e));
+    }
+
+    #[test]
     fn a_lost_connection_is_one_that_broke_under_a_query_or_migration() {
         assert!(connection_lost(&EngineError::Apply(Box::new(apply_error(
             None, true
@@ -645,7 +750,7 @@ mod tests {
         assert!(connection_lost(&query(true)));
         assert!(!connection_lost(&query(false)));
         // Connecting never had a connection to lose.
-        assert!(!connection_lost(&connect_error(None, "m")));
+        assert!(!connection_lost(&connect_error(ConnectCause::Closed)));
     }
 
     #[test]

@@ -255,9 +255,7 @@ impl Runner {
             match self.client().await {
                 Ok(_) => return Ok(()),
                 Err(e) if diagnosis::is_permanent(&e) => {
-                    crate::logging::fatal(&format!(
-                        "{e}; fix database_url (or the password) and start again"
-                    ));
+                    crate::logging::fatal(&format!("{e}; {}", diagnosis::next_step(&e)));
                     self.notifier
                         .status(&format!("Cannot use the database at {target}: {e}"));
                     return Err(exit::BAD_CONFIG);
@@ -265,7 +263,12 @@ impl Runner {
                 Err(e) => {
                     let text = format!("Waiting for database at {target} (attempt {attempt})");
                     self.notifier.status(&text);
-                    tracing::warn!(ATTEMPT = attempt, "{text}: {e}");
+                    let cause = diagnosis::cause(&e).unwrap_or_default();
+                    tracing::warn!(
+                        ATTEMPT = attempt,
+                        SQLSTATE = e.sqlstate(),
+                        "{text}: {e}. {cause}"
+                    );
                 }
             }
             self.notifier.extend_timeout(allowance);

@@ -320,6 +320,8 @@ impl<'a> Engine<'a> {
         options: &RunOptions,
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunSummary, EngineError> {
+        // Before reading (which needs USAGE on the schema), the backup and any change.
+        db::preflight::check(client, &self.tracking).await?;
         // Read after the lock is held: another run may have applied migrations meanwhile.
         let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
         let plan = plan::plan(set, &table.rows, &options.plan);

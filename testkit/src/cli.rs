@@ -10,13 +10,17 @@ use std::sync::Arc;
 /// Settings that the environment of the test process must not pass on to the binary.
 fn leaks_settings(name: &OsStr) -> bool {
     let name = name.to_string_lossy();
-    name.starts_with("VAMSA_MIGRATE") || name == "DATABASE_URL" || name == "CREDENTIALS_DIRECTORY"
+    // PG*: libpq's variables, which vamsa-migrate reads as psql does.
+    name.starts_with("VAMSA_MIGRATE")
+        || name.starts_with("PG")
+        || name == "DATABASE_URL"
+        || name == "CREDENTIALS_DIRECTORY"
 }
 
 /// How to run the binary once (or several times): arguments, environment, user.
 ///
 /// Every run starts from an environment that cannot leak settings in: no `VAMSA_MIGRATE_*`,
-/// `DATABASE_URL` or `CREDENTIALS_DIRECTORY` of the caller, an empty config file instead of the
+/// `PG*`, `DATABASE_URL` or `CREDENTIALS_DIRECTORY` of the caller, an empty config file instead of the
 /// packaged one, and a default `backup_dir` inside a scratch directory that is removed when the
 /// last run (or spawned process) of this builder is gone. Stdin is closed.
 #[derive(Clone)]

@@ -431,11 +431,11 @@ fn the_callers_libpq_environment_cannot_send_pg_dump_elsewhere() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
     // Were these passed through, pg_dump would try another server and the run would stop.
+    // (The URL sets host and port; what it leaves out, such as PGHOSTADDR or PGSERVICE, applies
+    // to the whole run as to psql: tests/it/connect.rs.)
     let run = migrate_cli(&db, f.path())
-        .env("PGHOSTADDR", "192.0.2.1")
         .env("PGPORT", "1")
         .env("PGHOST", "/nonexistent")
-        .env("PGSERVICE", "nope")
         .run();
     run.ok();
     assert_eq!(dumps(db.backups.path()).len(), 1, "{}", run.stderr);

@@ -81,7 +81,10 @@ fn a_database_that_cannot_work_ends_the_start_instead_of_waiting_for_ever() {
         log.contains("SQLSTATE=\"3D000\"") || log.contains("3D000"),
         "{log}"
     );
-    assert!(log.contains("fix database_url"), "{log}");
+    assert!(
+        log.contains("Create the database (createdb -O <user> <database>), or correct its name in database_url"),
+        "{log}"
+    );
     assert!(!d.messages().iter().any(|m| m.contains("READY=1")));
 }
 

@@ -20,7 +20,7 @@ fn m0() -> String {
     "CREATE TABLE a (id int PRIMARY KEY);\n".into()
 }
 fn m1() -> String {
-    format!("SELECT pg_sleep({SLEEP});--> statement-breakpoint\nCREATE TABLE b (id int);--> statement-breakpoint\nSELECT pg_sleep({SLEEP}) AS second_sleep;--> statement-breakpoint\nALTER TABLE a ADD COLUMN c int;\n")
+    format!("SELECT pg_sleep({SLEEP});--> statement-breakpoint\nCREATE TABLE b (id int);--> statement-breakpoint\nSELECT pg_sleep({SLEEP}) AS second_sleep;--> statement-breakpoint\nALTER TABLE a ADD COLUMN c int;--> statement-breakpoint\nINSERT INTO a (id) VALUES (1);\n")
 }
 fn m2() -> String {
     "CREATE INDEX a_c_idx ON a (c);\n".into()
@@ -42,7 +42,8 @@ fn folder_of(entries: &[(String, i64, String)]) -> Folder {
     Folder::new(&refs)
 }
 
-/// The user-visible schema (all but our tracking schema), as a fingerprint.
+/// The user-visible schema (all but our tracking schema and the test's own `slow` trigger), as
+/// a fingerprint.
 fn schema_of(db: &Db) -> String {
     db.psql(
         "SELECT coalesce(md5(string_agg(x, ',' ORDER BY x)), 'empty') FROM ( \
@@ -50,7 +51,7 @@ fn schema_of(db: &Db) -> String {
              FROM information_schema.columns WHERE table_schema NOT IN ('pg_catalog', 'information_schema', 'drizzle') \
            UNION ALL SELECT 'idx:' || schemaname || '.' || indexname FROM pg_indexes WHERE schemaname NOT IN ('pg_catalog', 'drizzle') \
            UNION ALL SELECT 'con:' || conname FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace \
-             WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'drizzle')) s",
+             WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'drizzle') AND conname <> 'slow') s",
     )
 }
 
@@ -136,13 +137,15 @@ fn spawn_migrate(db: &Db, folder: &Path) -> Spawned {
     migrate_no_backup(&db.url(), folder).spawn()
 }
 
-/// Makes the COMMIT of migration `when` pause inside the server, after its tracking row is
-/// written: a deferred constraint trigger runs at COMMIT time.
-fn slow_commit_of(db: &Db, when: i64) {
+/// Makes the COMMIT of migration 0001_slow (its last statement inserts into `a`) pause inside
+/// the server, after its tracking row is written: a deferred constraint trigger runs at COMMIT
+/// time. On `a`, not on the tracking table, which a superuser's run refuses to write while it
+/// has triggers (tests/it/roles.rs).
+fn slow_commit_of_0001(db: &Db) {
     db.psql(&format!(
         "CREATE FUNCTION public.slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$ \
-         BEGIN IF NEW.created_at = {when} THEN PERFORM pg_sleep({SLEEP}); END IF; RETURN NULL; END $$; \
-         CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON drizzle.__drizzle_migrations \
+         BEGIN PERFORM pg_sleep({SLEEP}); RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON public.a \
          DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.slow_commit()"
     ));
 }
@@ -166,7 +169,7 @@ fn kill_9_of_migrate_at_each_point_leaves_a_boundary() {
         let db = Db::new();
         let first = folder_of(&entries[..1]);
         db.run(first.path(), &["migrate", "--no-backup"]).ok();
-        slow_commit_of(&db, 2000);
+        slow_commit_of_0001(&db);
         let f = folder_of(&entries);
         let child = spawn_migrate(&db, f.path());
         eventually(point, || db.has_activity(condition));
@@ -183,7 +186,7 @@ fn kill_9_of_the_daemon_mid_migration_leaves_a_boundary() {
         let db = Db::new();
         let first = folder_of(&entries[..1]);
         db.run(first.path(), &["migrate", "--no-backup"]).ok();
-        slow_commit_of(&db, 2000);
+        slow_commit_of_0001(&db);
         let f = folder_of(&entries);
         let mut d = Daemon::start(
             cli(),

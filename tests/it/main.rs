@@ -4,6 +4,7 @@
 
 mod backup;
 mod cli_flags;
+mod connect;
 mod daemon;
 mod daemon_state;
 mod drizzle1;
@@ -19,6 +20,7 @@ mod interop;
 mod interop_v1;
 mod migrate;
 mod restore;
+mod roles;
 mod support;
 mod tracking_rows;
 mod unknown_rows;

@@ -390,6 +390,9 @@ fn daemon(args: &DaemonArgs, env: &HashMap<String, String>) -> u8 {
     ];
     let checked = flags::layer(&flags).and_then(|layer| {
         let settings = flags::settings(&args.config, &flags, env)?;
+        // The database first: an unconfigured install (the packaged config, nothing set) is
+        // told what it lacks most, database_url.
+        settings.pg_config(env)?;
         args.folder.check(&settings, &args.config, env)?;
         Ok(layer)
     });

@@ -16,7 +16,9 @@ pub(crate) async fn take(settings: &Settings, env: &HashMap<String, String>) -> 
     let result = async {
         let pg = settings.pg_config(env)?;
         let client = crate::db::connect(&pg).await?;
-        Ok::<_, EngineError>(crate::backup::take(&settings.backup, &pg, &client, "manual").await?)
+        crate::backup::take(&settings.backup, &pg, &client, "manual")
+            .await
+            .map_err(EngineError::ManualBackup)
     }
     .await;
     match result {

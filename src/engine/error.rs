@@ -55,6 +55,9 @@ pub enum EngineError {
     Apply(Box<ApplyError>),
     #[error(transparent)]
     NewerDatabase(#[from] NewerDatabase),
+    /// The `backup` command's own dump (nothing was being migrated).
+    #[error("backup failed: {0}")]
+    ManualBackup(crate::backup::BackupError),
     #[error("backup before migrating failed: {0}")]
     Backup(#[from] crate::backup::BackupError),
     #[error(transparent)]
@@ -134,7 +137,7 @@ impl EngineError {
             EngineError::Drift(_) => ErrorKind::Drift,
             EngineError::NewerDatabase(_) => ErrorKind::NewerDatabase,
             EngineError::Apply(_) | EngineError::LockReleased { .. } => ErrorKind::Apply,
-            EngineError::Backup(_) => ErrorKind::Backup,
+            EngineError::Backup(_) | EngineError::ManualBackup(_) => ErrorKind::Backup,
         }
     }
 

@@ -441,3 +441,31 @@ fn the_callers_libpq_environment_cannot_send_pg_dump_elsewhere() {
     assert_eq!(dumps(db.backups.path()).len(), 1, "{}", run.stderr);
     assert!(db.table_exists("persons"));
 }
+
+/// The `backup` command's failure is its own, not a migration's: it says the backup failed and
+/// how to retry it, never "before migrating" or `--no-backup`.
+#[test]
+fn a_failed_backup_command_says_so_without_migration_advice() {
+    let db = Db::new();
+    let dir = db.backups.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let run = cli()
+        .arg("backup")
+        .database_url(&db.url())
+        .backup_dir(dir)
+        .run();
+    run.code(1);
+    assert!(
+        run.stderr.contains("Error: backup failed: backup_dir"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("run `vamsa-migrate backup` again")
+            && !run.stderr.contains("before migrating")
+            && !run.stderr.contains("--no-backup"),
+        "{}",
+        run.stderr
+    );
+    assert!(dumps(dir).is_empty(), "{:?}", dumps(dir));
+}

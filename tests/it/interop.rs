@@ -26,28 +26,11 @@ pub(crate) fn ensure_node_modules(interop: &Path) {
     );
 }
 
+/// drizzle-orm 0.45.4's own migrator on `dir` (the one runner, in `interop_v1`).
 fn drizzle_migrate(db: &Db, dir: &Path) {
-    let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop");
-    ensure_node_modules(&interop);
-    let out = Command::new("node")
-        .arg(interop.join("drizzle-migrate.mjs"))
-        .arg(dir)
-        .env(
-            "DATABASE_URL",
-            format!(
-                "postgres://postgres@127.0.0.1:{}/{}",
-                db.cluster.port(),
-                db.name
-            ),
-        )
-        .output()
-        .expect("run node");
-    assert!(
-        out.status.success(),
-        "drizzle migrate failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(output) = crate::interop_v1::Drizzle::V045.migrate(db, dir) {
+        panic!("drizzle migrate failed: {output}");
+    }
 }
 
 fn all_rows(db: &Db) -> String {

@@ -12,7 +12,7 @@ use crate::support::{cli, repo_folder, Db, Folder};
 
 /// Drizzle's own migrator of one version.
 #[derive(Clone, Copy, Debug)]
-enum Drizzle {
+pub(crate) enum Drizzle {
     /// drizzle-orm 0.45.4 (journal layout), tests/interop.
     V045,
     /// drizzle-orm 1.0.0-rc.5-ab785fc (folder layout), tests/interop/v1.
@@ -29,7 +29,7 @@ impl Drizzle {
     }
 
     /// Runs its migrator on `dir`; the output when it fails.
-    fn migrate(self, db: &Db, dir: &Path) -> Result<(), String> {
+    pub(crate) fn migrate(self, db: &Db, dir: &Path) -> Result<(), String> {
         let package = self.package_dir();
         ensure_node_modules(&package);
         let out = Command::new("node")

@@ -9,16 +9,24 @@ use crate::exit::Outcome;
 use crate::report::Format;
 use vamsa_testkit::TempCluster;
 
-/// The bundled migrations: `./migrations` when run from a checkout, else the copy the build
-/// was made from, else the packaged copy.
+/// The packaged copy of the bundled migrations (the `.deb` installs it; see `packaging/build-deb`).
+const PACKAGED_MIGRATIONS: &str = "/usr/share/vamsa-migrate/demo-migrations";
+
+/// The bundled migrations: `./migrations` when run from a checkout; then, for an installed
+/// binary (under `/usr`), the packaged copy before the checkout the build was made from (which
+/// may still exist on the build machine), and the other way round for a binary in a checkout.
 fn bundled_migrations() -> Option<PathBuf> {
-    [
-        PathBuf::from("migrations"),
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations"),
-        PathBuf::from("/usr/share/vamsa-migrate/demo-migrations"),
-    ]
-    .into_iter()
-    .find(|p| p.join("meta/_journal.json").exists())
+    let packaged = PathBuf::from(PACKAGED_MIGRATIONS);
+    let build_checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let installed = std::env::current_exe().is_ok_and(|exe| exe.starts_with("/usr"));
+    let (first, second) = if installed {
+        (packaged, build_checkout)
+    } else {
+        (build_checkout, packaged)
+    };
+    [PathBuf::from("migrations"), first, second]
+        .into_iter()
+        .find(|p| p.join("meta/_journal.json").exists())
 }
 
 /// Runs the set-up demo; the outcome is the first step that failed, else that of `status`.

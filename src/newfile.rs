@@ -21,6 +21,10 @@ pub enum NewError {
     BadName { name: String },
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The newest folder is dated after 9999-12-31T23:59:58Z (Drizzle 1.0's `Date.UTC` carries
+    /// out-of-range fields over, so `99999999999999_x` is year 10007): no 14-digit name sorts after it.
+    #[error("{path}: folder {newest:?} is dated after the year 9999, so no new folder name (YYYYMMDDHHMMSS_...) can sort after it: rename that folder to its real date")]
+    NoLaterName { path: PathBuf, newest: String },
 }
 
 /// Creates the next migration in the layout `dir` uses and returns the path of its SQL file.
@@ -32,7 +36,7 @@ pub enum NewError {
 ///   entry, as drizzle-kit 0.31 `generate --custom` writes them.
 ///
 /// Errors: a bad name, a folder holding both layouts ([`SourceError::MixedLayout`]) or a folder
-/// name Drizzle 1.0 cannot date, I/O.
+/// name Drizzle 1.0 cannot date, a newest folder dated after 9999 ([`NewError::NoLaterName`]), I/O.
 pub fn create(dir: &Path, name: &str) -> Result<PathBuf, NewError> {
     let slug = slug(name)?;
     let folders = v1::folder_names(dir)?;
@@ -63,7 +67,15 @@ fn create_folder(dir: &Path, slug: &str, folders: &[String]) -> Result<PathBuf, 
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     let second = now.max(newest.saturating_add(1));
-    let folder = dir.join(format!("{}_{slug}", crate::convert::timestamp(second)));
+    let stamp = crate::convert::timestamp(second);
+    if stamp.len() != 14 {
+        let newest = folders.iter().max_by_key(|name| v1::created_at(name));
+        return Err(NewError::NoLaterName {
+            path: dir.to_path_buf(),
+            newest: newest.cloned().unwrap_or_default(),
+        });
+    }
+    let folder = dir.join(format!("{stamp}_{slug}"));
     fs::create_dir(&folder).map_err(io_error(&folder))?;
     let sql_path = folder.join(v1::MIGRATION_FILE);
     write_new(&sql_path)?;

@@ -20,7 +20,10 @@ pub(crate) fn run(settings: &Settings, name: &str) -> Outcome {
 
 fn kind(e: &NewError) -> ErrorKind {
     match e {
-        NewError::Io { .. } | NewError::Journal { .. } | NewError::Source(_) => ErrorKind::Folder,
+        NewError::Io { .. }
+        | NewError::Journal { .. }
+        | NewError::Source(_)
+        | NewError::NoLaterName { .. } => ErrorKind::Folder,
         NewError::BadName { .. } => ErrorKind::Usage,
     }
 }

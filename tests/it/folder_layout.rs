@@ -117,6 +117,23 @@ fn new_is_never_older_than_the_newest_folder() {
     );
 }
 
+/// Drizzle 1.0 dates `99999999999999_x` by `Date.UTC`'s carry-over (year 10007): a next name
+/// would need 15 digits, which Drizzle would date from its first 14 and sort wrongly.
+#[test]
+fn new_refuses_when_the_newest_folder_is_dated_after_the_year_9999() {
+    let dir = tempfile::tempdir().unwrap();
+    add(dir.path(), "99999999999999_far_future", PERSONS);
+    let before = tree(dir.path());
+    let run = new(dir.path(), "next");
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("\"99999999999999_far_future\" is dated after the year 9999"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(tree(dir.path()), before);
+}
+
 #[test]
 fn new_refuses_a_folder_holding_both_layouts_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -337,6 +337,10 @@ pub struct MissingRow {
     pub hash: String,
     /// Drizzle's `created_at`: the journal's `when` in milliseconds since the epoch.
     pub created_at: Option<i64>,
+    /// The migration's folder name, in Drizzle 1.0's table (column `name`); absent in a 0.x
+    /// table and for rows whose `name` is NULL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 #[cfg(test)]

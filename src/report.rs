@@ -273,6 +273,7 @@ pub fn status_report(status: &Status<'_>, warnings: &[String]) -> StatusReport {
                 id: r.id,
                 hash: r.hash.clone(),
                 created_at: r.created_at,
+                name: r.name.clone(),
             })
             .collect(),
         applied: plan.applied_count(),
@@ -348,9 +349,12 @@ pub fn write_status(out: &mut impl Write, report: &StatusReport, format: Format)
         writeln!(out, "{}", line.trim_end())?;
     }
     for r in &report.missing_on_disk {
+        let name = r.name.as_deref().map_or(String::new(), |n| {
+            format!("name {}, ", crate::plan::printable(n))
+        });
         writeln!(
             out,
-            "  {:<12} row {} (created_at {}, hash {}): no such migration on disk",
+            "  {:<12} row {} ({name}created_at {}, hash {}): no such migration on disk",
             "missing",
             r.id,
             r.created_at.map_or("NULL".into(), |c| c.to_string()),

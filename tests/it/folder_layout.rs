@@ -127,7 +127,8 @@ fn new_refuses_when_the_newest_folder_is_dated_after_the_year_9999() {
     let run = new(dir.path(), "next");
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(
-        run.stderr.contains("\"99999999999999_far_future\" is dated after the year 9999"),
+        run.stderr
+            .contains("\"99999999999999_far_future\" is dated after the year 9999"),
         "{}",
         run.stderr
     );

@@ -115,3 +115,38 @@ fn the_daemon_under_unknown_rows_warn_starts_and_applies() {
     d.ready();
     assert!(db.table_exists("notes"));
 }
+
+/// In Drizzle 1.0's table a row has the folder's name: the admin is told which migration the
+/// database has that the code lacks, by name (status in text and JSON, and the refusal).
+#[test]
+fn rows_of_a_drizzle_1_table_that_match_no_folder_are_named() {
+    let db = Db::new();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sql) in [("20250101120000_init", A), ("20250102120000_media", B)] {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("migration.sql"), sql).unwrap();
+    }
+    db.run(dir.path(), &["migrate", "--no-backup"]).ok();
+    std::fs::remove_dir_all(dir.path().join("20250102120000_media")).unwrap();
+    let status = db.run(dir.path(), &["status"]);
+    assert!(
+        status
+            .stdout
+            .contains("row 2 (name 20250102120000_media, created_at 1735819200000, hash "),
+        "{}",
+        status.stdout
+    );
+    let json = db.run(dir.path(), &["status", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        report["missing_on_disk"][0]["name"], "20250102120000_media",
+        "{report}"
+    );
+    let refused = db.run(dir.path(), &["migrate"]);
+    refused.code(4);
+    assert!(
+        refused.stderr.contains("name 20250102120000_media"),
+        "{}",
+        refused.stderr
+    );
+}

@@ -3,11 +3,10 @@
 //! one byte every 100 ms, lines over 64 KiB, status requests queued behind the run). The tests
 //! assert that every ping is answered during such a run; how fast is measured here.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use vamsa_testkit::daemon::{connect, request, Daemon};
+use vamsa_testkit::daemon::{connect, misbehave, request, Daemon};
 use vamsa_testkit::folder::Folder;
 use vamsa_testkit::wait::eventually;
 
@@ -69,31 +68,7 @@ fn stop(mut d: Daemon) -> Res<()> {
 
 /// One misbehaving client, by kind (`i % 4`), as in the fault tests.
 fn abuse(socket: PathBuf, i: usize) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut s = connect(&socket);
-        match i % 4 {
-            0 => {
-                let bytes: Vec<u8> = (0..512).map(|j| ((i * 31 + j * 7) % 256) as u8).collect();
-                let _ = s.write_all(&bytes);
-            }
-            1 => {
-                for _ in 0..20 {
-                    if s.write_all(b"{").is_err() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            }
-            2 => {
-                let _ = s.write_all(&vec![b'a'; 70 * 1024]);
-            }
-            _ => {
-                let _ = s.write_all(b"{\"command\":\"status\"}\n");
-            }
-        }
-        let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
-        let _ = BufReader::new(s).read_line(&mut String::new());
-    })
+    std::thread::spawn(move || misbehave(connect(&socket), i))
 }
 
 /// Round trips of `PINGS` pings one after another, in ms; an error if one is not a pong.

@@ -402,6 +402,35 @@ pub fn request(socket: &Path, line: &[u8]) -> Vec<Value> {
     events
 }
 
+/// One misbehaving client on `s`, by kind (`i % 4`): 512 bytes of binary garbage, an
+/// unfinished request trickled a byte every 100 ms, a 70 KiB line (over the request limit), or
+/// a well-formed `status`; then it waits up to 15 s for one line of answer. Shared by the fault
+/// tests and the benchmark's "ping under abuse".
+pub fn misbehave(mut s: UnixStream, i: usize) {
+    match i % 4 {
+        0 => {
+            let bytes: Vec<u8> = (0..512).map(|j| ((i * 31 + j * 7) % 256) as u8).collect();
+            let _ = s.write_all(&bytes);
+        }
+        1 => {
+            for _ in 0..20 {
+                if s.write_all(b"{").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        2 => {
+            let _ = s.write_all(&vec![b'a'; 70 * 1024]);
+        }
+        _ => {
+            let _ = s.write_all(b"{\"command\":\"status\"}\n");
+        }
+    }
+    let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
+    let _ = BufReader::new(s).read_line(&mut String::new());
+}
+
 /// Connects, retrying while the listen backlog is full (EAGAIN), as a real client should.
 pub fn connect(socket: &Path) -> UnixStream {
     let what = format!("room in the listen backlog of {}", socket.display());

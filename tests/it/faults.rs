@@ -7,11 +7,10 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::Duration;
 
 use crate::support::{
-    self, cli, eventually, own_cluster, request, root_or_skip, Cli, ClusterOptions, Daemon, Db,
-    Folder, Signal, Spawned, StopMode, TempCluster, GATED, GATED_ACTIVITY,
+    self, cli, eventually, misbehave, own_cluster, request, root_or_skip, Cli, ClusterOptions,
+    Daemon, Db, Folder, Signal, Spawned, StopMode, TempCluster, GATED, GATED_ACTIVITY,
 };
 
 const SLEEP: &str = "2";
@@ -541,32 +540,9 @@ fn the_trigger_socket_under_abuse_while_a_migration_runs() {
     for i in 0..800 {
         let socket = d.socket.clone();
         abusers.push(std::thread::spawn(move || {
-            let Ok(mut s) = UnixStream::connect(&socket) else {
-                return;
-            };
-            match i % 4 {
-                0 => {
-                    let bytes: Vec<u8> = (0..512).map(|j| ((i * 31 + j * 7) % 256) as u8).collect();
-                    let _ = s.write_all(&bytes);
-                }
-                1 => {
-                    for _ in 0..20 {
-                        if s.write_all(b"{").is_err() {
-                            break;
-                        }
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-                2 => {
-                    let _ = s.write_all(&vec![b'a'; 70 * 1024]);
-                }
-                _ => {
-                    let _ = s.write_all(b"{\"command\":\"status\"}\n");
-                }
+            if let Ok(s) = UnixStream::connect(&socket) {
+                misbehave(s, i);
             }
-            let _ = s.set_read_timeout(Some(Duration::from_secs(15)));
-            let mut sink = String::new();
-            let _ = BufReader::new(s).read_line(&mut sink);
         }));
     }
     // The daemon stays responsive while all of that goes on and the run is held open: every

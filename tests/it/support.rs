@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 pub use vamsa_testkit::cli::{Cli, Run, Spawned};
-pub use vamsa_testkit::daemon::{request, Daemon};
+pub use vamsa_testkit::daemon::{misbehave, request, Daemon};
 pub use vamsa_testkit::folder::Folder;
 pub use vamsa_testkit::wait::eventually;
 pub use vamsa_testkit::{root_or_skip, ClusterOptions, Signal, StopMode, TempCluster};

@@ -13,9 +13,10 @@ use std::time::{Instant, SystemTime};
 
 use rustix::fs::{AtFlags, FlockOperation, Mode, OFlags};
 
+use crate::libpq::ConnParams;
 use tokio::process::Command;
 use tokio_postgres::config::Host;
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Client;
 
 /// Where and how many.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,7 +233,7 @@ pub fn prune(
 /// SIGINT/SIGTERM): `pg_dump` is killed and the temporary file removed.
 pub async fn take(
     settings: &BackupSettings,
-    pg: &Config,
+    pg: &ConnParams,
     client: &Client,
     label: &str,
 ) -> Result<Backup, BackupError> {
@@ -478,7 +479,11 @@ impl PassFile {
 /// Runs `pg_dump --format=custom` of `db` with `out` as its standard output: it never opens a
 /// path of ours. The password reaches it through a [`PassFile`], never its command line or
 /// environment.
-async fn pg_dump(pg: &Config, db: &crate::db::Database, out: &fs::File) -> Result<(), BackupError> {
+async fn pg_dump(
+    pg: &ConnParams,
+    db: &crate::db::Database,
+    out: &fs::File,
+) -> Result<(), BackupError> {
     let stdout = out.try_clone().map_err(BackupError::Spawn)?;
     let mut cmd = Command::new("pg_dump");
     cmd.arg("--format=custom")
@@ -487,7 +492,7 @@ async fn pg_dump(pg: &Config, db: &crate::db::Database, out: &fs::File) -> Resul
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let pass = PassFile::new(pg.get_password()).map_err(BackupError::PassFile)?;
+    let pass = PassFile::new(pg.driver.get_password()).map_err(BackupError::PassFile)?;
     libpq_env(&mut cmd, pg, &db.name, &pass.path());
     let child = match cmd.spawn() {
         Ok(c) => c,
@@ -573,7 +578,11 @@ pub(crate) async fn table_of_contents(dump: &fs::File) -> Result<String, BackupE
 /// `pg_restore --clean --if-exists --single-transaction --exit-on-error` (PostgreSQL 15):
 /// every object the dump holds is dropped and re-created in one transaction, so a failure
 /// changes nothing. pg_restore's stderr on failure, in [`BackupError::Restore`].
-pub(crate) async fn restore(pg: &Config, dbname: &str, dump: &fs::File) -> Result<(), BackupError> {
+pub(crate) async fn restore(
+    pg: &ConnParams,
+    dbname: &str,
+    dump: &fs::File,
+) -> Result<(), BackupError> {
     let mut stdin = dump.try_clone().map_err(BackupError::Spawn)?;
     stdin
         .seek(io::SeekFrom::Start(0))
@@ -590,7 +599,7 @@ pub(crate) async fn restore(pg: &Config, dbname: &str, dump: &fs::File) -> Resul
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
     .kill_on_drop(true);
-    let pass = PassFile::new(pg.get_password()).map_err(BackupError::PassFile)?;
+    let pass = PassFile::new(pg.driver.get_password()).map_err(BackupError::PassFile)?;
     libpq_env(&mut cmd, pg, dbname, &pass.path());
     let child = cmd.spawn().map_err(BackupError::Spawn)?;
     drop(pass);
@@ -629,7 +638,7 @@ fn inherit_only_locale_and_path(cmd: &mut Command) {
 
 /// The connection for pg_dump, as libpq environment variables (never on its command line),
 /// in an environment that holds nothing else of ours.
-fn libpq_env(cmd: &mut Command, pg: &Config, dbname: &str, pgpass: &Path) {
+fn libpq_env(cmd: &mut Command, pg: &ConnParams, dbname: &str, pgpass: &Path) {
     inherit_only_locale_and_path(cmd);
     for (k, v) in libpq_vars(pg, dbname, pgpass) {
         cmd.env(k, v);
@@ -637,14 +646,15 @@ fn libpq_env(cmd: &mut Command, pg: &Config, dbname: &str, pgpass: &Path) {
 }
 
 /// libpq's environment variables (PostgreSQL docs, "Environment Variables") for `pg`.
-fn libpq_vars(pg: &Config, dbname: &str, pgpass: &Path) -> Vec<(&'static str, OsString)> {
+fn libpq_vars(pg: &ConnParams, dbname: &str, pgpass: &Path) -> Vec<(&'static str, OsString)> {
     let join = |items: Vec<String>| items.join(",");
+    let driver = &pg.driver;
     let mut vars: Vec<(&str, OsString)> = vec![
         ("PGDATABASE", dbname.into()),
         ("PGPASSFILE", pgpass.into()),
         ("PGAPPNAME", "vamsa-migrate backup".into()),
     ];
-    let hosts: Vec<String> = pg
+    let hosts: Vec<String> = driver
         .get_hosts()
         .iter()
         .map(|h| match h {
@@ -657,31 +667,56 @@ fn libpq_vars(pg: &Config, dbname: &str, pgpass: &Path) -> Vec<(&'static str, Os
     }
     // Always set: an inherited PGPORT must never point pg_dump at another cluster than the
     // one we migrate (a key=value database_url may name no port; we then use 5432).
-    let ports: Vec<String> = pg.get_ports().iter().map(u16::to_string).collect();
+    let ports: Vec<String> = driver.get_ports().iter().map(u16::to_string).collect();
     let ports = if ports.is_empty() {
         "5432".to_string()
     } else {
         join(ports)
     };
     vars.push(("PGPORT", ports.into()));
-    let hostaddrs: Vec<String> = pg.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+    let hostaddrs: Vec<String> = driver
+        .get_hostaddrs()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     if !hostaddrs.is_empty() {
         vars.push(("PGHOSTADDR", join(hostaddrs).into()));
     }
-    if let Some(user) = pg.get_user() {
+    if let Some(user) = driver.get_user() {
         vars.push(("PGUSER", user.into()));
     }
-    let sslmode = match pg.get_ssl_mode() {
-        tokio_postgres::config::SslMode::Disable => "disable",
-        tokio_postgres::config::SslMode::Require => "require",
-        _ => "prefer",
-    };
-    vars.push(("PGSSLMODE", sslmode.into()));
-    if pg.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::ReadWrite {
+    vars.extend(tls_vars(&pg.tls));
+    if driver.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::ReadWrite {
         vars.push(("PGTARGETSESSIONATTRS", "read-write".into()));
     }
-    if let Some(t) = pg.get_connect_timeout() {
+    if let Some(t) = driver.get_connect_timeout() {
         vars.push(("PGCONNECT_TIMEOUT", t.as_secs().max(2).to_string().into()));
+    }
+    vars
+}
+
+/// The TLS settings for pg_dump/pg_restore: the same mode and the same files, as paths (its
+/// HOME is not ours). `sslrootcert=system` is given as the system bundle's path with
+/// `verify-full`, which means the same to libpq 16 and is also understood by libpq 15.
+fn tls_vars(tls: &crate::libpq::TlsParams) -> Vec<(&'static str, OsString)> {
+    use crate::libpq::RootCert;
+    let mut vars: Vec<(&str, OsString)> = vec![("PGSSLMODE", tls.mode.as_str().into())];
+    let root = match &tls.root_cert {
+        Some(RootCert::File(path)) => Some(path.clone()),
+        // No bundle: libpq 16 understands `system` (and then fails as we do).
+        Some(RootCert::System) => {
+            Some(crate::db::system_bundle().unwrap_or_else(|| PathBuf::from("system")))
+        }
+        None => None,
+    };
+    for (name, path) in [
+        ("PGSSLROOTCERT", root),
+        ("PGSSLCERT", tls.cert.clone()),
+        ("PGSSLKEY", tls.key.clone()),
+    ] {
+        if let Some(path) = path {
+            vars.push((name, path.into_os_string()));
+        }
     }
     vars
 }

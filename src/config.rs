@@ -406,7 +406,7 @@ impl Settings {
     pub fn pg_config(
         &self,
         env: &HashMap<String, String>,
-    ) -> Result<tokio_postgres::Config, ConfigError> {
+    ) -> Result<crate::libpq::ConnParams, ConfigError> {
         let url = self
             .database_url
             .as_deref()
@@ -725,12 +725,15 @@ mod tests {
         };
         let e = env(&[("CREDENTIALS_DIRECTORY", dir.path().to_str().unwrap())]);
         assert_eq!(
-            s.pg_config(&e).unwrap().get_password(),
+            s.pg_config(&e).unwrap().driver.get_password(),
             Some(&b"s3cret"[..])
         );
         std::fs::write(dir.path().join("other"), "two").unwrap();
         s.database_password_file = Some(dir.path().join("other"));
-        assert_eq!(s.pg_config(&e).unwrap().get_password(), Some(&b"two"[..]));
+        assert_eq!(
+            s.pg_config(&e).unwrap().driver.get_password(),
+            Some(&b"two"[..])
+        );
     }
 
     /// The keys [`Layer`] accepts, as serde's derive hands them to `deserialize_struct`: taken

@@ -7,17 +7,19 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::types::{FromSql, Type};
-use tokio_postgres::{Client, Config, Row, SimpleQueryMessage};
+use tokio_postgres::{Client, Row, SimpleQueryMessage};
 
 pub(crate) use crate::config::describe_target;
 
 mod connect;
 pub(crate) mod preflight;
 mod tls;
+pub use crate::libpq::{ConnParams, TlsParams};
 use crate::plan::AppliedRow;
 use crate::source::{Migration, Statement};
 pub use connect::{connect, ConnectCause};
 pub use preflight::PreflightError;
+pub(crate) use tls::system_bundle;
 
 /// Drizzle's tracking table, `"schema"."table"`.
 #[derive(Debug, Clone)]
@@ -1045,6 +1047,6 @@ pub fn line_of_position(statement: &Statement, position: Option<u32>) -> usize {
 
 /// Asks the server to cancel the query running on another connection (PostgreSQL's cancel
 /// request); the cancelled statement fails and its transaction rolls back.
-pub async fn cancel(token: &tokio_postgres::CancelToken, config: &Config) {
-    connect::cancel(token, config).await
+pub async fn cancel(token: &tokio_postgres::CancelToken, params: &crate::libpq::ConnParams) {
+    connect::cancel(token, params).await
 }

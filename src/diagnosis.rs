@@ -53,15 +53,22 @@ pub(crate) fn daemon_report(kind: ErrorKind, message: String) -> ErrorReport {
 }
 
 /// Waiting cannot fix it: bad settings, credentials PostgreSQL refuses (28000, 28P01, or none
-/// given), a database that does not exist (3D000), TLS the server refuses. The daemon then
-/// stops waiting for the database.
+/// given), a database that does not exist (3D000), TLS the server refuses or whose certificate
+/// or files fail libpq's checks. The daemon then stops waiting for the database.
 pub(crate) fn is_permanent(e: &EngineError) -> bool {
     use ConnectCause::*;
     match e {
         EngineError::Config(_) => true,
         EngineError::Db(DbError::Connect { cause, .. }) => matches!(
             cause,
-            PasswordRequired | PasswordWrong | RoleRefused | NoDatabase | TlsRefused
+            PasswordRequired
+                | PasswordWrong
+                | RoleRefused
+                | NoDatabase
+                | TlsRefused
+                | CertificateUntrusted
+                | HostNameMismatch
+                | TlsFiles
         ),
         _ => false,
     }
@@ -146,6 +153,9 @@ fn connect_cause(cause: ConnectCause) -> &'static str {
         Closed => "The server closed the connection before the session was ready: something other than PostgreSQL listens there, a proxy refused it, or the server wants a password that was not given.",
         TlsRefused => "The server does not accept TLS connections (ssl = off in postgresql.conf), and sslmode=require forbids an unencrypted one.",
         TlsFailed => "The TLS handshake with the server failed.",
+        CertificateUntrusted => "The server's certificate does not lead to a root certificate that sslrootcert names (checked under sslmode=verify-ca and verify-full, and under weaker modes when a root certificate file exists, as libpq does): another CA issued it, it has expired, or sslrootcert holds the wrong CA.",
+        HostNameMismatch => "The server's certificate does not name the host in database_url (sslmode=verify-full checks the host against the certificate's DNS and IP subject alternative names).",
+        TlsFiles => "A root certificate, client certificate or private key file named by sslrootcert, sslcert or sslkey (or libpq's default under ~/.postgresql/) is missing, unreadable, not PEM, or its key is readable by others.",
         PasswordRequired => "The server asks for a password (pg_hba.conf: scram-sha-256 or md5) and none was given.",
         PasswordWrong => "PostgreSQL refused the password for that user (SQLSTATE 28P01), or the user does not exist.",
         RoleRefused => "The user does not exist, or pg_hba.conf has no entry allowing it to connect to that database from here (SQLSTATE 28000).",
@@ -166,6 +176,9 @@ fn connect_next_step(cause: ConnectCause) -> &'static str {
         Closed => "Check that the port is PostgreSQL's (not a proxy or another service), and give the password (in database_url, PGPASSWORD, ~/.pgpass or database_password_file); nothing was changed.",
         TlsRefused => "Enable ssl in postgresql.conf, or set sslmode=prefer (or disable) in database_url if the network is trusted; nothing was changed.",
         TlsFailed => "Check the server's TLS set-up (certificate, ssl_min_protocol_version), or set sslmode=disable if the network is trusted; nothing was changed.",
+        CertificateUntrusted => "Point sslrootcert at the CA that issued the server's certificate (the root of its ssl_cert_file chain), or renew the server's certificate; nothing was changed.",
+        HostNameMismatch => "Connect by a name the certificate holds (listed above), or reissue the server's certificate for this host; nothing was changed.",
+        TlsFiles => "Correct the file named above (chmod 0600 for a private key), or the setting in database_url; nothing was changed.",
         PasswordRequired => "Put the password in database_password_file (or PGPASSWORD, ~/.pgpass, or percent-encoded in database_url); nothing was changed.",
         PasswordWrong => "Correct the user or the password (database_password_file, PGPASSWORD, ~/.pgpass or database_url); nothing was changed.",
         RoleRefused => "Create the role (CREATE ROLE ... LOGIN), or add a pg_hba.conf line for it and reload PostgreSQL; nothing was changed.",
@@ -609,6 +622,9 @@ mod tests {
             RoleRefused,
             NoDatabase,
             TlsRefused,
+            CertificateUntrusted,
+            HostNameMismatch,
+            TlsFiles,
         ] {
             assert!(is_permanent(&connect_error(cause)), "{cause:?}");
         }
@@ -652,6 +668,9 @@ mod tests {
             Closed,
             TlsRefused,
             TlsFailed,
+            CertificateUntrusted,
+            HostNameMismatch,
+            TlsFiles,
             PasswordRequired,
             PasswordWrong,
             RoleRefused,

@@ -16,7 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio_postgres::config::{SslMode, TargetSessionAttrs};
+use tokio_postgres::config::TargetSessionAttrs;
+
+mod ssl;
+pub use ssl::{RootCert, SslMode, TlsParams};
 
 /// Debian's libpq (`DEFAULT_PGSOCKET_DIR`), then the upstream default: the directories whose
 /// `.s.PGSQL.<port>` socket is used when no host is given.
@@ -40,14 +43,16 @@ const ENV_PARAMS: [(&str, &str); 11] = [
     ("PGSSLMODE", "sslmode"),
     ("PGSSLROOTCERT", "sslrootcert"),
 ];
-const ENV_PARAMS_MORE: [(&str, &str); 3] = [
+const ENV_PARAMS_MORE: [(&str, &str); 5] = [
+    ("PGSSLCERT", "sslcert"),
+    ("PGSSLKEY", "sslkey"),
     ("PGCONNECT_TIMEOUT", "connect_timeout"),
     ("PGTARGETSESSIONATTRS", "target_session_attrs"),
     ("PGCHANNELBINDING", "channel_binding"),
 ];
 
 /// Parameters we honour. libpq knows more (below); those are refused by name.
-const SUPPORTED: [&str; 17] = [
+const SUPPORTED: [&str; 19] = [
     "host",
     "hostaddr",
     "port",
@@ -60,6 +65,8 @@ const SUPPORTED: [&str; 17] = [
     "fallback_application_name",
     "sslmode",
     "sslrootcert",
+    "sslcert",
+    "sslkey",
     "connect_timeout",
     "target_session_attrs",
     "channel_binding",
@@ -67,7 +74,7 @@ const SUPPORTED: [&str; 17] = [
     "sslnegotiation",
 ];
 /// libpq 15's other parameters: valid there, not honoured here.
-const UNSUPPORTED: [&str; 21] = [
+const UNSUPPORTED: [&str; 19] = [
     "keepalives",
     "keepalives_idle",
     "keepalives_interval",
@@ -78,8 +85,6 @@ const UNSUPPORTED: [&str; 21] = [
     "gssencmode",
     "requiressl",
     "sslcompression",
-    "sslcert",
-    "sslkey",
     "sslpassword",
     "sslcrl",
     "sslcrldir",
@@ -128,6 +133,16 @@ pub enum ConnInfoError {
     },
 }
 
+/// A resolved connection: what tokio-postgres is given for start-up and authentication, and
+/// the TLS settings, which `db::connect` applies itself (tokio-postgres 0.7 knows only
+/// disable/prefer/require and verifies nothing).
+#[derive(Debug, Clone)]
+pub struct ConnParams {
+    /// Hosts, ports, user, database, password, timeouts; its own `ssl_mode` is unused.
+    pub driver: tokio_postgres::Config,
+    pub tls: TlsParams,
+}
+
 /// Parameter name -> (value, where it came from).
 type Params = BTreeMap<String, (String, String)>;
 
@@ -160,10 +175,7 @@ pub fn os_user(env: &HashMap<String, String>) -> String {
 ///
 /// Errors: [`ConnInfoError`], naming the parameter and where it came from (`database_url`, a
 /// variable, a service file), or the character of the user name or password to percent-encode.
-pub fn resolve(
-    conninfo: &str,
-    inputs: &Inputs<'_>,
-) -> Result<tokio_postgres::Config, ConnInfoError> {
+pub fn resolve(conninfo: &str, inputs: &Inputs<'_>) -> Result<ConnParams, ConnInfoError> {
     let mut params = parse(conninfo, "database_url")?;
     add_service(&mut params, inputs)?;
     for (var, name) in ENV_PARAMS.iter().chain(ENV_PARAMS_MORE.iter()) {
@@ -185,7 +197,10 @@ pub fn resolve(
             params.insert("password".into(), found);
         }
     }
-    build(&params)
+    Ok(ConnParams {
+        driver: build(&params)?,
+        tls: ssl::tls_params(&params, inputs.home().as_deref())?,
+    })
 }
 
 /// The defaults of libpq for what is still missing (`connectOptions2`).
@@ -592,7 +607,8 @@ fn build(params: &Params) -> Result<tokio_postgres::Config, ConnInfoError> {
     }
     let app = get("application_name").or(get("fallback_application_name"));
     config.application_name(app.map_or("vamsa-migrate", |(a, _)| a));
-    config.ssl_mode(ssl_mode(params)?);
+    // TLS is negotiated by db::connect before tokio-postgres sees the stream.
+    config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     if let Some(timeout) = connect_timeout(get("connect_timeout"))? {
         config.connect_timeout(timeout);
     }
@@ -692,24 +708,6 @@ fn add_hosts(config: &mut tokio_postgres::Config, params: &Params) -> Result<(),
     Ok(())
 }
 
-fn ssl_mode(params: &Params) -> Result<SslMode, ConnInfoError> {
-    let (mode, origin) = params
-        .get("sslmode")
-        .map_or(("prefer", ""), |(v, o)| (v.as_str(), o.as_str()));
-    let mode = match mode {
-        "disable" => SslMode::Disable,
-        // `allow` tries without TLS first; `prefer` only differs in trying TLS first.
-        "allow" | "prefer" => SslMode::Prefer,
-        "require" => SslMode::Require,
-        "verify-ca" | "verify-full" => return Err(unsupported("sslmode", origin, "vamsa-migrate cannot verify the server's certificate yet: use sslmode=require on a network you trust, or a Unix socket")),
-        other => return Err(bad_value("sslmode", origin, format!("{other:?} is not one of disable, allow, prefer, require, verify-ca, verify-full"))),
-    };
-    if let (Some((_, cert_origin)), SslMode::Require) = (params.get("sslrootcert"), mode) {
-        return Err(unsupported("sslrootcert", cert_origin, "with a root certificate libpq turns sslmode=require into verify-ca, and vamsa-migrate cannot verify certificates yet"));
-    }
-    Ok(mode)
-}
-
 /// libpq: whole seconds; zero or less waits for ever; 1 is taken as 2.
 fn connect_timeout(value: Option<(&str, &str)>) -> Result<Option<Duration>, ConnInfoError> {
     let Some((text, origin)) = value else {
@@ -743,6 +741,10 @@ mod tests {
         url: &str,
         env: &[(&str, &str)],
     ) -> Result<tokio_postgres::Config, ConnInfoError> {
+        params_with(url, env).map(|p| p.driver)
+    }
+
+    fn params_with(url: &str, env: &[(&str, &str)]) -> Result<ConnParams, ConnInfoError> {
         let env: HashMap<String, String> = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -790,7 +792,8 @@ mod tests {
         assert_eq!(c.get_password(), Some(&b"pw"[..]));
         // libpq takes 1 s as 2 s.
         assert_eq!(c.get_connect_timeout(), Some(&Duration::from_secs(2)));
-        assert_eq!(c.get_ssl_mode(), SslMode::Disable);
+        let tls = params_with("postgresql://url@/vamsa", &env).unwrap().tls;
+        assert_eq!(tls.mode, SslMode::Disable);
         let c = resolve_with("host=h connect_timeout=0", &[]).unwrap();
         assert_eq!(c.get_connect_timeout(), None);
     }
@@ -844,15 +847,54 @@ mod tests {
         assert_eq!(err("postgresql://u:se#cret@h/d"), "the password in database_url contains an unescaped '#': write it as %23 (percent-encode each of @ : / ? # % in the user name and password)");
         assert!(err("postgresql://u:se?cret@h/d").contains("unescaped '?': write it as %3F"));
         assert!(err("postgresql://h/d?nope=1").contains("unknown parameter \"nope\""));
-        assert!(err("host=h sslcert=/x")
-            .contains("parameter \"sslcert\" in database_url is not supported"));
+        assert!(err("host=h sslpassword=x")
+            .contains("parameter \"sslpassword\" in database_url is not supported"));
         assert!(err("host=h,i port=1,2,3").contains("3 ports for 2 hosts"));
         assert!(err("host=h hostaddr=not-an-ip").contains("\"not-an-ip\" is not an IP address"));
-        assert!(err("host=h sslmode=require sslrootcert=/ca.pem").contains("sslrootcert"));
+        assert_eq!(err("host=h sslmode=require sslrootcert=system"), "sslmode in database_url: weak sslmode \"require\" may not be used with sslrootcert=system (use \"verify-full\")");
+        assert!(err("host=h sslmode=verify").contains("\"verify\" is not one of disable"));
         assert!(err("host=h target_session_attrs=standby").contains("writable primary"));
         assert!(err("host h").contains("missing \"=\" after \"host\""));
         for url in ["postgresql://u:se#cret@h/d", "postgresql://u:se%zzcret@h/d"] {
             assert!(!err(url).contains("cret"), "{}", err(url));
         }
+    }
+
+    #[test]
+    fn tls_settings_take_libpqs_defaults_and_variables() {
+        let home = [("HOME", "/home/a")];
+        let tls = params_with("host=h", &home).unwrap().tls;
+        let dot = Path::new("/home/a/.postgresql");
+        assert_eq!(tls.mode, SslMode::Prefer);
+        assert_eq!(tls.root_cert, Some(RootCert::File(dot.join("root.crt"))));
+        assert_eq!(tls.cert, Some(dot.join("postgresql.crt")));
+        assert_eq!(tls.key, Some(dot.join("postgresql.key")));
+        let env = [
+            ("PGSSLMODE", "verify-ca"),
+            ("PGSSLROOTCERT", "/ca.pem"),
+            ("PGSSLCERT", "/c.crt"),
+            ("PGSSLKEY", "/c.key"),
+        ];
+        let tls = params_with("host=h", &env).unwrap().tls;
+        assert_eq!(tls.mode, SslMode::VerifyCa);
+        assert_eq!(tls.root_cert, Some(RootCert::File("/ca.pem".into())));
+        assert_eq!(
+            (tls.cert.unwrap(), tls.key.unwrap()),
+            ("/c.crt".into(), "/c.key".into())
+        );
+        let tls = params_with("postgresql://h/d?sslmode=verify-full&sslrootcert=/x", &env)
+            .unwrap()
+            .tls;
+        assert_eq!(
+            (tls.mode, tls.root_cert),
+            (SslMode::VerifyFull, Some(RootCert::File("/x".into())))
+        );
+        // libpq 16: sslrootcert=system makes verify-full the default.
+        let tls = params_with("host=h sslrootcert=system", &[]).unwrap().tls;
+        assert_eq!(
+            (tls.mode, tls.root_cert),
+            (SslMode::VerifyFull, Some(RootCert::System))
+        );
+        assert_eq!(params_with("host=h", &[]).unwrap().tls.root_cert, None);
     }
 }

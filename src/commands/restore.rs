@@ -175,7 +175,7 @@ fn pick(settings: &Settings, args: &RestoreArgs, database: &str) -> Result<Liste
 
 async fn restore_locked(
     client: &Client,
-    pg: &tokio_postgres::Config,
+    pg: &crate::libpq::ConnParams,
     args: &RestoreArgs,
     (dump, file): (&Listed, &std::fs::File),
     toc: &str,

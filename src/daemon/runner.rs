@@ -211,7 +211,7 @@ impl Runner {
             Err(e) => {
                 self.notifier.status(&format!(
                     "Database unreachable at {}: {e}",
-                    describe_target(&pg)
+                    describe_target(&pg.driver)
                 ));
                 Err(e.into())
             }
@@ -243,8 +243,9 @@ impl Runner {
             crate::logging::fatal(&e.to_string());
             exit::BAD_CONFIG
         })?;
-        let target = describe_target(&pg);
+        let target = describe_target(&pg.driver);
         let connect_timeout = pg
+            .driver
             .get_connect_timeout()
             .copied()
             .unwrap_or(Duration::from_secs(10));

@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config};
 
 use super::{value, DbError, PgFailure};
+use crate::libpq::{ConnParams, SslMode, TlsParams};
 
 /// Why a connection could not be set up; each has its own likely cause and next step
 /// (`diagnosis`).
@@ -28,10 +29,16 @@ pub enum ConnectCause {
     TimedOut,
     /// The server closed the connection before the session was ready.
     Closed,
-    /// `sslmode=require`, and the server answered that it does not do TLS.
+    /// `sslmode=require` or stricter, and the server answered that it does not do TLS.
     TlsRefused,
     /// The TLS handshake failed.
     TlsFailed,
+    /// The server's certificate chain does not lead to a root of `sslrootcert`.
+    CertificateUntrusted,
+    /// `sslmode=verify-full`: the server's certificate does not name the host.
+    HostNameMismatch,
+    /// A root certificate, client certificate or key file cannot be used.
+    TlsFiles,
     /// The server asked for a password and none was given anywhere.
     PasswordRequired,
     /// 28P01: the password (or the role under password authentication) was refused.
@@ -116,7 +123,8 @@ impl Failed {
 ///
 /// Errors: [`DbError::Connect`] with the [`ConnectCause`] of the last host tried, or
 /// [`DbError::ReadOnly`] when every reachable host was read-only.
-pub async fn connect(config: &Config) -> Result<Client, DbError> {
+pub async fn connect(params: &ConnParams) -> Result<Client, DbError> {
+    let config = &params.driver;
     let mut last = match Failed::new(ConnectCause::Other, "no host to connect to".into()) {
         Failed::Cause(cause, failure) => DbError::Connect {
             target: super::describe_target(config),
@@ -129,7 +137,7 @@ pub async fn connect(config: &Config) -> Result<Client, DbError> {
     };
     for endpoint in endpoints(config) {
         let target = endpoint.describe(config);
-        match within_deadline(config, &endpoint).await {
+        match within_deadline(params, &endpoint).await {
             Ok(client) => return Ok(client),
             Err(Failed::ReadOnly) => last = DbError::ReadOnly { target },
             Err(Failed::Cause(cause, failure)) => {
@@ -147,16 +155,16 @@ pub async fn connect(config: &Config) -> Result<Client, DbError> {
 /// Sends the cancel request for `token` (PostgreSQL's `CancelRequest`) on a new connection to
 /// each host of `config`, the way the session was opened: a server whose session does not
 /// carry that key ignores it. Failures are logged; there is nothing else to do about them.
-pub(crate) async fn cancel(token: &tokio_postgres::CancelToken, config: &Config) {
+pub(crate) async fn cancel(token: &tokio_postgres::CancelToken, params: &ConnParams) {
+    let config = &params.driver;
     for endpoint in endpoints(config) {
-        let unix = matches!(endpoint.host, Some(Host::Unix(_)));
-        let mode = if unix {
-            SslMode::Disable
-        } else {
-            config.get_ssl_mode()
+        let mode = match endpoint_mode(params, &endpoint) {
+            // `allow` opened the session without TLS unless the server refused that.
+            SslMode::Allow => SslMode::Disable,
+            mode => mode,
         };
         let sent = match open(&endpoint).await {
-            Ok(socket) => match negotiate_tls(socket, mode, &endpoint).await {
+            Ok(socket) => match negotiate_tls(socket, mode, &endpoint, &params.tls).await {
                 Ok(stream) => token
                     .cancel_query_raw(stream, tokio_postgres::NoTls)
                     .await
@@ -194,10 +202,10 @@ fn endpoints(config: &Config) -> Vec<Endpoint> {
 }
 
 /// One host's whole set-up (socket, TLS, authentication, first query) within `connect_timeout`.
-async fn within_deadline(config: &Config, endpoint: &Endpoint) -> Result<Client, Failed> {
+async fn within_deadline(params: &ConnParams, endpoint: &Endpoint) -> Result<Client, Failed> {
     let phase = Arc::new(Mutex::new(Phase::Opening));
-    let attempt = session(config, endpoint, phase.clone());
-    let Some(limit) = config.get_connect_timeout().copied() else {
+    let attempt = session(params, endpoint, phase.clone());
+    let Some(limit) = params.driver.get_connect_timeout().copied() else {
         return attempt.await;
     };
     match tokio::time::timeout(limit, attempt).await {
@@ -225,25 +233,53 @@ fn set(phase: &Mutex<Phase>, now: Phase) {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// libpq never uses TLS on a Unix socket, whatever sslmode says.
+fn endpoint_mode(params: &ConnParams, endpoint: &Endpoint) -> SslMode {
+    match endpoint.host {
+        Some(Host::Unix(_)) => SslMode::Disable,
+        _ => params.tls.mode,
+    }
+}
+
+/// libpq's two tries (`PQconnectPoll`): `allow` tries again with TLS when the server refuses
+/// the session without it; `prefer` tries again without TLS when the handshake fails.
 async fn session(
-    config: &Config,
+    params: &ConnParams,
     endpoint: &Endpoint,
     phase: Arc<Mutex<Phase>>,
 ) -> Result<Client, Failed> {
+    use ConnectCause::{CertificateUntrusted, TlsFailed, TlsFiles};
+    match endpoint_mode(params, endpoint) {
+        SslMode::Allow => match attempt(params, endpoint, &phase, SslMode::Disable).await {
+            Err(Failed::Cause(_, f)) if f.sqlstate.is_some() => {
+                attempt(params, endpoint, &phase, SslMode::Require).await
+            }
+            other => other,
+        },
+        SslMode::Prefer => match attempt(params, endpoint, &phase, SslMode::Prefer).await {
+            Err(Failed::Cause(CertificateUntrusted | TlsFailed | TlsFiles, _)) => {
+                attempt(params, endpoint, &phase, SslMode::Disable).await
+            }
+            other => other,
+        },
+        mode => attempt(params, endpoint, &phase, mode).await,
+    }
+}
+
+async fn attempt(
+    params: &ConnParams,
+    endpoint: &Endpoint,
+    phase: &Mutex<Phase>,
+    mode: SslMode,
+) -> Result<Client, Failed> {
+    set(phase, Phase::Opening);
     let socket = open(endpoint).await?;
-    set(&phase, Phase::TlsRequest);
-    let unix = matches!(endpoint.host, Some(Host::Unix(_)));
-    // libpq never uses TLS on a Unix socket, whatever sslmode says.
-    let mode = if unix {
-        SslMode::Disable
-    } else {
-        config.get_ssl_mode()
-    };
-    let stream = negotiate_tls(socket, mode, endpoint).await?;
-    set(&phase, Phase::Authentication);
-    let password_given = config.get_password().is_some();
-    let mut start = config.clone();
-    start.ssl_mode(SslMode::Disable);
+    set(phase, Phase::TlsRequest);
+    let stream = negotiate_tls(socket, mode, endpoint, &params.tls).await?;
+    set(phase, Phase::Authentication);
+    let password_given = params.driver.get_password().is_some();
+    let mut start = params.driver.clone();
+    start.ssl_mode(tokio_postgres::config::SslMode::Disable);
     if !password_given {
         // tokio-postgres refuses a password request without a password only with an untyped
         // "invalid configuration"; an empty one lets the server refuse it (28P01, or a closed
@@ -255,7 +291,7 @@ async fn session(
         .await
         .map_err(|e| classify(&e, password_given))?;
     tokio::spawn(connection);
-    set(&phase, Phase::FirstQuery);
+    set(phase, Phase::FirstQuery);
     first_query(&client, password_given).await?;
     Ok(client)
 }
@@ -340,11 +376,13 @@ fn io_failure(e: &std::io::Error, at: &str) -> Failed {
 /// libpq's `SSLRequest`: length 8, code 80877103.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
-/// Asks for TLS unless `sslmode=disable`; the server answers one byte, `S` or `N`.
+/// Asks for TLS unless `sslmode=disable`; the server answers one byte, `S` or `N`. `N`
+/// ends the attempt from `require` on; `allow` and `prefer` go on without TLS.
 async fn negotiate_tls(
     mut socket: Box<dyn Stream>,
     mode: SslMode,
     endpoint: &Endpoint,
+    tls: &TlsParams,
 ) -> Result<Box<dyn Stream>, Failed> {
     if mode == SslMode::Disable {
         return Ok(socket);
@@ -358,12 +396,12 @@ async fn negotiate_tls(
     socket.write_all(&SSL_REQUEST).await.map_err(closed)?;
     let answer = socket.read_u8().await.map_err(closed)?;
     match (answer, mode) {
-        (b'S', _) => tls_handshake(socket, endpoint).await,
-        (b'N', SslMode::Require) => Err(Failed::new(
+        (b'S', _) => tls_handshake(socket, endpoint, tls).await,
+        (b'N', SslMode::Allow | SslMode::Prefer) => Ok(socket),
+        (b'N', _) => Err(Failed::new(
             ConnectCause::TlsRefused,
-            "sslmode=require, but the server does not accept TLS connections (ssl = off)".into(),
+            format!("sslmode={}, but the server does not accept TLS connections (ssl = off)", mode.as_str()),
         )),
-        (b'N', _) => Ok(socket),
         (other, _) => Err(Failed::new(
             ConnectCause::Other,
             format!("the server answered the TLS request with {:?}, not a PostgreSQL answer: is this port a PostgreSQL server?", char::from(other)),
@@ -371,12 +409,16 @@ async fn negotiate_tls(
     }
 }
 
+/// The handshake, checking the server's certificate as `tls` says; the name checked (and sent
+/// as SNI) is `host`, else `hostaddr`, as in libpq.
 async fn tls_handshake(
     socket: Box<dyn Stream>,
     endpoint: &Endpoint,
+    tls: &TlsParams,
 ) -> Result<Box<dyn Stream>, Failed> {
     let tls_failed = |message: String| Failed::new(ConnectCause::TlsFailed, message);
-    let config = super::tls::client_config().map_err(tls_failed)?;
+    let config = super::tls::client_config(tls)
+        .map_err(|e| Failed::new(ConnectCause::TlsFiles, e.to_string()))?;
     let name = match (&endpoint.host, endpoint.addr) {
         (Some(Host::Tcp(name)), _) => name.clone(),
         (_, Some(ip)) => ip.to_string(),
@@ -387,7 +429,10 @@ async fn tls_handshake(
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     match connector.connect(server_name, socket).await {
         Ok(stream) => Ok(Box::new(stream)),
-        Err(e) => Err(tls_failed(format!("the TLS handshake failed: {e}"))),
+        Err(e) => {
+            let (cause, message) = super::tls::handshake_failure(&e, tls);
+            Err(Failed::new(cause, message))
+        }
     }
 }
 

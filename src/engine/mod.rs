@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, Config};
+use crate::libpq::ConnParams;
+use tokio_postgres::Client;
 
 use crate::config::{Settings, TransactionMode, UnknownRows};
 use crate::db::{
@@ -41,7 +42,7 @@ pub struct RunOptions {
 /// The engine's view of one target database.
 pub struct Engine<'a> {
     pub settings: &'a Settings,
-    pub pg: &'a Config,
+    pub pg: &'a ConnParams,
     pub tracking: Tracking,
 }
 
@@ -203,7 +204,7 @@ fn out_of_order_notes(plan: &Plan<'_>) -> Vec<String> {
 }
 
 impl<'a> Engine<'a> {
-    pub fn new(settings: &'a Settings, pg: &'a Config) -> Self {
+    pub fn new(settings: &'a Settings, pg: &'a ConnParams) -> Self {
         Engine {
             settings,
             pg,

@@ -94,7 +94,10 @@ fn migration(statements: &[&str]) -> Migration {
 #[test]
 fn a_migration_that_ends_our_transaction_is_noticed_at_run_time() {
     let db = Db::new();
-    let config = tokio_postgres::Config::from_str(&db.url()).unwrap();
+    let config = db::ConnParams {
+        driver: tokio_postgres::Config::from_str(&db.url()).unwrap(),
+        tls: db::TlsParams::disabled(),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

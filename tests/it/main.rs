@@ -22,5 +22,6 @@ mod migrate;
 mod restore;
 mod roles;
 mod support;
+mod tls;
 mod tracking_rows;
 mod unknown_rows;

@@ -791,4 +791,41 @@ mod tests {
     fn pgpass_escaping() {
         assert_eq!(escape_pgpass("a:b\\c"), "a\\:b\\\\c");
     }
+
+    #[test]
+    fn pg_dump_gets_the_tls_settings_as_paths_in_its_environment() {
+        use crate::libpq::{RootCert, SslMode, TlsParams};
+        let tls = TlsParams {
+            mode: SslMode::VerifyCa,
+            root_cert: Some(RootCert::File("/etc/vamsa/ca.crt".into())),
+            cert: Some("/etc/vamsa/c.crt".into()),
+            key: Some("/etc/vamsa/c.key".into()),
+        };
+        let vars: Vec<(&str, String)> = tls_vars(&tls)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+            .collect();
+        assert_eq!(
+            vars,
+            [
+                ("PGSSLMODE", "verify-ca".into()),
+                ("PGSSLROOTCERT", "/etc/vamsa/ca.crt".into()),
+                ("PGSSLCERT", "/etc/vamsa/c.crt".into()),
+                ("PGSSLKEY", "/etc/vamsa/c.key".into()),
+            ]
+        );
+        // `system` is given as the bundle's path (libpq 15 does not know `system`).
+        let system = TlsParams {
+            mode: SslMode::VerifyFull,
+            root_cert: Some(RootCert::System),
+            cert: None,
+            key: None,
+        };
+        let vars = tls_vars(&system);
+        assert_eq!(vars[0], ("PGSSLMODE", "verify-full".into()));
+        assert_eq!(
+            vars[1].1,
+            crate::db::system_bundle().map_or_else(|| "system".into(), |p| p.into_os_string())
+        );
+    }
 }

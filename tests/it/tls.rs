@@ -1,7 +1,7 @@
 //! TLS as libpq does it, against a real server with `ssl = on`: a throwaway CA made at test
 //! time (openssl CLI) signs the server's certificate (DNS:localhost, IP:127.0.0.1) and a
 //! client certificate; another CA is the wrong one. The server's own pg_hba file lets
-//! `certuser` in only with a client certificate (`cert`), everyone else on trust.
+//! `certuser` in only over TLS with a client certificate (`cert`), everyone else on trust.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -107,7 +107,7 @@ fn tls() -> &'static Tls {
             nix::unistd::chown(&server_key, Some(pg.uid), Some(pg.gid)).expect("chown");
         }
         let hba = d.join("pg_hba.conf");
-        std::fs::write(&hba, "local all all trust\nhostssl all certuser 127.0.0.1/32 cert\nhost all all 127.0.0.1/32 trust\n").expect("write pg_hba.conf");
+        std::fs::write(&hba, "local all all trust\nhostssl all certuser 127.0.0.1/32 cert\nhostnossl all certuser 127.0.0.1/32 reject\nhost all all 127.0.0.1/32 trust\n").expect("write pg_hba.conf");
         std::fs::set_permissions(&hba, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         let path = |f: &str| d.join(f).display().to_string();
         let settings = [
@@ -299,4 +299,61 @@ fn a_backup_runs_pg_dump_under_verify_full_with_the_client_certificate() {
         .flatten()
         .collect();
     assert_eq!(dumps.len(), 1, "{run:#?}");
+}
+
+/// `sslrootcert=system`: the system's bundle (where OpenSSL looks, `SSL_CERT_FILE` first) holds
+/// the roots, and `verify-full` is the default mode (libpq 16).
+#[test]
+fn sslrootcert_system_reads_the_bundle_openssl_uses_and_defaults_to_verify_full() {
+    let t = tls();
+    let home = tempfile::tempdir().expect("a home");
+    let run = |host: &str| {
+        cli()
+            .env("HOME", home.path())
+            .env("SSL_CERT_FILE", t.file("ca.crt"))
+            .database_url(&t.url(host, "hostaddr=127.0.0.1 sslrootcert=system"))
+            .migrations_dir(Folder::new(&[]).path())
+            .arg("status")
+            .run()
+    };
+    run("localhost").ok();
+    assert_refused(
+        &run("db.example"),
+        "sslmode=verify-full: the host-name check failed",
+        "The server's certificate does not name the host",
+    );
+}
+
+/// libpq's second tries: `allow` goes on with TLS when the server refuses the session without
+/// it (here pg_hba.conf lets `certuser` in only over TLS); `prefer` goes on without TLS when
+/// the handshake fails (here the chain check against a wrong `~/.postgresql/root.crt`).
+#[test]
+fn allow_retries_with_tls_and_prefer_retries_without_as_libpq_does() {
+    let t = tls();
+    let url = format!(
+        "host=localhost port={} user=certuser dbname=postgres sslmode=allow sslcert={} sslkey={}",
+        t.cluster.port(),
+        t.file("client.crt").display(),
+        t.file("client.key").display()
+    );
+    status(&url).ok();
+    let home = tempfile::tempdir().expect("a home");
+    let dot = home.path().join(".postgresql");
+    std::fs::create_dir(&dot).expect("create ~/.postgresql");
+    std::fs::copy(t.file("other-ca.crt"), dot.join("root.crt")).expect("copy the wrong CA");
+    let with_home = |mode: &str| {
+        cli()
+            .env("HOME", home.path())
+            .database_url(&t.url("localhost", &format!("sslmode={mode}")))
+            .migrations_dir(Folder::new(&[]).path())
+            .arg("status")
+            .run()
+    };
+    with_home("prefer").ok();
+    // `require` has no plain retry: the root file makes it check the chain, which fails.
+    assert_refused(
+        &with_home("require"),
+        "could not be verified against the root certificates in",
+        "The server's certificate does not lead to a root certificate",
+    );
 }

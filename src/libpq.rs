@@ -2,8 +2,9 @@
 //! "Environment Variables", "The Connection Service File", "The Password File"): a
 //! `database_url` in either form, then the service, then the `PG*` environment variables, then
 //! libpq's defaults (Debian's libpq: Unix sockets in `/var/run/postgresql`), then the password
-//! file; resolved here into a `tokio_postgres::Config` in which nothing is left to the library's
-//! own defaults.
+//! file; resolved here into a [`ConnParams`]: a `tokio_postgres::Config` in which nothing is
+//! left to the library's own defaults, and the TLS settings (`ssl.rs`), which tokio-postgres
+//! cannot express.
 //!
 //! Why our own: tokio-postgres 0.7 reads no environment variable, no service and no password
 //! file, defaults a missing host to `localhost` instead of the socket directory, and refuses a

@@ -337,8 +337,8 @@ fn a_malformed_setting_is_refused_naming_the_part_never_the_password() {
     );
     refused(
         "host=db dbname=vamsa",
-        &[("PGSSLMODE", "verify-full")],
-        "parameter \"sslmode\" in PGSSLMODE is not supported",
+        &[("PGSSLMODE", "verify")],
+        "sslmode in PGSSLMODE: \"verify\" is not one of disable, allow, prefer, require, verify-ca, verify-full",
     );
     refused(
         "host=db dbname=vamsa password='pa55",

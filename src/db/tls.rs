@@ -232,7 +232,7 @@ pub(super) fn handshake_failure(e: &std::io::Error, tls: &TlsParams) -> (Connect
             format!(
                 "the server's certificate chain could not be verified against {} ({}): {}",
                 roots_source(tls),
-                why_checked(tls.mode),
+                why_checked(tls),
                 chain_problem(other)
             ),
         ),
@@ -242,11 +242,15 @@ pub(super) fn handshake_failure(e: &std::io::Error, tls: &TlsParams) -> (Connect
 fn roots_source(tls: &TlsParams) -> String {
     match &tls.root_cert {
         Some(RootCert::File(path)) => format!("the root certificates in {}", path.display()),
-        _ => "the system's trusted roots (sslrootcert=system)".into(),
+        _ => "the system's trusted roots".into(),
     }
 }
 
-fn why_checked(mode: SslMode) -> String {
+fn why_checked(tls: &TlsParams) -> String {
+    let mode = tls.mode;
+    if tls.root_cert == Some(RootCert::System) {
+        return format!("sslrootcert=system, sslmode={}", mode.as_str());
+    }
     match mode {
         SslMode::VerifyCa | SslMode::VerifyFull => format!("sslmode={}", mode.as_str()),
         _ => format!(

@@ -251,7 +251,10 @@ async fn session(
     use ConnectCause::{CertificateUntrusted, TlsFailed, TlsFiles};
     match endpoint_mode(params, endpoint) {
         SslMode::Allow => match attempt(params, endpoint, &phase, SslMode::Disable).await {
-            Err(Failed::Cause(_, f)) if f.sqlstate.is_some() => {
+            // The server answered the session with an error (a password request counts).
+            Err(Failed::Cause(cause, f))
+                if f.sqlstate.is_some() || cause == ConnectCause::PasswordRequired =>
+            {
                 attempt(params, endpoint, &phase, SslMode::Require).await
             }
             other => other,

@@ -269,6 +269,55 @@ pub async fn take(
     })
 }
 
+/// A verified dump of the database `client` is connected to, in an unnamed temporary file
+/// (`O_TMPFILE` in `$TMPDIR`, gone when the file is closed): for a rehearsal when the run
+/// takes no backup of its own (a dry run, `--no-backup`). Never in `backup_dir`, so it never
+/// counts against retention.
+pub(crate) async fn take_temporary(pg: &Config, client: &Client) -> Result<fs::File, BackupError> {
+    let db = crate::db::database(client)
+        .await
+        .map_err(|e| BackupError::Query(Box::new(e)))?;
+    let file = tempfile::tempfile().map_err(dir_error(&std::env::temp_dir()))?;
+    pg_dump(pg, &db, &file).await?;
+    verify(&file).await?;
+    Ok(file)
+}
+
+/// Restores `dump` (read from its start on pg_restore's standard input) into the new, empty
+/// database `dbname` with `pg_restore --exit-on-error --no-owner --no-privileges`
+/// (PostgreSQL 15): every object ends up owned by our role, which created the database, so
+/// no other role's membership is needed. pg_restore's stderr on failure, in
+/// [`BackupError::Restore`].
+pub(crate) async fn restore_into_new(
+    pg: &Config,
+    dbname: &str,
+    dump: &fs::File,
+) -> Result<(), BackupError> {
+    let mut stdin = dump.try_clone().map_err(BackupError::Spawn)?;
+    stdin
+        .seek(io::SeekFrom::Start(0))
+        .map_err(BackupError::Spawn)?;
+    let mut cmd = Command::new("pg_restore");
+    cmd.args(["--exit-on-error", "--no-owner", "--no-privileges"])
+        .args(["--no-password", "--dbname", dbname])
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let pass = PassFile::new(pg.get_password()).map_err(BackupError::PassFile)?;
+    libpq_env(&mut cmd, pg, dbname, &pass.path());
+    let child = cmd.spawn().map_err(BackupError::Spawn)?;
+    drop(pass);
+    let output = child.wait_with_output().await.map_err(BackupError::Spawn)?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(BackupError::Restore {
+        status: output.status.to_string(),
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+    })
+}
+
 fn dir_error(dir: &Path) -> impl Fn(io::Error) -> BackupError + '_ {
     move |source| BackupError::Dir {
         dir: dir.to_path_buf(),

@@ -123,6 +123,8 @@ pub struct MigrateArgs {
     #[command(flatten)]
     pub backup_dir: BackupDirFlag,
     #[command(flatten)]
+    pub rehearse: flags::RehearseFlags,
+    #[command(flatten)]
     pub verbose: VerboseFlag,
 }
 
@@ -331,8 +333,13 @@ async fn migrate(
     args: &MigrateArgs,
     env: &HashMap<String, String>,
 ) -> Result<Outcome, ConfigError> {
-    let flags: [&dyn flags::Flags; 4] =
-        [&args.database, &args.folder, &args.locks, &args.backup_dir];
+    let flags: [&dyn flags::Flags; 5] = [
+        &args.database,
+        &args.folder,
+        &args.locks,
+        &args.backup_dir,
+        &args.rehearse,
+    ];
     let settings = flags::settings(&args.config, &flags, env)?;
     args.folder.check(&settings, &args.config, env)?;
     let options = args.run_options();

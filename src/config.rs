@@ -80,6 +80,71 @@ pub enum UnknownRows {
     Refuse,
 }
 
+/// Whether a run rehearses its migrations on a scratch copy of the database first (restored
+/// from the run's dump) and touches the database only when that succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rehearse {
+    /// Rehearse when the database is at most `rehearse_max_size` and the role may create
+    /// databases (CREATEDB); otherwise say why not and apply without.
+    #[default]
+    Auto,
+    /// Rehearse every run (a dry run too); fail before any change when it cannot.
+    Always,
+    /// Never rehearse.
+    Never,
+}
+
+/// The default `rehearse_max_size`: 4 GiB, a large Vamsa database (a family tree is megabytes
+/// to a few GiB); restoring it takes about as long as dumping it.
+pub const DEFAULT_REHEARSE_MAX_SIZE: u64 = 4 << 30;
+
+/// A size in bytes, given as a number of bytes or as text with a unit (`"512MiB"`, `"4 GiB"`,
+/// `"100MB"`; B, kB/MB/GB/TB powers of 1000, KiB/MiB/GiB/TiB powers of 1024).
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(t) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+/// See [`byte_size`].
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (a number of bytes, or e.g. \"4GiB\")"))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "MB" => 1000_u64.pow(2),
+        "GB" => 1000_u64.pow(3),
+        "TB" => 1000_u64.pow(4),
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogTarget {
@@ -111,6 +176,11 @@ pub struct Settings {
     pub lock_retries: u32,
     /// Tracking rows that match no file: warn, or refuse to run.
     pub unknown_rows: UnknownRows,
+    /// Rehearse on a scratch copy before touching the database.
+    pub rehearse: Rehearse,
+    /// `rehearse = "auto"` skips the rehearsal above this database size, in bytes
+    /// (`pg_database_size`).
+    pub rehearse_max_size: u64,
     pub daemon: DaemonSettings,
     pub backup: crate::backup::BackupSettings,
 }
@@ -174,6 +244,8 @@ impl fmt::Debug for Settings {
             .field("transaction", &self.transaction)
             .field("lock_retries", &self.lock_retries)
             .field("unknown_rows", &self.unknown_rows)
+            .field("rehearse", &self.rehearse)
+            .field("rehearse_max_size", &self.rehearse_max_size)
             .field("daemon", &self.daemon)
             .field("backup", &self.backup)
             .finish()
@@ -194,6 +266,8 @@ impl Default for Settings {
             transaction: TransactionMode::PerMigration,
             lock_retries: 0,
             unknown_rows: UnknownRows::Refuse,
+            rehearse: Rehearse::Auto,
+            rehearse_max_size: DEFAULT_REHEARSE_MAX_SIZE,
             daemon: DaemonSettings::default(),
             backup: crate::backup::BackupSettings::default(),
         }
@@ -218,6 +292,9 @@ pub struct Layer {
     pub transaction: Option<TransactionMode>,
     pub lock_retries: Option<u32>,
     pub unknown_rows: Option<UnknownRows>,
+    pub rehearse: Option<Rehearse>,
+    #[serde(default, deserialize_with = "byte_size")]
+    pub rehearse_max_size: Option<u64>,
     pub socket_path: Option<PathBuf>,
     pub socket_group: Option<String>,
     #[serde(default, deserialize_with = "string_list")]
@@ -304,7 +381,9 @@ impl Settings {
             lock_timeout,
             transaction,
             lock_retries,
-            unknown_rows
+            unknown_rows,
+            rehearse,
+            rehearse_max_size
         );
         let d = &mut self.daemon;
         macro_rules! set_daemon {

@@ -2,6 +2,7 @@
 //! from overlapping, and applying one migration atomically with its tracking row.
 
 pub(crate) mod restore;
+pub(crate) mod scratch;
 
 use std::time::{Duration, Instant};
 

@@ -15,14 +15,20 @@ pub(crate) fn report(e: &EngineError) -> ErrorReport {
     ErrorReport {
         kind: e.kind(),
         message: e.to_string(),
-        migration: match e {
-            EngineError::Apply(a) => Some(a.file.clone()),
-            EngineError::LockReleased { file, .. } => Some(file.clone()),
-            _ => None,
-        },
+        migration: failed_migration(e),
         sqlstate: e.sqlstate().map(str::to_string),
         cause: cause(e),
         hint: next_step(e),
+    }
+}
+
+/// The migration file that failed, when one did (also in a rehearsal).
+fn failed_migration(e: &EngineError) -> Option<String> {
+    match e {
+        EngineError::Apply(a) => Some(a.file.clone()),
+        EngineError::LockReleased { file, .. } => Some(file.clone()),
+        EngineError::Rehearsal(caught) => failed_migration(caught),
+        _ => None,
     }
 }
 
@@ -93,6 +99,7 @@ pub(crate) fn is_retryable_lock_timeout(f: &StatementFailure) -> bool {
 pub(crate) fn cause(e: &EngineError) -> Option<String> {
     match e {
         EngineError::Apply(a) => Some(apply_cause(a)),
+        EngineError::Rehearsal(caught) => cause(caught),
         EngineError::Db(DbError::Connect { cause, .. }) => Some(connect_cause(*cause).into()),
         EngineError::Db(DbError::Preflight(p)) => Some(format!(
             "The database role {:?} lacks a privilege the run needs on the tracking table, or (as a superuser) must not write to a table another role controls.",
@@ -135,6 +142,8 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         ),
         EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
         EngineError::Apply(a) => apply_next_step(a),
+        EngineError::Rehearsal(caught) => rehearsal_next_step(caught),
+        EngineError::RehearsalUnavailable { .. } => "Nothing was changed. Fix the cause above, or set rehearse = \"auto\" (rehearse when possible) or run with --no-rehearse.".into(),
         EngineError::LockReleased { file, committed, all_rolled_back: false } => format!("{file} and the migrations before it in this run are applied ({committed} in all); none after it ran. In later migrations release only the locks they take (pg_advisory_unlock(key)), then run again to apply the rest."),
         EngineError::LockReleased { file, .. } => format!("Nothing was applied: the run's transaction was rolled back. Remove the unlock from {file} (release only the locks it takes, with pg_advisory_unlock(key)), then run again."),
         EngineError::ManualBackup(_) => "Fix the cause above, then run `vamsa-migrate backup` again; nothing was changed in the database.".into(),
@@ -246,17 +255,31 @@ fn permission_cause(e: &ApplyError) -> String {
     format!("The database user lacks a permission needed by statement {number}{statement}: grant it, or run as the schema's owner.")
 }
 
+/// A release that failed on the scratch copy: nothing to restore, nothing half-applied.
+fn rehearsal_next_step(caught: &EngineError) -> String {
+    const UNCHANGED: &str = "Production was not changed: the release failed on a scratch copy of the database (restored from the dump just taken), which was dropped.";
+    match caught {
+        EngineError::Apply(a) => format!("{UNCHANGED} {}", apply_action(a)),
+        other => format!("{UNCHANGED} {}", next_step(other)),
+    }
+}
+
 fn apply_next_step(e: &ApplyError) -> String {
-    let action = match e.failure.sqlstate.as_deref().unwrap_or("") {
+    let action = apply_action(e);
+    let stays = what_stays(e);
+    let sep = if stays.ends_with('\n') { "" } else { " " };
+    format!("{stays}{sep}{action}{}", restore_steps(e))
+}
+
+/// What to do about a failed migration, after what stays of the run.
+fn apply_action(e: &ApplyError) -> &'static str {
+    match e.failure.sqlstate.as_deref().unwrap_or("") {
         "55P03" => "Run again at a quieter time, or raise lock_timeout, or set lock_retries to try again automatically.",
         "53100" => "Free space on the database server, then run `vamsa-migrate migrate` again.",
         "42501" => "Grant the permission (or set database_url to the owner role), then run `vamsa-migrate migrate` again.",
         _ if e.failure.connection_lost => "Once PostgreSQL is reachable, run `vamsa-migrate migrate` again: it continues from the last committed migration.",
         _ => "Fix the cause and run `vamsa-migrate migrate` again.",
-    };
-    let stays = what_stays(e);
-    let sep = if stays.ends_with('\n') { "" } else { " " };
-    format!("{stays}{sep}{action}{}", restore_steps(e))
+    }
 }
 
 /// What of this run is committed and what is not.

@@ -14,6 +14,9 @@ pub(crate) const PENDING: u8 = 3;
 /// Drift: an edited file, a hole, a row matching no file (`status`); refused (`migrate`,
 /// also for rows matching no file under `unknown_rows = "refuse"`).
 pub(crate) const DRIFT: u8 = 4;
+/// `migrate`: the release failed in its rehearsal on a scratch copy; the database was not
+/// changed.
+pub(crate) const REHEARSAL_FAILED: u8 = 5;
 /// `trigger`: no daemon listens on the socket (EX_UNAVAILABLE).
 pub(crate) const NOT_RUNNING: u8 = 69;
 /// `trigger`: no `done` within --timeout, or the daemon hung up mid-run (EX_TEMPFAIL).
@@ -37,6 +40,9 @@ pub(crate) mod daemon {
     /// under `unknown_rows = "refuse"`: READY was not sent, so the application does not start
     /// on a schema it does not know. Restore, or deploy the newer code, then start.
     pub(crate) const DATABASE_NEWER: u8 = 4;
+    /// The start-up migration failed in its rehearsal (exit_on_start_failure): the database
+    /// was not changed, READY was not sent; the same release fails the same way.
+    pub(crate) const REHEARSAL_FAILED: u8 = super::REHEARSAL_FAILED;
 }
 
 /// How a command (`migrate`, `status`, `new`, `backup`, `backups`, `demo`, `trigger`) ended,
@@ -94,6 +100,7 @@ fn for_kind(kind: ErrorKind) -> u8 {
         | ErrorKind::BadRequest => BAD_INPUT,
         ErrorKind::Drift | ErrorKind::NewerDatabase => DRIFT,
         ErrorKind::Refused => REFUSED,
+        ErrorKind::Rehearsal => REHEARSAL_FAILED,
         ErrorKind::Database
         | ErrorKind::Apply
         | ErrorKind::Backup
@@ -132,6 +139,7 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             db_failed,
             (BAD_INPUT, "invalid configuration, migrations folder (journal, files) or usage"),
             (DRIFT, "refused because of an edited file or a hole, or the database is newer than this code (unknown_rows = \"refuse\"); nothing applied"),
+            (REHEARSAL_FAILED, "caught in rehearsal: the release failed on a scratch copy of the database; production was not changed"),
         ],
         Program::Status => vec![
             (OK, "up to date"),
@@ -162,6 +170,7 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (daemon::BAD_CONFIG, "the configuration cannot work (also: wrong credentials, no such database)"),
             (daemon::MIGRATION_FAILED, "the start-up migration failed (exit_on_start_failure)"),
             (daemon::DATABASE_NEWER, "the database is newer than this code (unknown_rows = \"refuse\"): READY never sent"),
+            (daemon::REHEARSAL_FAILED, "the start-up release failed in its rehearsal (exit_on_start_failure): database not changed, READY never sent"),
         ],
         Program::Trigger => vec![
             (OK, "applied, or nothing pending"),
@@ -208,6 +217,8 @@ mod tests {
             (Outcome::Drift, 4),
             (Outcome::Failed(ErrorKind::Drift), 4),
             (Outcome::Failed(ErrorKind::NewerDatabase), 4),
+            (Outcome::Failed(ErrorKind::Rehearsal), 5),
+            (Outcome::DaemonFailed(ErrorKind::Rehearsal), 1),
             (Outcome::DaemonFailed(ErrorKind::NewerDatabase), 1),
             (Outcome::NotRunning, 69),
             (Outcome::NoAnswer, 75),
@@ -235,6 +246,7 @@ mod tests {
             daemon::BAD_CONFIG,
             daemon::MIGRATION_FAILED,
             daemon::DATABASE_NEWER,
+            daemon::REHEARSAL_FAILED,
         ];
         let expected: Vec<String> = codes.iter().map(u8::to_string).collect();
         assert_eq!(listed, expected.join(" "));

@@ -142,7 +142,7 @@ pub enum Blocker {
 
 impl<'a> Plan<'a> {
     /// Migrations to apply, in journal order.
-    pub fn to_apply(&self) -> impl Iterator<Item = &Migration> + '_ {
+    pub fn to_apply(&self) -> impl Iterator<Item = &'a Migration> + '_ {
         self.items.iter().filter_map(|item| match item.state {
             State::Pending { .. } | State::OutOfOrder { allowed: true } => Some(item.migration),
             _ => None,

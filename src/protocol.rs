@@ -112,6 +112,18 @@ pub enum Event {
         bytes: u64,
         ms: u64,
     },
+    /// The release is being rehearsed: `migrations` migrations applied to `database`, a
+    /// scratch copy restored from the run's dump, before the database itself is touched.
+    Rehearsing {
+        database: String,
+        migrations: usize,
+    },
+    /// The rehearsal succeeded (the scratch copy is dropped), in `ms` milliseconds: restore
+    /// and apply.
+    Rehearsed {
+        migrations: usize,
+        ms: u64,
+    },
     /// One migration committed (under `transaction = "all"`: the run committed), with its
     /// wall time in milliseconds.
     Applied {
@@ -193,6 +205,9 @@ pub enum ErrorKind {
     Apply,
     /// The backup before the run failed: nothing was migrated.
     Backup,
+    /// The release failed in its rehearsal on a scratch copy of the database (`migration`
+    /// and `sqlstate` say which and why, as for `apply`): the database was not changed.
+    Rehearsal,
     /// The daemon refused: this peer may not apply.
     Refused,
     /// The daemon is stopping and takes no more work.

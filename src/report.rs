@@ -116,6 +116,24 @@ impl<W: Write> Reporter<W> {
                     );
                 }
             }
+            Event::Rehearsing {
+                database,
+                migrations,
+            } => {
+                if !self.options.quiet {
+                    warn_line!(
+                        "Rehearsing {migrations} migration(s) on a scratch copy ({database})..."
+                    );
+                }
+            }
+            Event::Rehearsed { ms, .. } => {
+                if !self.options.quiet {
+                    warn_line!(
+                        "Rehearsal passed ({:.1} s); the copy was dropped",
+                        *ms as f64 / 1000.0
+                    );
+                }
+            }
             Event::AcceptedEdit { migration } => self.line(&format!(
                 "Accepted the edited {migration}: recorded its new hash."
             ))?,

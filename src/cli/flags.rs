@@ -208,3 +208,29 @@ pub struct VerboseFlag {
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
+
+/// Whether this run rehearses on a scratch copy first (`rehearse` for one run).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RehearseFlags {
+    /// Rehearse on a scratch copy of the database first, whatever its size (also with
+    /// --dry-run: shows whether the release applies to the real data). Sets rehearse =
+    /// "always" for this run.
+    #[arg(long, conflicts_with = "no_rehearse")]
+    pub rehearse: bool,
+    /// Do not rehearse this run. Sets rehearse = "never" for this run. Default: rehearse =
+    /// "auto".
+    #[arg(long)]
+    pub no_rehearse: bool,
+}
+
+impl Flags for RehearseFlags {
+    fn set(&self, layer: &mut Layer) -> Result<(), ConfigError> {
+        use crate::config::Rehearse;
+        layer.rehearse = match (self.rehearse, self.no_rehearse) {
+            (true, _) => Some(Rehearse::Always),
+            (_, true) => Some(Rehearse::Never),
+            _ => None,
+        };
+        Ok(())
+    }
+}

@@ -213,6 +213,14 @@ impl Service {
                 );
                 return Some(exit::DATABASE_NEWER);
             }
+            Err(error)
+                if error.kind == ErrorKind::Rehearsal && settings.daemon.exit_on_start_failure =>
+            {
+                crate::logging::fatal(
+                    "the start-up release failed in its rehearsal (the database was not changed); exiting without READY so that units requiring vamsa-migrate do not start",
+                );
+                return Some(exit::REHEARSAL_FAILED);
+            }
             Err(error) if settings.daemon.exit_on_start_failure => {
                 self.notifier
                     .status(&format!("Start-up migration failed: {}", error.message));

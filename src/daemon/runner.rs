@@ -365,10 +365,15 @@ impl Runner {
             notify_progress(notifier, starting, &event);
             send(job, event);
         };
-        if let Err(e) = engine.run(client, set, &options, &mut emit).await {
-            self.forget_broken_connection(&e);
+        let result = engine.run(client, set, &options, &mut emit).await;
+        if let Err(e) = &result {
+            self.forget_broken_connection(e);
         }
-        let text = self.status_text(engine, client, set).await;
+        let text = match result {
+            // Until the next run: the release is known to fail on this database.
+            Err(EngineError::Rehearsal(caught)) => rehearsal_status(&caught),
+            _ => self.status_text(engine, client, set).await,
+        };
         self.set_status(text);
     }
 
@@ -504,6 +509,15 @@ fn notify_progress(notifier: Notifier, starting: bool, event: &Event) {
                 notifier.extend_timeout(Duration::from_secs(3600));
             }
         }
+        Event::Rehearsing { migrations, .. } => {
+            notifier.status(&format!(
+                "Rehearsing {migrations} migrations on a scratch copy..."
+            ));
+            if starting {
+                // Restoring the dump takes about as long as taking it.
+                notifier.extend_timeout(Duration::from_secs(3600));
+            }
+        }
         Event::Applied { migration, .. } => {
             notifier.status(&format!("Applied {migration}"));
             if starting {
@@ -513,6 +527,13 @@ fn notify_progress(notifier: Notifier, starting: bool, event: &Event) {
         }
         _ => {}
     }
+}
+
+/// The STATUS after a release failed in its rehearsal.
+fn rehearsal_status(caught: &EngineError) -> String {
+    let headline = caught.to_string();
+    let headline = headline.lines().next().unwrap_or_default();
+    format!("Rehearsal failed, database not changed: {headline}")
 }
 
 fn status_line_for(plan: &crate::plan::Plan<'_>, policy: ApplyPolicy) -> String {
@@ -575,6 +596,20 @@ pub(crate) fn log_event(event: &Event, origin: &str) {
         Event::AcceptedEdit { migration } => {
             tracing::info!(MIGRATION = %migration, "accepted the edited {migration}")
         }
+        Event::Rehearsing {
+            database,
+            migrations,
+        } => tracing::info!(
+            ORIGIN = origin,
+            REHEARSAL = "started",
+            "Rehearsing {migrations} migration(s) on a scratch copy ({database})"
+        ),
+        Event::Rehearsed { ms, .. } => tracing::info!(
+            ORIGIN = origin,
+            REHEARSAL = "passed",
+            DURATION_MS = ms,
+            "Rehearsal passed; the scratch copy was dropped"
+        ),
         Event::Applied { migration, ms } => tracing::info!(
             ORIGIN = origin,
             MIGRATION = %migration,
@@ -596,6 +631,16 @@ fn log_done(ok: bool, applied: usize, dry_run: bool, error: Option<&ErrorReport>
             tracing::info!(ORIGIN = origin, "Migration complete: {applied} applied.")
         }
         _ if ok => tracing::debug!(ORIGIN = origin, "done, nothing applied"),
+        Some(e) if e.kind == ErrorKind::Rehearsal => tracing::error!(
+            ORIGIN = origin,
+            REHEARSAL = "failed",
+            MIGRATION = e.migration.as_deref().unwrap_or(""),
+            SQLSTATE = e.sqlstate.as_deref().unwrap_or(""),
+            HINT = %e.hint,
+            CAUSE = e.cause.as_deref().unwrap_or(""),
+            "{}",
+            e.message
+        ),
         Some(e) => tracing::error!(
             ORIGIN = origin,
             MIGRATION = e.migration.as_deref().unwrap_or(""),

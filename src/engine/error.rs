@@ -77,6 +77,14 @@ pub enum EngineError {
         /// The whole run was one transaction (`transaction = "all"`), now rolled back.
         all_rolled_back: bool,
     },
+    /// The release failed on the scratch copy (`engine::rehearsal`): this is that failure;
+    /// the database itself was not changed.
+    #[error("caught in rehearsal: production was not changed\n{0}")]
+    Rehearsal(Box<EngineError>),
+    /// `rehearse = "always"`, and the rehearsal cannot run (no CREATEDB, the copy could not
+    /// be made).
+    #[error("rehearse = \"always\", but the rehearsal cannot run: {reason}")]
+    RehearsalUnavailable { reason: String },
     #[error("{file}:{line}: {statement} controls the transaction, but vamsa-migrate runs this migration in a transaction of its own")]
     TransactionControl {
         file: String,
@@ -138,6 +146,8 @@ impl EngineError {
             EngineError::NewerDatabase(_) => ErrorKind::NewerDatabase,
             EngineError::Apply(_) | EngineError::LockReleased { .. } => ErrorKind::Apply,
             EngineError::Backup(_) | EngineError::ManualBackup(_) => ErrorKind::Backup,
+            EngineError::Rehearsal(_) => ErrorKind::Rehearsal,
+            EngineError::RehearsalUnavailable { .. } => ErrorKind::Database,
         }
     }
 
@@ -145,6 +155,7 @@ impl EngineError {
     pub fn failure(&self) -> Option<&PgFailure> {
         match self {
             EngineError::Apply(e) => Some(&e.failure),
+            EngineError::Rehearsal(caught) => caught.failure(),
             EngineError::Db(DbError::Query { failure, .. } | DbError::Connect { failure, .. }) => {
                 Some(failure)
             }

@@ -2,6 +2,7 @@
 //! see its progress only as [`Event`]s, so there is one code path for applying migrations.
 
 pub mod error;
+mod rehearsal;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -60,6 +61,15 @@ pub struct Status<'s> {
     /// What the next run will do beyond applying: the table's upgrade to Drizzle 1.0's
     /// shape, out-of-order folders applied as Drizzle 1.0 does.
     pub notes: Vec<String>,
+}
+
+/// A run's plan, checked: what [`Engine::change`] applies.
+struct Prepared<'s> {
+    plan: Plan<'s>,
+    table: Table,
+    to_apply: Vec<&'s Migration>,
+    /// The `name` of each new row, by tag (see [`Table::row_names`]).
+    names: Option<HashMap<String, String>>,
 }
 
 /// The tracking table as a plan must see it.
@@ -283,10 +293,46 @@ impl<'a> Engine<'a> {
             migrations: pending,
             dry_run: true,
         });
+        if self.settings.rehearse == crate::config::Rehearse::Always && count > 0 {
+            self.dry_run_rehearsal(client, set, options, emit).await?;
+        }
         Ok(RunSummary {
             applied: Vec::new(),
             pending_before: count,
         })
+    }
+
+    /// `migrate --dry-run --rehearse`: the release on a scratch copy of a temporary dump,
+    /// under the run lock (no other run may drop the copy as a leftover meanwhile).
+    async fn dry_run_rehearsal(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        options: &RunOptions,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<(), EngineError> {
+        let lock_wait = self.settings.lock_wait;
+        db::acquire_lock(client, &self.tracking, lock_wait, |holder_pid| {
+            emit(Event::WaitingForLock {
+                holder_pid,
+                max_wait_ms: lock_wait.as_millis() as u64,
+            })
+        })
+        .await?;
+        let mut unseen = |_: Event| {};
+        let result = match self.prepare(client, set, options, &mut unseen).await {
+            Ok(prepared) => {
+                self.rehearse_before(client, set, options, &prepared, None, emit)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let unlocked = db::release_lock(client, &self.tracking).await;
+        result?;
+        if let Err(e) = unlocked {
+            tracing::warn!("{e}");
+        }
+        Ok(())
     }
 
     async fn apply(
@@ -321,9 +367,44 @@ impl<'a> Engine<'a> {
         options: &RunOptions,
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunSummary, EngineError> {
+        let prepared = self.prepare(client, set, options, emit).await?;
+        let upgrading = !prepared.table.upgrade.is_empty();
+        let backup = self
+            .backup_before(client, &prepared.to_apply, upgrading, options, emit)
+            .await?;
+        // Then the release on a scratch copy restored from that very dump.
+        let dump = backup.as_ref().map(|(path, _)| path.as_path());
+        self.rehearse_before(client, set, options, &prepared, dump, emit)
+            .await?;
+        // Only now change anything: the backup shows the database exactly as it was.
+        let applied = self
+            .change(client, set, &prepared, emit)
+            .await
+            .map_err(|e| match e {
+                EngineError::Apply(mut a) => {
+                    a.backup = backup;
+                    EngineError::Apply(a)
+                }
+                other => other,
+            })?;
+        Ok(RunSummary {
+            applied,
+            pending_before: prepared.to_apply.len(),
+        })
+    }
+
+    /// The checks of a run, before the backup and any change: the role's rights, the plan
+    /// (read under the lock: another run may have applied migrations meanwhile), rows of a
+    /// newer database, drift, transaction control.
+    async fn prepare<'s>(
+        &self,
+        client: &Client,
+        set: &'s MigrationSet,
+        options: &RunOptions,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Prepared<'s>, EngineError> {
         // Before reading (which needs USAGE on the schema), the backup and any change.
         db::preflight::check(client, &self.tracking).await?;
-        // Read after the lock is held: another run may have applied migrations meanwhile.
         let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
         let plan = plan::plan(set, &table.rows, &options.plan);
         self.check_unknown_rows(&plan.missing, emit)?;
@@ -349,12 +430,25 @@ impl<'a> Engine<'a> {
             }
         }
         let names = table.row_names(set)?;
-        let upgrading = !table.upgrade.is_empty();
-        let backup = self
-            .backup_before(client, &to_apply, upgrading, options, emit)
-            .await?;
-        // Only now change anything: the backup shows the database exactly as it was.
-        if upgrading {
+        Ok(Prepared {
+            plan,
+            table,
+            to_apply,
+            names,
+        })
+    }
+
+    /// Everything a run changes: the tracking table's upgrade and creation, accepted edits,
+    /// the migrations. The migrations applied.
+    async fn change(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        prepared: &Prepared<'_>,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Vec<String>, EngineError> {
+        let table = &prepared.table;
+        if !table.upgrade.is_empty() {
             db::upgrade_table(client, &self.tracking, &table.upgrade).await?;
             emit(Event::Warning {
                 message: format!(
@@ -368,30 +462,18 @@ impl<'a> Engine<'a> {
             Layout::Journal => TableVersion::V0,
         };
         db::ensure_table(client, &self.tracking, version).await?;
-        for (m, row) in plan.accepted_edits() {
+        for (m, row) in prepared.plan.accepted_edits() {
             db::accept_edit(client, &self.tracking, row.id, &m.hash).await?;
             emit(Event::AcceptedEdit {
                 migration: m.file_name.clone(),
             });
         }
         emit(Event::Pending {
-            migrations: pending_events(&plan),
+            migrations: pending_events(&prepared.plan),
             dry_run: false,
         });
-        let applied = self
-            .apply_all(client, &to_apply, names.as_ref(), emit)
+        self.apply_all(client, &prepared.to_apply, prepared.names.as_ref(), emit)
             .await
-            .map_err(|e| match e {
-                EngineError::Apply(mut a) => {
-                    a.backup = backup;
-                    EngineError::Apply(a)
-                }
-                other => other,
-            })?;
-        Ok(RunSummary {
-            applied,
-            pending_before: to_apply.len(),
-        })
     }
 
     /// Rows that match no migration on disk: the database is newer than this code. Warned

@@ -18,6 +18,8 @@ pub(crate) struct Ctx {
     empty_config: PathBuf,
     /// Whether the binary has automatic backups (then they are turned off, see the header).
     pub(crate) has_backup: bool,
+    /// Whether the binary rehearses each release on a scratch copy (then it is turned off too).
+    pub(crate) has_rehearsal: bool,
     next_db: usize,
     /// The highest peak RSS of a runner so far (see `spawn`), in KiB.
     pub(crate) runner_hwm_kib: Option<u64>,
@@ -38,6 +40,7 @@ impl Ctx {
             work,
             empty_config,
             has_backup: false,
+            has_rehearsal: false,
             next_db: 0,
             runner_hwm_kib: None,
         };
@@ -48,6 +51,7 @@ impl Ctx {
         ];
         let (_, help) = ctx.run(help)?;
         ctx.has_backup = help.contains("--no-backup");
+        ctx.has_rehearsal = help.contains("--no-rehearse");
         Ok(ctx)
     }
 
@@ -126,6 +130,9 @@ impl Ctx {
         let mut a = vec!["migrate", "-q"];
         if self.has_backup {
             a.push("--no-backup");
+        }
+        if self.has_rehearsal {
+            a.push("--no-rehearse");
         }
         a
     }

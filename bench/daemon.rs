@@ -91,12 +91,14 @@ pub(crate) fn start(ctx: &Ctx, db: &str, dir: &Path) -> Daemon {
         "VAMSA_MIGRATE_SETTLE",
         format!("{}ms", ctx.p.settle.as_millis()),
     );
-    let extra = if ctx.has_backup {
-        "backup_enabled = false"
-    } else {
-        ""
-    };
-    Daemon::start(cli, &ctx.url(db), dir, extra)
+    let mut extra = String::new();
+    if ctx.has_backup {
+        extra.push_str("backup_enabled = false\n");
+    }
+    if ctx.has_rehearsal {
+        extra.push_str("rehearse = \"never\"\n");
+    }
+    Daemon::start(cli, &ctx.url(db), dir, &extra)
 }
 
 fn stop(mut d: Daemon) -> Res<()> {

@@ -79,6 +79,12 @@ fn run() -> Res<()> {
             hwm as f64 / 1024.0
         ));
     }
+    if ctx.has_rehearsal {
+        table.notes.push(
+            "This binary rehearses each release on a scratch copy first by default; it is turned off here (--no-rehearse, rehearse = \"never\") so that the engine is measured against the psql floor."
+                .into(),
+        );
+    }
     if ctx.has_backup {
         table.notes.push(
             "This binary takes a pg_dump backup before applying by default; it is turned off here (--no-backup, backup_enabled = false) so that the engine is measured against the psql floor."

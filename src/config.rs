@@ -716,6 +716,21 @@ pub fn describe_target(config: &tokio_postgres::Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_bytes_or_text_with_a_unit() {
+        for (text, bytes) in [
+            ("4GiB", 4u64 << 30),
+            ("500MB", 500_000_000),
+            (" 1 MiB ", 1 << 20),
+            ("123", 123),
+        ] {
+            assert_eq!(parse_size(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "GiB", "4 parsecs", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
     use std::collections::BTreeSet;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {

@@ -409,6 +409,23 @@ mod tests {
     }
 
     #[test]
+    fn a_release_caught_in_rehearsal_keeps_the_diagnosis_and_says_production_was_not_changed() {
+        let caught = EngineError::Rehearsal(Box::new(EngineError::Apply(Box::new(apply_error(
+            Some("23505"),
+            false,
+        )))));
+        let report = report(&caught);
+        assert_eq!(report.kind, ErrorKind::Rehearsal);
+        assert_eq!(report.migration.as_deref(), Some("0001_add_media_tags.sql"));
+        assert_eq!(report.sqlstate.as_deref(), Some("23505"));
+        assert_eq!(report.cause.as_deref(), Some(VIOLATES));
+        assert!(report
+            .message
+            .starts_with("caught in rehearsal: production was not changed\nmigration 0001_add_media_tags.sql failed at statement 2 of 2 (line 6)"));
+        assert_eq!(report.hint, "Production was not changed: the release failed on a scratch copy of the database (restored from the dump just taken), which was dropped. Fix the cause and run `vamsa-migrate migrate` again.");
+    }
+
+    #[test]
     fn duplicate_table_42p07_already_exists() {
         assert_eq!(cause_of("42P07"), EXISTS);
     }

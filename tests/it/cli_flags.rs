@@ -18,6 +18,8 @@ const FLAGS: &[(&str, &[&str])] = &[
         &[
             "--dry-run",
             "--no-backup",
+            "--rehearse",
+            "--no-rehearse",
             "--allow-out-of-order",
             "--accept-edited",
             "--quiet",

@@ -8,7 +8,7 @@ use std::process::Child;
 use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
-use crate::support::{cli, eventually, Cli, Daemon, Db, Folder, Run, Signal};
+use crate::support::{cli, eventually, rehearsing, Cli, Daemon, Db, Folder, Run, Signal};
 
 const PERSONS: &str =
     "CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY, \"email\" text, \"born\" text);\n";
@@ -31,6 +31,11 @@ fn with_release(rows: &str, release: &[(&str, &str)]) -> (Db, Folder) {
 fn own_scratch_databases(db: &Db) -> String {
     db.psql("SELECT coalesce(string_agg(datname, ','), '') FROM pg_database \
              WHERE starts_with(datname, 'vamsa_rehearsal_' || (SELECT oid FROM pg_database WHERE datname = current_database()) || '_')")
+}
+
+/// `vamsa-migrate ARGS` against `db` and `folder`, rehearsing as by default.
+fn migrate(db: &Db, folder: &Folder, args: &[&str]) -> Run {
+    rehearsing(&mut db.cli(folder.path())).args(args).run()
 }
 
 fn dumps(db: &Db) -> usize {
@@ -82,7 +87,7 @@ fn a_unique_constraint_over_duplicates_is_caught_in_rehearsal() {
         )],
     );
     let before = db.catalog_fingerprint();
-    let run = db.run(release.path(), &["migrate"]);
+    let run = migrate(&db, &release, &["migrate"]);
     assert_caught(
         &db,
         &run,
@@ -98,7 +103,7 @@ fn a_unique_constraint_over_duplicates_is_caught_in_rehearsal() {
         1,
         "one dump serves the backup and the rehearsal"
     );
-    let json = db.run(release.path(), &["migrate", "--format", "json"]);
+    let json = migrate(&db, &release, &["migrate", "--format", "json"]);
     json.code(5);
     let done: serde_json::Value =
         serde_json::from_str(json.stdout.lines().last().unwrap_or_default()).unwrap();
@@ -120,7 +125,7 @@ fn set_not_null_over_nulls_is_caught_in_rehearsal() {
         )],
     );
     let before = db.catalog_fingerprint();
-    let run = db.run(release.path(), &["migrate"]);
+    let run = migrate(&db, &release, &["migrate"]);
     assert_caught(
         &db,
         &run,
@@ -140,7 +145,7 @@ fn a_cast_the_data_refuses_is_caught_in_rehearsal() {
         )],
     );
     let before = db.catalog_fingerprint();
-    let run = db.run(release.path(), &["migrate"]);
+    let run = migrate(&db, &release, &["migrate"]);
     assert_caught(
         &db,
         &run,
@@ -169,7 +174,7 @@ const THREE: [(&str, &str); 3] = [
 fn a_release_whose_third_migration_fails_commits_none_of_it() {
     let (db, release) = with_release("('a@x', '1950'), ('a@x', '1951')", &THREE);
     let before = db.catalog_fingerprint();
-    let run = db.run(release.path(), &["migrate"]);
+    let run = migrate(&db, &release, &["migrate"]);
     assert_caught(
         &db,
         &run,
@@ -179,7 +184,7 @@ fn a_release_whose_third_migration_fails_commits_none_of_it() {
     );
     assert!(!db.table_exists("media") && !db.table_exists("notes"));
     // Without the rehearsal the same release is a half release: the first two stay.
-    let unrehearsed = db.run(release.path(), &["migrate", "--no-rehearse"]);
+    let unrehearsed = migrate(&db, &release, &["migrate", "--no-rehearse"]);
     unrehearsed.code(1);
     assert!(db.table_exists("media") && db.table_exists("notes"));
     assert_eq!(db.rows().len(), 3);
@@ -188,7 +193,7 @@ fn a_release_whose_third_migration_fails_commits_none_of_it() {
 #[test]
 fn a_release_that_passes_its_rehearsal_is_applied_from_one_dump() {
     let (db, release) = with_release("('a@x', '1950'), ('b@x', '1951')", &THREE);
-    let run = db.run(release.path(), &["migrate"]);
+    let run = migrate(&db, &release, &["migrate"]);
     run.ok();
     for needle in [
         "Rehearsing 3 migration(s) on a scratch copy (vamsa_rehearsal_",
@@ -213,10 +218,10 @@ fn a_release_that_passes_its_rehearsal_is_applied_from_one_dump() {
 fn a_dry_run_rehearses_on_request_and_changes_nothing() {
     let (db, release) = with_release("('a@x', '1950'), ('a@x', '1951')", &THREE);
     let before = db.catalog_fingerprint();
-    let plain = db.run(release.path(), &["migrate", "--dry-run"]);
+    let plain = migrate(&db, &release, &["migrate", "--dry-run"]);
     plain.ok();
     assert!(!plain.stderr.contains("Rehearsing"), "{}", plain.stderr);
-    let run = db.run(release.path(), &["migrate", "--dry-run", "--rehearse"]);
+    let run = migrate(&db, &release, &["migrate", "--dry-run", "--rehearse"]);
     assert!(
         run.stdout.contains("0003_unique_email.sql"),
         "{}",
@@ -261,8 +266,7 @@ fn without_createdb_the_run_says_the_rehearsal_was_skipped_and_why() {
         always.stderr
     );
     assert!(!db.table_exists("media"));
-    let run = db
-        .cli(release.path())
+    let run = rehearsing(&mut db.cli(release.path()))
         .database_url(&url)
         .arg("migrate")
         .run();
@@ -277,8 +281,7 @@ fn without_createdb_the_run_says_the_rehearsal_was_skipped_and_why() {
 #[test]
 fn over_rehearse_max_size_auto_skips_and_says_why() {
     let (db, release) = with_release("('a@x', '1950')", &THREE[..1]);
-    let run = db
-        .cli(release.path())
+    let run = rehearsing(&mut db.cli(release.path()))
         .env("VAMSA_MIGRATE_REHEARSE_MAX_SIZE", "1MiB")
         .arg("migrate")
         .run();
@@ -299,7 +302,7 @@ fn a_scratch_database_left_by_a_sigkill_is_dropped_by_the_next_run() {
     let oid = db.psql("SELECT oid FROM pg_database WHERE datname = current_database()");
     let leftover = format!("vamsa_rehearsal_{oid}_00000000deadbeef");
     db.psql(&format!("CREATE DATABASE \"{leftover}\""));
-    let run = db.run(release.path(), &["migrate"]);
+    let run = migrate(&db, &release, &["migrate"]);
     run.ok();
     assert!(
         run.stderr.contains(&format!(
@@ -314,7 +317,7 @@ fn a_scratch_database_left_by_a_sigkill_is_dropped_by_the_next_run() {
 /// `vamsa-migrate ARGS` started, with the `Cli` that must outlive it (it owns its config).
 fn spawn(db: &Db, folder: &Folder, args: &[&str]) -> (Cli, Child) {
     let mut c = db.cli(folder.path());
-    c.args(args);
+    rehearsing(&mut c).args(args);
     let child = c
         .command()
         .stdout(std::process::Stdio::piped())
@@ -330,6 +333,7 @@ fn sigterm_during_the_rehearsal_drops_the_scratch_database() {
     let (db, release) = with_release("('a@x', '1950')", &[("0001_gated", gated.as_str())]);
     // The gate is closed in the dump, so the rehearsal's copy of the migration waits.
     db.close_gate();
+    let oid = db.psql("SELECT oid FROM pg_database WHERE datname = current_database()");
     let (_cli, mut migrate) = spawn(&db, &release, &["migrate"]);
     eventually("the rehearsal running the gated migration", || {
         if let Ok(Some(status)) = migrate.try_wait() {
@@ -340,7 +344,7 @@ fn sigterm_during_the_rehearsal_drops_the_scratch_database() {
             panic!("vamsa-migrate ended first ({status}): {stderr}");
         }
         db.psql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname LIKE 'vamsa\\_rehearsal\\_%' AND {}",
+            "SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, 'vamsa_rehearsal_{oid}_') AND {}",
             crate::support::GATED_ACTIVITY
         )) != "0"
     });
@@ -356,7 +360,12 @@ fn sigterm_during_the_rehearsal_drops_the_scratch_database() {
 #[test]
 fn the_daemon_does_not_send_ready_when_the_start_up_release_fails_in_rehearsal() {
     let (db, release) = with_release("('a@x', '1950'), ('a@x', '1951')", &THREE);
-    let mut d = Daemon::start(cli(), &db.url(), release.path(), "");
+    let mut d = Daemon::start(
+        rehearsing(&mut cli()).clone(),
+        &db.url(),
+        release.path(),
+        "",
+    );
     assert_eq!(d.wait_exit(), 5, "{}", d.log());
     let messages = d.messages();
     assert!(

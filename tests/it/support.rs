@@ -16,9 +16,19 @@ pub use vamsa_testkit::{root_or_skip, ClusterOptions, Signal, StopMode, TempClus
 static CLUSTER: OnceLock<TempCluster> = OnceLock::new();
 static NEXT_DB: AtomicUsize = AtomicUsize::new(0);
 
-/// The binary under test; see [`Cli`] for the environment it gets.
+/// The binary under test; see [`Cli`] for the environment it gets. Without a rehearsal
+/// (`VAMSA_MIGRATE_REHEARSE=never`): the suite's tests assert what a run does to the database
+/// itself (a failure half-way included), which a rehearsal would catch first and which would
+/// double each run's time; `rehearsal.rs` sets it back with [`rehearsing`].
 pub fn cli() -> Cli {
-    Cli::new(env!("CARGO_BIN_EXE_vamsa-migrate"))
+    let mut cli = Cli::new(env!("CARGO_BIN_EXE_vamsa-migrate"));
+    cli.env("VAMSA_MIGRATE_REHEARSE", "never");
+    cli
+}
+
+/// `cli` with the default `rehearse = "auto"` (or whatever its config file says).
+pub fn rehearsing(cli: &mut Cli) -> &mut Cli {
+    cli.env_remove("VAMSA_MIGRATE_REHEARSE")
 }
 
 /// The shared cluster of this test binary. Statics are never dropped, so the reaper stops the

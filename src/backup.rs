@@ -273,7 +273,10 @@ pub async fn take(
 /// (`O_TMPFILE` in `$TMPDIR`, gone when the file is closed): for a rehearsal when the run
 /// takes no backup of its own (a dry run, `--no-backup`). Never in `backup_dir`, so it never
 /// counts against retention.
-pub(crate) async fn take_temporary(pg: &Config, client: &Client) -> Result<fs::File, BackupError> {
+pub(crate) async fn take_temporary(
+    pg: &ConnParams,
+    client: &Client,
+) -> Result<fs::File, BackupError> {
     let db = crate::db::database(client)
         .await
         .map_err(|e| BackupError::Query(Box::new(e)))?;
@@ -289,7 +292,7 @@ pub(crate) async fn take_temporary(pg: &Config, client: &Client) -> Result<fs::F
 /// no other role's membership is needed. pg_restore's stderr on failure, in
 /// [`BackupError::Restore`].
 pub(crate) async fn restore_into_new(
-    pg: &Config,
+    pg: &ConnParams,
     dbname: &str,
     dump: &fs::File,
 ) -> Result<(), BackupError> {
@@ -304,7 +307,7 @@ pub(crate) async fn restore_into_new(
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let pass = PassFile::new(pg.get_password()).map_err(BackupError::PassFile)?;
+    let pass = PassFile::new(pg.driver.get_password()).map_err(BackupError::PassFile)?;
     libpq_env(&mut cmd, pg, dbname, &pass.path());
     let child = cmd.spawn().map_err(BackupError::Spawn)?;
     drop(pass);

@@ -13,12 +13,13 @@ use std::fs;
 use std::path::Path;
 use std::time::Instant;
 
-use tokio_postgres::{Client, Config};
+use tokio_postgres::Client;
 
 use super::{Engine, EngineError, Prepared, RunOptions};
 use crate::backup::human_bytes;
 use crate::config::Rehearse;
 use crate::db::{self, scratch};
+use crate::libpq::ConnParams;
 use crate::protocol::Event;
 use crate::source::MigrationSet;
 
@@ -162,7 +163,7 @@ impl Engine<'_> {
             )));
         }
         let mut pg = self.pg.clone();
-        pg.dbname(name);
+        pg.driver.dbname(name);
         let client = match db::connect(&pg).await {
             Ok(c) => c,
             Err(e) => return Ok(Err(format!("cannot connect to the scratch database: {e}"))),
@@ -199,12 +200,12 @@ async fn drop_leftovers(client: &Client, oid: u32, emit: &mut dyn FnMut(Event)) 
 /// cannot await. Blocking the dropping thread that long is the price of never leaving a
 /// copy of the data behind; the normal path drops it itself and disarms the guard.
 struct ScratchGuard {
-    pg: Config,
+    pg: ConnParams,
     name: Option<String>,
 }
 
 impl ScratchGuard {
-    fn new(pg: &Config, name: &str) -> ScratchGuard {
+    fn new(pg: &ConnParams, name: &str) -> ScratchGuard {
         ScratchGuard {
             pg: pg.clone(),
             name: Some(name.to_string()),

@@ -12,6 +12,7 @@ use tokio_postgres::{Client, Row, SimpleQueryMessage};
 pub(crate) use crate::config::describe_target;
 
 mod connect;
+pub(crate) mod history;
 pub(crate) mod preflight;
 mod tls;
 pub use crate::libpq::{ConnParams, TlsParams};

@@ -110,6 +110,7 @@ pub(crate) enum Program {
     Any,
     Migrate,
     Status,
+    History,
     New,
     Convert,
     Backup,
@@ -139,6 +140,11 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (BAD_INPUT, "invalid configuration, migrations folder or usage"),
             (PENDING, "migrations pending, no drift"),
             (DRIFT, "drift: an edited file, an out-of-order migration, or a row matching no file"),
+        ],
+        Program::History => vec![
+            (OK, "listed (also: no history yet)"),
+            (FAILED, "a database error (cannot connect, no SELECT privilege on vamsa_migrate.runs)"),
+            USAGE,
         ],
         Program::New => vec![
             (OK, "created"),

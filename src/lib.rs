@@ -16,6 +16,7 @@ pub mod db;
 pub(crate) mod diagnosis;
 pub mod engine;
 pub(crate) mod exit;
+pub(crate) mod history;
 pub(crate) mod libpq;
 pub mod logging;
 pub mod newfile;

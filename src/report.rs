@@ -280,6 +280,7 @@ pub fn status_report(status: &Status<'_>, warnings: &[String]) -> StatusReport {
         pending: plan.pending_count(),
         drift: plan.has_drift(),
         warnings: warnings.to_vec(),
+        last_run: None,
     }
 }
 

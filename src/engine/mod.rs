@@ -11,9 +11,11 @@ use crate::libpq::ConnParams;
 use tokio_postgres::Client;
 
 use crate::config::{Settings, TransactionMode, UnknownRows};
+use crate::db::history::Recorded;
 use crate::db::{
     self, Commit, DbError, Limits, StatementFailure, TableVersion, Tracking, TrackingTable, Txn,
 };
+use crate::history::RunLog;
 use crate::plan::{self, AppliedRow, Plan, PlanOptions, State};
 use crate::protocol::{Event, PendingMigration};
 use crate::source::{Layout, Migration, MigrationSet};
@@ -37,6 +39,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Skip the backup for this run even when `backup_enabled` (`--no-backup`).
     pub no_backup: bool,
+    /// Who started the run, for the run history.
+    pub origin: crate::protocol::Origin,
 }
 
 /// The engine's view of one target database.
@@ -248,16 +252,56 @@ impl<'a> Engine<'a> {
                 message: w.to_string(),
             });
         }
-        let result = if options.dry_run {
-            self.dry_run(client, set, options, emit).await
-        } else {
-            self.apply(client, set, options, emit).await
+        let mut log = RunLog::start(options.origin.clone());
+        let result = {
+            let mut tap = |event: Event| {
+                log.see(&event);
+                emit(event)
+            };
+            if options.dry_run {
+                self.dry_run(client, set, options, &mut tap).await
+            } else {
+                self.apply(client, set, options, &mut tap).await
+            }
         };
-        emit(match &result {
-            Ok(summary) => Event::done_ok(summary.applied.len(), options.dry_run),
-            Err(e) => Event::done_failed(crate::diagnosis::report(e), options.dry_run),
+        let error = result.as_ref().err().map(crate::diagnosis::report);
+        if !options.dry_run && log.worth_recording(error.is_some()) {
+            self.record(client, log, error.as_ref(), emit).await;
+        }
+        emit(match error {
+            None => Event::done_ok(
+                result.as_ref().map_or(0, |s| s.applied.len()),
+                options.dry_run,
+            ),
+            Some(error) => Event::done_failed(error, options.dry_run),
         });
         result
+    }
+
+    /// Writes the run's row in the run history, after the run (its own transaction), or warns
+    /// why it could not.
+    async fn record(
+        &self,
+        client: &Client,
+        log: RunLog,
+        error: Option<&crate::protocol::ErrorReport>,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        let dir = self.settings.migrations_dir.clone();
+        let commit = tokio::task::spawn_blocking(move || crate::history::source_commit(&dir))
+            .await
+            .ok()
+            .flatten();
+        let create = log.creates_table();
+        let run = log.finish(error, self.tracking.qualified(), commit);
+        let message = match db::history::record(client, &run, create).await {
+            Ok(Recorded::Written | Recorded::NoTable) => return,
+            Ok(Recorded::Off { reason, fix }) => {
+                format!("run history is off: {reason}; to keep it, an admin runs: {fix}")
+            }
+            Err(e) => format!("run history: this run was not recorded: {e}"),
+        };
+        emit(Event::Warning { message });
     }
 
     async fn dry_run(

@@ -15,6 +15,7 @@ mod field_timeouts;
 mod field_transactions;
 mod folder_layout;
 mod folders_prop;
+mod history;
 mod hostile;
 mod interop;
 mod interop_v1;

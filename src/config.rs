@@ -80,6 +80,19 @@ pub enum UnknownRows {
     Refuse,
 }
 
+/// What a run does when the live schema differs from the one recorded after the last run:
+/// objects were added, removed or changed by hand (not by migrations, not by Drizzle's own
+/// migrator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemaDrift {
+    /// Name the changes and apply anyway; the run records the schema as it then is.
+    #[default]
+    Warn,
+    /// Name the changes and stop before any change: `migrate` exits 4.
+    Refuse,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogTarget {
@@ -111,6 +124,8 @@ pub struct Settings {
     pub lock_retries: u32,
     /// Tracking rows that match no file: warn, or refuse to run.
     pub unknown_rows: UnknownRows,
+    /// The live schema changed by hand since the last run: warn, or refuse to run.
+    pub schema_drift: SchemaDrift,
     pub daemon: DaemonSettings,
     pub backup: crate::backup::BackupSettings,
 }
@@ -174,6 +189,7 @@ impl fmt::Debug for Settings {
             .field("transaction", &self.transaction)
             .field("lock_retries", &self.lock_retries)
             .field("unknown_rows", &self.unknown_rows)
+            .field("schema_drift", &self.schema_drift)
             .field("daemon", &self.daemon)
             .field("backup", &self.backup)
             .finish()
@@ -194,6 +210,7 @@ impl Default for Settings {
             transaction: TransactionMode::PerMigration,
             lock_retries: 0,
             unknown_rows: UnknownRows::Refuse,
+            schema_drift: SchemaDrift::Warn,
             daemon: DaemonSettings::default(),
             backup: crate::backup::BackupSettings::default(),
         }
@@ -218,6 +235,7 @@ pub struct Layer {
     pub transaction: Option<TransactionMode>,
     pub lock_retries: Option<u32>,
     pub unknown_rows: Option<UnknownRows>,
+    pub schema_drift: Option<SchemaDrift>,
     pub socket_path: Option<PathBuf>,
     pub socket_group: Option<String>,
     #[serde(default, deserialize_with = "string_list")]
@@ -304,7 +322,8 @@ impl Settings {
             lock_timeout,
             transaction,
             lock_retries,
-            unknown_rows
+            unknown_rows,
+            schema_drift
         );
         let d = &mut self.daemon;
         macro_rules! set_daemon {

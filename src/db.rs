@@ -14,6 +14,7 @@ pub(crate) use crate::config::describe_target;
 mod connect;
 pub(crate) mod history;
 pub(crate) mod preflight;
+pub(crate) mod schema;
 mod tls;
 pub use crate::libpq::{ConnParams, TlsParams};
 use crate::plan::AppliedRow;

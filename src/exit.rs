@@ -132,14 +132,14 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (OK, "applied, or nothing pending; --dry-run: shown"),
             db_failed,
             (BAD_INPUT, "invalid configuration, migrations folder (journal, files) or usage"),
-            (DRIFT, "refused because of an edited file or a hole, or the database is newer than this code (unknown_rows = \"refuse\"); nothing applied"),
+            (DRIFT, "refused because of an edited file or a hole, the database is newer than this code (unknown_rows = \"refuse\"), or the schema was changed outside migrations (schema_drift = \"refuse\"); nothing applied"),
         ],
         Program::Status => vec![
             (OK, "up to date"),
             (FAILED, "a database error"),
             (BAD_INPUT, "invalid configuration, migrations folder or usage"),
             (PENDING, "migrations pending, no drift"),
-            (DRIFT, "drift: an edited file, an out-of-order migration, or a row matching no file"),
+            (DRIFT, "drift: an edited file, an out-of-order migration, a row matching no file, or the schema changed outside migrations"),
         ],
         Program::History => vec![
             (OK, "listed (also: no history yet)"),

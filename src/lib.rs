@@ -14,6 +14,7 @@ pub mod convert;
 pub mod daemon;
 pub mod db;
 pub(crate) mod diagnosis;
+pub mod drift;
 pub mod engine;
 pub(crate) mod exit;
 pub(crate) mod history;

@@ -294,6 +294,14 @@ pub struct StatusReport {
     pub drift: bool,
     /// The folder's warnings, as printed on stderr.
     pub warnings: Vec<String>,
+    /// The live schema changed outside migrations since the last run (`+ column
+    /// public.persons.nickname text`, `- ...`, `~ object: was -> now`); empty when it did not,
+    /// or when no schema was recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema_changes: Vec<String>,
+    /// When the schema the changes are against was recorded (`YYYY-MM-DD HH:MM:SS` UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_recorded_at: Option<String>,
     /// The newest run of the run history, when it has one and can be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_run: Option<Box<RunRecord>>,

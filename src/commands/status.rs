@@ -43,10 +43,14 @@ pub(crate) async fn run(
     warnings.extend(status.notes.iter().cloned());
     let mut status = report::status_report(&status, &warnings);
     status.last_run = crate::db::history::last(&client).await;
+    match engine.schema_drift(&client).await {
+        Ok(drift) => report::add_schema_drift(&mut status, drift),
+        Err(e) => return show_error(&e.into(), format),
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let _ = report::write_status(&mut out, &status, format);
     let _ = out.flush();
-    if status.drift {
+    if status.drift || !status.schema_changes.is_empty() {
         Outcome::Drift
     } else if status.pending > 0 {
         Outcome::Pending

@@ -388,6 +388,10 @@ impl Runner {
                 let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
                 let mut status = status_report(&status, &warnings);
                 status.last_run = crate::db::history::last(client).await;
+                match engine.schema_drift(client).await {
+                    Ok(drift) => crate::report::add_schema_drift(&mut status, drift),
+                    Err(e) => tracing::warn!("{e}"),
+                }
                 send(job, DaemonReply::Status { status });
                 send(job, Event::done_ok(0, false));
             }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::libpq::ConnParams;
 use tokio_postgres::Client;
 
-use crate::config::{Settings, TransactionMode, UnknownRows};
+use crate::config::{SchemaDrift, Settings, TransactionMode, UnknownRows};
 use crate::db::history::Recorded;
 use crate::db::{
     self, Commit, DbError, Limits, StatementFailure, TableVersion, Tracking, TrackingTable, Txn,
@@ -278,6 +278,38 @@ impl<'a> Engine<'a> {
         result
     }
 
+    /// The live schema against the one recorded after the last successful run: `None` when
+    /// none was recorded, nothing differs, or the tracking table has rows written since (then
+    /// Drizzle's own migrator changed the schema; the next run records it again).
+    ///
+    /// Errors: [`DbError::Query`] when the catalogs or the record cannot be read.
+    pub(crate) async fn schema_drift(
+        &self,
+        client: &Client,
+    ) -> Result<Option<crate::drift::SchemaDrift>, DbError> {
+        let tracking = self.tracking.qualified();
+        let Some(recorded) = db::schema::recorded(client, &tracking).await? else {
+            return Ok(None);
+        };
+        let live = db::schema::describe(client, &self.tracking.schema).await?;
+        let changes = crate::drift::diff(&recorded.description, &live);
+        if changes.is_empty()
+            || db::schema::tracking_rows(client, &tracking).await? > recorded.tracking_rows
+        {
+            return Ok(None);
+        }
+        Ok(Some(crate::drift::SchemaDrift {
+            changes,
+            recorded_at: recorded.recorded_at,
+        }))
+    }
+
+    /// Records the live schema as the one this run left.
+    async fn record_schema(&self, client: &Client) -> Result<(), DbError> {
+        let live = db::schema::describe(client, &self.tracking.schema).await?;
+        db::schema::record(client, &self.tracking.qualified(), &live).await
+    }
+
     /// Writes the run's row in the run history, after the run (its own transaction), or warns
     /// why it could not.
     async fn record(
@@ -295,6 +327,10 @@ impl<'a> Engine<'a> {
         let create = log.creates_table();
         let run = log.finish(error, self.tracking.qualified(), commit);
         let message = match db::history::record(client, &run, create).await {
+            Ok(Recorded::Written) if error.is_none() => match self.record_schema(client).await {
+                Ok(()) => return,
+                Err(e) => format!("the schema after this run was not recorded: {e}"),
+            },
             Ok(Recorded::Written | Recorded::NoTable) => return,
             Ok(Recorded::Off { reason, fix }) => {
                 format!("run history is off: {reason}; to keep it, an admin runs: {fix}")
@@ -385,6 +421,14 @@ impl<'a> Engine<'a> {
         let to_apply: Vec<&Migration> = plan.to_apply().collect();
         // Refuse before the backup and before any change, not half-way.
         refuse_transaction_control(&to_apply).map_err(|e| *e)?;
+        if let Some(drift) = self.schema_drift(client).await? {
+            match self.settings.schema_drift {
+                SchemaDrift::Warn => emit(Event::Warning {
+                    message: drift.to_string(),
+                }),
+                SchemaDrift::Refuse => return Err(EngineError::SchemaDrift(drift)),
+            }
+        }
         if self.settings.transaction == TransactionMode::All {
             if let Some(m) = to_apply.iter().find(|m| m.no_transaction) {
                 return Err(EngineError::NeedsOwnTransaction {

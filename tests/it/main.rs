@@ -7,6 +7,7 @@ mod cli_flags;
 mod connect;
 mod daemon;
 mod daemon_state;
+mod drift;
 mod drizzle1;
 mod faults;
 mod field_files;

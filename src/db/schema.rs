@@ -51,16 +51,25 @@ const DESCRIBE: &str = "WITH ns AS (SELECT oid, nspname FROM pg_namespace \
   UNION ALL SELECT 'extension ' || format('%I', x.extname), x.extversion FROM pg_extension x WHERE x.extname <> 'plpgsql'";
 
 /// The live description of the application's schemas, leaving out `skip` (the tracking
-/// table's schema) and ours.
+/// table's schema) and ours, read in a read-only transaction of its own (the session must not
+/// be in one).
 ///
-/// Errors: [`DbError::Query`] when the catalogs cannot be read.
+/// Errors: [`DbError::Query`] when the catalogs cannot be read, or a lock on a described
+/// relation is not granted within 500 ms (55P03).
 pub(crate) async fn describe(client: &Client, skip: &str) -> Result<Description, DbError> {
     const WHAT: &str = "describing the live schema";
     let left_out = vec![skip.to_string(), SCHEMA.to_string()];
-    let rows = client
-        .query(DESCRIBE, &[&left_out])
+    // Some deparsing functions lock the relation they describe: behind an application's
+    // ACCESS EXCLUSIVE lock, give up quickly rather than queue (and make others queue).
+    client
+        .batch_execute("BEGIN READ ONLY; SET LOCAL lock_timeout = '500ms'")
         .await
         .map_err(DbError::query(WHAT))?;
+    let rows = client.query(DESCRIBE, &[&left_out]).await;
+    let end = if rows.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = client.batch_execute(end).await;
+    let rows = rows.map_err(DbError::query(WHAT))?;
+    ended.map_err(DbError::query(WHAT))?;
     let mut description = Description::new();
     for row in &rows {
         let key = value::<Option<String>>(row, 0, WHAT)?.unwrap_or_default();

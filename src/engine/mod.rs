@@ -421,13 +421,18 @@ impl<'a> Engine<'a> {
         let to_apply: Vec<&Migration> = plan.to_apply().collect();
         // Refuse before the backup and before any change, not half-way.
         refuse_transaction_control(&to_apply).map_err(|e| *e)?;
-        if let Some(drift) = self.schema_drift(client).await? {
-            match self.settings.schema_drift {
+        match self.schema_drift(client).await {
+            Ok(None) => {}
+            Ok(Some(drift)) => match self.settings.schema_drift {
                 SchemaDrift::Warn => emit(Event::Warning {
                     message: drift.to_string(),
                 }),
                 SchemaDrift::Refuse => return Err(EngineError::SchemaDrift(drift)),
-            }
+            },
+            // The check must not stop a run it cannot judge (e.g. behind a lock).
+            Err(e) => emit(Event::Warning {
+                message: format!("the live schema was not compared with the recorded one: {e}"),
+            }),
         }
         if self.settings.transaction == TransactionMode::All {
             if let Some(m) = to_apply.iter().find(|m| m.no_transaction) {

@@ -538,9 +538,15 @@ async fn pg_dump(
 ) -> Result<(), BackupError> {
     let stdout = out.try_clone().map_err(BackupError::Spawn)?;
     let mut cmd = Command::new("pg_dump");
-    cmd.arg("--format=custom")
-        .arg("--no-password")
-        .stdin(Stdio::null())
+    cmd.arg("--format=custom").arg("--no-password");
+    if db.history_unreadable {
+        tracing::warn!(
+            "the backup leaves out the run history (schema {}): this role may not read it",
+            crate::db::history::SCHEMA
+        );
+        cmd.arg(format!("--exclude-schema={}", crate::db::history::SCHEMA));
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::piped())
         .kill_on_drop(true);

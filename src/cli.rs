@@ -49,6 +49,10 @@ pub enum Command {
     /// Show every migration's state; read-only.
     #[command(after_help = exit::help_text(exit::Program::Status))]
     Status(StatusArgs),
+    /// Show the run history: each run that changed the database or failed, newest first
+    /// (when, who started it, from which git commit, what it applied, how it ended).
+    #[command(after_help = exit::help_text(exit::Program::History))]
+    History(HistoryArgs),
     /// Create the next numbered migration file and its journal entry.
     #[command(after_help = exit::help_text(exit::Program::New))]
     New(NewArgs),
@@ -138,6 +142,20 @@ pub struct StatusArgs {
     pub database: DatabaseFlag,
     #[command(flatten)]
     pub folder: FolderFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub limit: flags::LimitFlag,
+    #[command(flatten)]
+    pub format: FormatFlag,
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub database: DatabaseFlag,
     #[command(flatten)]
     pub verbose: VerboseFlag,
 }
@@ -272,6 +290,7 @@ impl MigrateArgs {
             },
             dry_run: self.dry_run,
             no_backup: self.no_backup,
+            origin: crate::protocol::Origin::Cli,
         }
     }
 }
@@ -291,6 +310,11 @@ pub fn main() -> ExitCode {
             let settings = flags::settings(&args.config, &flags, &env)?;
             args.folder.check(&settings, &args.config, &env)?;
             Ok(commands::status::run(&settings, &env, args.format.format).await)
+        }),
+        Command::History(args) => run(args.verbose, async {
+            let settings = flags::settings(&args.config, &[&args.database], &env)?;
+            let (limit, format) = (args.limit.limit, args.format.format);
+            Ok(commands::history::run(&settings, &env, limit, format).await)
         }),
         Command::New(args) => run(args.verbose, async {
             let settings = flags::settings(&args.config, &[&args.folder], &env)?;

@@ -145,6 +145,19 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?} is too large"))
 }
 
+/// What a run does when the live schema differs from the one recorded after the last run:
+/// objects were added, removed or changed by hand (not by migrations, not by Drizzle's own
+/// migrator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchemaDrift {
+    /// Name the changes and apply anyway; the run records the schema as it then is.
+    #[default]
+    Warn,
+    /// Name the changes and stop before any change: `migrate` exits 4.
+    Refuse,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogTarget {
@@ -181,6 +194,8 @@ pub struct Settings {
     /// `rehearse = "auto"` skips the rehearsal above this database size, in bytes
     /// (`pg_database_size`).
     pub rehearse_max_size: u64,
+    /// The live schema changed by hand since the last run: warn, or refuse to run.
+    pub schema_drift: SchemaDrift,
     pub daemon: DaemonSettings,
     pub backup: crate::backup::BackupSettings,
 }
@@ -246,6 +261,7 @@ impl fmt::Debug for Settings {
             .field("unknown_rows", &self.unknown_rows)
             .field("rehearse", &self.rehearse)
             .field("rehearse_max_size", &self.rehearse_max_size)
+            .field("schema_drift", &self.schema_drift)
             .field("daemon", &self.daemon)
             .field("backup", &self.backup)
             .finish()
@@ -268,6 +284,7 @@ impl Default for Settings {
             unknown_rows: UnknownRows::Refuse,
             rehearse: Rehearse::Auto,
             rehearse_max_size: DEFAULT_REHEARSE_MAX_SIZE,
+            schema_drift: SchemaDrift::Warn,
             daemon: DaemonSettings::default(),
             backup: crate::backup::BackupSettings::default(),
         }
@@ -295,6 +312,7 @@ pub struct Layer {
     pub rehearse: Option<Rehearse>,
     #[serde(default, deserialize_with = "byte_size")]
     pub rehearse_max_size: Option<u64>,
+    pub schema_drift: Option<SchemaDrift>,
     pub socket_path: Option<PathBuf>,
     pub socket_group: Option<String>,
     #[serde(default, deserialize_with = "string_list")]
@@ -383,7 +401,8 @@ impl Settings {
             lock_retries,
             unknown_rows,
             rehearse,
-            rehearse_max_size
+            rehearse_max_size,
+            schema_drift
         );
         let d = &mut self.daemon;
         macro_rules! set_daemon {

@@ -129,6 +129,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Source(_) => "Fix the file named above (or pull a complete release); nothing was changed in the database.".into(),
         EngineError::Config(_) => "Fix the setting named above; nothing was changed in the database.".into(),
         EngineError::Drift(_) => "Nothing was applied. See `vamsa-migrate status` for the full picture.".into(),
+        EngineError::SchemaDrift(_) => "Nothing was applied. Put the hand change into a migration (or undo it), or set schema_drift = \"warn\" to apply anyway; the run then records the schema as it is.".into(),
         EngineError::NewerDatabase(_) => "Two ways out: restore the dump taken before they were applied (`vamsa-migrate backups` lists the dumps, `vamsa-migrate restore FILE` restores one), or check out (deploy) the newer code whose migrations folder has them. To run this code anyway, set unknown_rows = \"warn\".".into(),
         EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
         EngineError::TransactionControl { .. } => "Nothing was applied. Remove the statement (vamsa-migrate commits each migration itself), or, if the migration must control its transactions, make `-- vamsa-migrate: no-transaction` its first line: it then runs statement by statement.".into(),

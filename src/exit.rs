@@ -117,6 +117,7 @@ pub(crate) enum Program {
     Any,
     Migrate,
     Status,
+    History,
     New,
     Convert,
     Backup,
@@ -138,7 +139,7 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (OK, "applied, or nothing pending; --dry-run: shown"),
             db_failed,
             (BAD_INPUT, "invalid configuration, migrations folder (journal, files) or usage"),
-            (DRIFT, "refused because of an edited file or a hole, or the database is newer than this code (unknown_rows = \"refuse\"); nothing applied"),
+            (DRIFT, "refused because of an edited file or a hole, the database is newer than this code (unknown_rows = \"refuse\"), or the schema was changed outside migrations (schema_drift = \"refuse\"); nothing applied"),
             (REHEARSAL_FAILED, "caught in rehearsal: the release failed on a scratch copy of the database; production was not changed"),
         ],
         Program::Status => vec![
@@ -146,7 +147,12 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (FAILED, "a database error"),
             (BAD_INPUT, "invalid configuration, migrations folder or usage"),
             (PENDING, "migrations pending, no drift"),
-            (DRIFT, "drift: an edited file, an out-of-order migration, or a row matching no file"),
+            (DRIFT, "drift: an edited file, an out-of-order migration, a row matching no file, or the schema changed outside migrations"),
+        ],
+        Program::History => vec![
+            (OK, "listed (also: no history yet)"),
+            (FAILED, "a database error (cannot connect, no SELECT privilege on vamsa_migrate.runs)"),
+            USAGE,
         ],
         Program::New => vec![
             (OK, "created"),

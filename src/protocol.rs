@@ -309,6 +309,17 @@ pub struct StatusReport {
     pub drift: bool,
     /// The folder's warnings, as printed on stderr.
     pub warnings: Vec<String>,
+    /// The live schema changed outside migrations since the last run (`+ column
+    /// public.persons.nickname text`, `- ...`, `~ object: was -> now`); empty when it did not,
+    /// or when no schema was recorded.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema_changes: Vec<String>,
+    /// When the schema the changes are against was recorded (`YYYY-MM-DD HH:MM:SS` UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema_recorded_at: Option<String>,
+    /// The newest run of the run history, when it has one and can be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<Box<RunRecord>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -356,6 +367,105 @@ pub struct MissingRow {
     /// table and for rows whose `name` is NULL.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// Who started a run, as the run history records it (`origin` of [`RunRecord`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Origin {
+    /// `vamsa-migrate migrate` on the command line.
+    #[default]
+    Cli,
+    /// The daemon's apply at start-up.
+    Startup,
+    /// A trigger on the daemon's socket, from this peer (SO_PEERCRED, Linux unix(7)).
+    Trigger(TriggerPeer),
+    /// The daemon saw the migrations folder change (`apply = "on-change"`).
+    FolderChange,
+    /// `vamsa-migrate restore`.
+    Restore,
+}
+
+/// The peer of a trigger: its uid and pid at connect time, the user name of that uid (when
+/// the user database has one), and the systemd unit its process runs in (from
+/// `/proc/<pid>/cgroup`, cgroup v2), when systemd tells.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TriggerPeer {
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+impl std::fmt::Display for Origin {
+    /// The origin as the journal's `ORIGIN` field shows it: `start-up`, `folder change`,
+    /// `trigger from uid 1000 (pid 4242)` (the history keeps the user and unit too).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Cli => f.write_str("command line"),
+            Origin::Startup => f.write_str("start-up"),
+            Origin::FolderChange => f.write_str("folder change"),
+            Origin::Restore => f.write_str("restore"),
+            Origin::Trigger(peer) => {
+                let pid = peer.pid.map_or("?".into(), |p| p.to_string());
+                write!(f, "trigger from uid {} (pid {pid})", peer.uid)
+            }
+        }
+    }
+}
+
+/// One row of the run history (`vamsa_migrate.runs`): the object of `history --format json`
+/// and the `last_run` of a `status` answer. Times are `YYYY-MM-DD HH:MM:SS` in UTC.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The row's id: runs in the order they ended.
+    pub id: i64,
+    pub started_at: String,
+    pub finished_at: String,
+    /// Wall time of the run, in milliseconds.
+    pub ms: i64,
+    pub origin: Origin,
+    /// The PostgreSQL role the run used (`current_user`).
+    pub role: String,
+    /// The vamsa-migrate version that ran it (Cargo's package version).
+    pub tool_version: String,
+    /// The migrations folder's `git` commit, when the folder is in a git work tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_commit: Option<String>,
+    /// Each migration this run committed, in order, with its wall time.
+    pub migrations: Vec<AppliedTiming>,
+    /// The dump taken before the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<PathBuf>,
+    /// The outcome of the rehearsal before the run, when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehearsal: Option<String>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunFailure>,
+}
+
+/// A migration a run committed and how long it took, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedTiming {
+    pub migration: String,
+    pub ms: u64,
+}
+
+/// Why a recorded run failed: its [`ErrorKind`], message, and, for a failed migration, the
+/// file and PostgreSQL's SQLSTATE.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunFailure {
+    #[serde(default)]
+    pub kind: ErrorKind,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
 }
 
 #[cfg(test)]

@@ -280,6 +280,14 @@ pub fn render_error(e: &ErrorReport) -> String {
 }
 
 /// The report of `status`, from its plan and the folder's warnings.
+/// Adds the live schema's drift to a status report.
+pub fn add_schema_drift(report: &mut StatusReport, drift: Option<crate::drift::SchemaDrift>) {
+    if let Some(drift) = drift {
+        report.schema_changes = drift.changes.iter().map(|c| c.to_string()).collect();
+        report.schema_recorded_at = Some(drift.recorded_at);
+    }
+}
+
 pub fn status_report(status: &Status<'_>, warnings: &[String]) -> StatusReport {
     let plan = &status.plan;
     StatusReport {
@@ -298,6 +306,9 @@ pub fn status_report(status: &Status<'_>, warnings: &[String]) -> StatusReport {
         pending: plan.pending_count(),
         drift: plan.has_drift(),
         warnings: warnings.to_vec(),
+        schema_changes: Vec::new(),
+        schema_recorded_at: None,
+        last_run: None,
     }
 }
 
@@ -379,6 +390,15 @@ pub fn write_status(out: &mut impl Write, report: &StatusReport, format: Format)
             crate::engine::short_hash(&r.hash)
         )?;
     }
+    if let Some(at) = &report.schema_recorded_at {
+        writeln!(
+            out,
+            "The schema was changed outside migrations since the last run (recorded {at} UTC):"
+        )?;
+        for change in &report.schema_changes {
+            writeln!(out, "  {change}")?;
+        }
+    }
     let mut summary = format!(
         "{} migrations: {} applied, {} pending",
         report.migrations.len(),
@@ -388,8 +408,11 @@ pub fn write_status(out: &mut impl Write, report: &StatusReport, format: Format)
     if report.drift {
         summary.push_str(", drift found");
     }
+    if !report.schema_changes.is_empty() {
+        summary.push_str(", schema changed by hand");
+    }
     writeln!(out, "{summary}.")?;
-    if report.pending == 0 && !report.drift {
+    if report.pending == 0 && !report.drift && report.schema_changes.is_empty() {
         writeln!(out, "Database is up to date.")?;
     }
     Ok(())

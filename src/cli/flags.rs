@@ -234,3 +234,11 @@ impl Flags for RehearseFlags {
         Ok(())
     }
 }
+
+/// `--limit`: how many of the newest entries a listing shows.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct LimitFlag {
+    /// Show the newest N runs. Default: 20.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: u32,
+}

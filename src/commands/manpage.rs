@@ -46,6 +46,7 @@ fn program(name: &str) -> Program {
     match name {
         "migrate" => Program::Migrate,
         "status" => Program::Status,
+        "history" => Program::History,
         "new" => Program::New,
         "convert" => Program::Convert,
         "backup" => Program::Backup,
@@ -169,6 +170,10 @@ fn examples(roff: &mut Roff, program: Program) {
         Program::Status => &[(
             "vamsa-migrate status --format json",
             "Every migration's state as one JSON object.",
+        )],
+        Program::History => &[(
+            "vamsa-migrate history --limit 5",
+            "The last five runs: when, who started them, from which commit, what they applied.",
         )],
         Program::New => &[(
             "vamsa-migrate new add_media_tags",

@@ -6,6 +6,7 @@
 pub(crate) mod backup;
 pub(crate) mod convert;
 pub(crate) mod demo;
+pub(crate) mod history;
 pub(crate) mod manpage;
 pub(crate) mod migrate;
 pub(crate) mod new;

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::config::Settings;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineError};
 use crate::exit::Outcome;
 use crate::plan::PlanOptions;
 use crate::report::{self, Format};
@@ -29,20 +29,28 @@ pub(crate) async fn run(
     let engine = Engine::new(settings, &pg);
     let result = async {
         let client = engine.connect().await?;
-        engine.status(&client, &set, &PlanOptions::default()).await
+        let status = engine
+            .status(&client, &set, &PlanOptions::default())
+            .await?;
+        Ok::<_, EngineError>((client, status))
     }
     .await;
-    let status = match result {
+    let (client, status) = match result {
         Ok(s) => s,
         Err(e) => return show_error(&e, format),
     };
     let mut warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
     warnings.extend(status.notes.iter().cloned());
-    let status = report::status_report(&status, &warnings);
+    let mut status = report::status_report(&status, &warnings);
+    status.last_run = crate::db::history::last(&client).await;
+    match engine.schema_drift(&client).await {
+        Ok(drift) => report::add_schema_drift(&mut status, drift),
+        Err(e) => return show_error(&e.into(), format),
+    }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let _ = report::write_status(&mut out, &status, format);
     let _ = out.flush();
-    if status.drift {
+    if status.drift || !status.schema_changes.is_empty() {
         Outcome::Drift
     } else if status.pending > 0 {
         Outcome::Pending

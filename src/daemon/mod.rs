@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use crate::config::{ConfigError, Layer, Settings};
 use crate::diagnosis::daemon_report;
 use crate::exit::daemon as exit;
-use crate::protocol::{ErrorKind, ErrorReport, Event, Reply};
+use crate::protocol::{ErrorKind, ErrorReport, Event, Origin, Reply};
 use runner::{Control, Job, JobKind, Runner, RunnerStatus};
 use systemd::Notifier;
 
@@ -194,7 +194,7 @@ impl Service {
             })
         };
         let started = tokio::select! {
-            result = run_and_wait(&self.jobs, kind, "start-up") => Some(result),
+            result = run_and_wait(&self.jobs, kind, Origin::Startup) => Some(result),
             _ = signals.next() => None,
         };
         extender.abort();
@@ -273,7 +273,7 @@ impl Service {
                     watch = start_watch(&dir(), &changed_tx);
                     let _ = self.jobs.send(Job {
                         kind: JobKind::FolderSettled,
-                        origin: "folder change".into(),
+                        origin: Origin::FolderChange,
                         reply: None,
                     });
                 }
@@ -432,14 +432,14 @@ fn start_watch(dir: &Path, tx: &mpsc::UnboundedSender<()>) -> Option<watch::Fold
 async fn run_and_wait(
     jobs: &mpsc::UnboundedSender<Job>,
     kind: JobKind,
-    origin: &str,
+    origin: Origin,
 ) -> Result<(), ErrorReport> {
     let stopped = |message: &str| daemon_report(ErrorKind::Unknown, message.into());
     let (tx, mut rx) = mpsc::unbounded_channel();
     if jobs
         .send(Job {
             kind,
-            origin: origin.into(),
+            origin,
             reply: Some(tx),
         })
         .is_err()

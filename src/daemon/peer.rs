@@ -64,3 +64,26 @@ pub(crate) fn group_id(name: &str) -> Option<u32> {
     let group = nix::unistd::Group::from_name(name).ok().flatten()?;
     Some(group.gid.as_raw())
 }
+
+/// The peer as the run history records it: uid and pid, the uid's user name, and the systemd
+/// unit its process runs in: the last `.service` or `.scope` component of its cgroup v2 path
+/// in `/proc/<pid>/cgroup` (`0::/system.slice/deploy.service`), when there is one.
+pub(crate) fn trigger_peer(cred: &UCred) -> crate::protocol::TriggerPeer {
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(cred.uid()))
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let unit = cred.pid().and_then(|pid| {
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+        path.rsplit('/')
+            .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+            .map(str::to_string)
+    });
+    crate::protocol::TriggerPeer {
+        uid: cred.uid(),
+        user,
+        pid: cred.pid(),
+        unit,
+    }
+}

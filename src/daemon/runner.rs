@@ -16,7 +16,7 @@ use crate::diagnosis::{self, daemon_report};
 use crate::engine::{Engine, EngineError, RunOptions};
 use crate::exit::daemon as exit;
 use crate::plan::PlanOptions;
-use crate::protocol::{DaemonReply, ErrorKind, ErrorReport, Event, Reply};
+use crate::protocol::{DaemonReply, ErrorKind, ErrorReport, Event, Origin, Reply};
 use crate::report::status_report;
 use crate::source::{MigrationSet, SourceError};
 
@@ -34,8 +34,9 @@ pub(crate) enum JobKind {
 
 pub(crate) struct Job {
     pub(crate) kind: JobKind,
-    /// Who asked, for the log ("start-up", "trigger from uid 1000", "folder change").
-    pub(crate) origin: String,
+    /// Who asked, for the log ("start-up", "trigger from uid 1000", "folder change") and the
+    /// run history.
+    pub(crate) origin: Origin,
     /// Where to send the replies of this job; dropped after the `done` event.
     pub(crate) reply: Option<mpsc::UnboundedSender<Reply>>,
 }
@@ -335,7 +336,7 @@ impl Runner {
                 }
             };
             let event = Event::done_failed(error, true);
-            log_event(&event, &job.origin);
+            log_event(&event, &job.origin.to_string());
             send(job, event);
             return None;
         }
@@ -358,10 +359,12 @@ impl Runner {
             plan: PlanOptions::default(),
             dry_run: !apply,
             no_backup: false,
+            origin: job.origin.clone(),
         };
         let (notifier, starting) = (self.notifier, self.starting);
+        let origin = job.origin.to_string();
         let mut emit = |event: Event| {
-            log_event(&event, &job.origin);
+            log_event(&event, &origin);
             notify_progress(notifier, starting, &event);
             send(job, event);
         };
@@ -388,7 +391,12 @@ impl Runner {
         match engine.status(client, set, &PlanOptions::default()).await {
             Ok(status) => {
                 let warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
-                let status = status_report(&status, &warnings);
+                let mut status = status_report(&status, &warnings);
+                status.last_run = crate::db::history::last(client).await;
+                match engine.schema_drift(client).await {
+                    Ok(drift) => crate::report::add_schema_drift(&mut status, drift),
+                    Err(e) => tracing::warn!("{e}"),
+                }
                 send(job, DaemonReply::Status { status });
                 send(job, Event::done_ok(0, false));
             }
@@ -400,7 +408,7 @@ impl Runner {
     fn fail(&mut self, job: &Job, e: &EngineError) {
         self.forget_broken_connection(e);
         let event = Event::done_failed(diagnosis::report(e), job.kind == JobKind::DryRun);
-        log_event(&event, &job.origin);
+        log_event(&event, &job.origin.to_string());
         send(job, event);
     }
 

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::{DaemonSettings, PeerView, Settings};
 use crate::daemon::runner::{Job, JobKind, RunnerStatus};
 use crate::diagnosis::daemon_report;
-use crate::protocol::{DaemonReply, ErrorKind, Event, Reply, Request};
+use crate::protocol::{DaemonReply, ErrorKind, Event, Origin, Reply, Request, TriggerPeer};
 
 /// Longest request line accepted.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
@@ -247,7 +247,8 @@ async fn handle(stream: UnixStream, context: &Context) {
             let _ = write_reply(&mut write, refusal(ErrorKind::Refused, message)).await;
             return;
         }
-        if !relay_job(kind, &who, outsider, &context.jobs, &mut write).await {
+        let origin = Origin::Trigger(trigger_peer(cred).await);
+        if !relay_job(kind, origin, outsider, &context.jobs, &mut write).await {
             return;
         }
     }
@@ -313,11 +314,27 @@ async fn may_apply(cred: Option<UCred>, settings: &watch::Receiver<Arc<Settings>
         .unwrap_or(false)
 }
 
+/// Asks `peer::trigger_peer` on the blocking pool: it reads the user database and /proc.
+async fn trigger_peer(cred: Option<UCred>) -> TriggerPeer {
+    let unknown = TriggerPeer {
+        uid: u32::MAX,
+        user: None,
+        pid: None,
+        unit: None,
+    };
+    let Some(cred) = cred else {
+        return unknown;
+    };
+    tokio::task::spawn_blocking(move || crate::daemon::peer::trigger_peer(&cred))
+        .await
+        .unwrap_or(unknown)
+}
+
 /// Queues the job and writes its replies, to an `outsider` (a peer that may not apply) as
 /// [`Reply::for_outsider`] shows them; false when the connection is done for.
 async fn relay_job(
     kind: JobKind,
-    who: &str,
+    origin: Origin,
     outsider: bool,
     jobs: &mpsc::UnboundedSender<Job>,
     write: &mut OwnedWriteHalf,
@@ -325,7 +342,7 @@ async fn relay_job(
     let (tx, mut rx) = mpsc::unbounded_channel();
     let job = Job {
         kind,
-        origin: format!("trigger from {who}"),
+        origin,
         reply: Some(tx),
     };
     if jobs.send(job).is_err() {

@@ -183,3 +183,94 @@ fn table_problems(
     }
     Ok(())
 }
+
+/// Whether this role can keep the run history (`vamsa_migrate.runs`, see `db::history`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HistoryAccess {
+    /// The table exists and the role may insert into it.
+    Ready,
+    /// The table does not exist, and the role may create it (and the schema, when missing).
+    Creatable,
+    /// The table does not exist; nothing to write into, nothing checked.
+    Absent,
+    /// History is off for this role: why, and the statement an admin runs to turn it on.
+    Off { reason: String, fix: String },
+}
+
+/// What the catalogs say about the history schema and table, in one query.
+const HISTORY_FACTS: &str = "SELECT current_user::text, r.rolsuper, \
+       has_database_privilege(current_database(), 'CREATE'), n.oid IS NOT NULL, \
+       coalesce(has_schema_privilege(n.oid, 'USAGE'), false), coalesce(has_schema_privilege(n.oid, 'CREATE'), false), \
+       c.oid IS NOT NULL, coalesce(has_table_privilege(c.oid, 'INSERT'), false), \
+       coalesce(pg_get_userbyid(c.relowner) = current_user, true), \
+       EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND NOT t.tgisinternal) \
+     FROM pg_roles r \
+     LEFT JOIN pg_namespace n ON n.nspname = $1 \
+     LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = $2 \
+     WHERE r.rolname = current_user";
+
+/// Checks the privileges the run history needs, as [`check`] does for the tracking table:
+/// CREATE on the database (schema missing) or on the schema (table missing), USAGE on the
+/// schema and INSERT on the table; as a superuser, a table the role owns without triggers.
+/// `create`: whether this run would create the table when it is missing.
+///
+/// Errors: [`DbError::Query`] when the catalogs cannot be read.
+pub(crate) async fn history_access(
+    client: &Client,
+    schema: &str,
+    table: &str,
+    create: bool,
+) -> Result<HistoryAccess, DbError> {
+    const WHAT: &str = "checking the role's privileges on the run history";
+    let row = client
+        .query_one(HISTORY_FACTS, &[&schema, &table])
+        .await
+        .map_err(DbError::query(WHAT))?;
+    let flag = |i| value::<bool>(&row, i, WHAT);
+    let role = quote_ident(&value::<String>(&row, 0, WHAT)?);
+    let quoted = quote_ident(schema);
+    let off = |reason: &str, fix: String| HistoryAccess::Off {
+        reason: reason.to_string(),
+        fix,
+    };
+    Ok(if !flag(6)? && !create {
+        HistoryAccess::Absent
+    } else if !flag(3)? && !flag(2)? {
+        off(
+            "the role may not create schemas in this database",
+            format!("CREATE SCHEMA {quoted} AUTHORIZATION {role};"),
+        )
+    } else if flag(3)? && !flag(4)? {
+        off(
+            "the role has no USAGE privilege on the history schema",
+            format!("GRANT USAGE ON SCHEMA {quoted} TO {role};"),
+        )
+    } else if !flag(6)? {
+        if flag(3)? && !flag(5)? {
+            off(
+                "the role has no CREATE privilege on the history schema",
+                format!("GRANT CREATE ON SCHEMA {quoted} TO {role};"),
+            )
+        } else {
+            HistoryAccess::Creatable
+        }
+    } else if !flag(7)? {
+        off(
+            "the role has no INSERT privilege on the history table",
+            format!(
+                "GRANT SELECT, INSERT ON {quoted}.{} TO {role};",
+                quote_ident(table)
+            ),
+        )
+    } else if flag(1)? && (!flag(8)? || flag(9)?) {
+        off(
+            "the run is a superuser's, and the history table is another role's or has triggers",
+            format!(
+                "ALTER TABLE {quoted}.{} OWNER TO {role};  -- after checking its triggers",
+                quote_ident(table)
+            ),
+        )
+    } else {
+        HistoryAccess::Ready
+    })
+}

@@ -51,6 +51,9 @@ pub enum EngineError {
     Db(#[from] DbError),
     #[error("{}", .0.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("\n"))]
     Drift(Vec<Blocker>),
+    /// The live schema was changed by hand since the last run, under `schema_drift = "refuse"`.
+    #[error("{0}")]
+    SchemaDrift(crate::drift::SchemaDrift),
     #[error("{}", apply_headline(.0))]
     Apply(Box<ApplyError>),
     #[error(transparent)]
@@ -142,7 +145,7 @@ impl EngineError {
             EngineError::Config(_) | EngineError::NeedsOwnTransaction { .. } => ErrorKind::Config,
             EngineError::Db(DbError::TrackingRow(_)) => ErrorKind::TrackingTable,
             EngineError::Db(_) => ErrorKind::Database,
-            EngineError::Drift(_) => ErrorKind::Drift,
+            EngineError::Drift(_) | EngineError::SchemaDrift(_) => ErrorKind::Drift,
             EngineError::NewerDatabase(_) => ErrorKind::NewerDatabase,
             EngineError::Apply(_) | EngineError::LockReleased { .. } => ErrorKind::Apply,
             EngineError::Backup(_) | EngineError::ManualBackup(_) => ErrorKind::Backup,

@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use crate::libpq::ConnParams;
 use tokio_postgres::Client;
 
-use crate::config::{Settings, TransactionMode, UnknownRows};
+use crate::config::{SchemaDrift, Settings, TransactionMode, UnknownRows};
+use crate::db::history::Recorded;
 use crate::db::{
     self, Commit, DbError, Limits, StatementFailure, TableVersion, Tracking, TrackingTable, Txn,
 };
+use crate::history::RunLog;
 use crate::plan::{self, AppliedRow, Plan, PlanOptions, State};
 use crate::protocol::{Event, PendingMigration};
 use crate::source::{Layout, Migration, MigrationSet};
@@ -38,6 +40,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Skip the backup for this run even when `backup_enabled` (`--no-backup`).
     pub no_backup: bool,
+    /// Who started the run, for the run history.
+    pub origin: crate::protocol::Origin,
 }
 
 /// The engine's view of one target database.
@@ -258,16 +262,92 @@ impl<'a> Engine<'a> {
                 message: w.to_string(),
             });
         }
-        let result = if options.dry_run {
-            self.dry_run(client, set, options, emit).await
-        } else {
-            self.apply(client, set, options, emit).await
+        let mut log = RunLog::start(options.origin.clone());
+        let result = {
+            let mut tap = |event: Event| {
+                log.see(&event);
+                emit(event)
+            };
+            if options.dry_run {
+                self.dry_run(client, set, options, &mut tap).await
+            } else {
+                self.apply(client, set, options, &mut tap).await
+            }
         };
-        emit(match &result {
-            Ok(summary) => Event::done_ok(summary.applied.len(), options.dry_run),
-            Err(e) => Event::done_failed(crate::diagnosis::report(e), options.dry_run),
+        let error = result.as_ref().err().map(crate::diagnosis::report);
+        if !options.dry_run && log.worth_recording(error.is_some()) {
+            self.record(client, log, error.as_ref(), emit).await;
+        }
+        emit(match error {
+            None => Event::done_ok(
+                result.as_ref().map_or(0, |s| s.applied.len()),
+                options.dry_run,
+            ),
+            Some(error) => Event::done_failed(error, options.dry_run),
         });
         result
+    }
+
+    /// The live schema against the one recorded after the last successful run: `None` when
+    /// none was recorded, nothing differs, or the tracking table has rows written since (then
+    /// Drizzle's own migrator changed the schema; the next run records it again).
+    ///
+    /// Errors: [`DbError::Query`] when the catalogs or the record cannot be read.
+    pub(crate) async fn schema_drift(
+        &self,
+        client: &Client,
+    ) -> Result<Option<crate::drift::SchemaDrift>, DbError> {
+        let tracking = self.tracking.qualified();
+        let Some(recorded) = db::schema::recorded(client, &tracking).await? else {
+            return Ok(None);
+        };
+        let live = db::schema::describe(client, &self.tracking.schema).await?;
+        let changes = crate::drift::diff(&recorded.description, &live);
+        if changes.is_empty()
+            || db::schema::tracking_rows(client, &tracking).await? > recorded.tracking_rows
+        {
+            return Ok(None);
+        }
+        Ok(Some(crate::drift::SchemaDrift {
+            changes,
+            recorded_at: recorded.recorded_at,
+        }))
+    }
+
+    /// Records the live schema as the one this run left.
+    async fn record_schema(&self, client: &Client) -> Result<(), DbError> {
+        let live = db::schema::describe(client, &self.tracking.schema).await?;
+        db::schema::record(client, &self.tracking.qualified(), &live).await
+    }
+
+    /// Writes the run's row in the run history, after the run (its own transaction), or warns
+    /// why it could not.
+    async fn record(
+        &self,
+        client: &Client,
+        log: RunLog,
+        error: Option<&crate::protocol::ErrorReport>,
+        emit: &mut dyn FnMut(Event),
+    ) {
+        let dir = self.settings.migrations_dir.clone();
+        let commit = tokio::task::spawn_blocking(move || crate::history::source_commit(&dir))
+            .await
+            .ok()
+            .flatten();
+        let create = log.creates_table();
+        let run = log.finish(error, self.tracking.qualified(), commit);
+        let message = match db::history::record(client, &run, create).await {
+            Ok(Recorded::Written) if error.is_none() => match self.record_schema(client).await {
+                Ok(()) => return,
+                Err(e) => format!("the schema after this run was not recorded: {e}"),
+            },
+            Ok(Recorded::Written | Recorded::NoTable) => return,
+            Ok(Recorded::Off { reason, fix }) => {
+                format!("run history is off: {reason}; to keep it, an admin runs: {fix}")
+            }
+            Err(e) => format!("run history: this run was not recorded: {e}"),
+        };
+        emit(Event::Warning { message });
     }
 
     async fn dry_run(
@@ -422,6 +502,19 @@ impl<'a> Engine<'a> {
         let to_apply: Vec<&Migration> = plan.to_apply().collect();
         // Refuse before the backup and before any change, not half-way.
         refuse_transaction_control(&to_apply).map_err(|e| *e)?;
+        match self.schema_drift(client).await {
+            Ok(None) => {}
+            Ok(Some(drift)) => match self.settings.schema_drift {
+                SchemaDrift::Warn => emit(Event::Warning {
+                    message: drift.to_string(),
+                }),
+                SchemaDrift::Refuse => return Err(EngineError::SchemaDrift(drift)),
+            },
+            // The check must not stop a run it cannot judge (e.g. behind a lock).
+            Err(e) => emit(Event::Warning {
+                message: format!("the live schema was not compared with the recorded one: {e}"),
+            }),
+        }
         if self.settings.transaction == TransactionMode::All {
             if let Some(m) = to_apply.iter().find(|m| m.no_transaction) {
                 return Err(EngineError::NeedsOwnTransaction {

@@ -297,8 +297,8 @@ fn the_manual_pages_render_without_warnings_and_leak_no_environment() {
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     let expected: Vec<String> = [
-        "backup", "backups", "convert", "daemon", "demo", "migrate", "new", "restore", "status",
-        "trigger",
+        "backup", "backups", "convert", "daemon", "demo", "history", "migrate", "new", "restore",
+        "status", "trigger",
     ]
     .iter()
     .map(|c| format!("vamsa-migrate-{c}.1"))

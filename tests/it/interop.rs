@@ -44,6 +44,9 @@ fn schema_dump(db: &Db) -> String {
             "--no-owner",
             "-N",
             "drizzle",
+            // Our run history: Drizzle does not create it.
+            "-N",
+            "vamsa_migrate",
             "-h",
             "127.0.0.1",
             "-p",

@@ -109,6 +109,11 @@ fn a_unique_constraint_over_duplicates_is_caught_in_rehearsal() {
         serde_json::from_str(json.stdout.lines().last().unwrap_or_default()).unwrap();
     assert_eq!(done["error"]["kind"], "rehearsal", "{done}");
     assert_eq!(done["error"]["sqlstate"], "23505", "{done}");
+    // The run history records the set-up run (no rehearsal) and each failed run's as failed.
+    assert_eq!(
+        db.psql("SELECT string_agg(coalesce(rehearsal, 'none'), ',' ORDER BY id) FROM vamsa_migrate.runs"),
+        "none,failed,failed"
+    );
     assert_eq!(
         done["error"]["migration"], "0001_unique_email.sql",
         "{done}"
@@ -212,6 +217,10 @@ fn a_release_that_passes_its_rehearsal_is_applied_from_one_dump() {
         "one dump serves the backup and the rehearsal"
     );
     assert_eq!(own_scratch_databases(&db), "");
+    assert_eq!(
+        db.psql("SELECT rehearsal FROM vamsa_migrate.runs ORDER BY id DESC LIMIT 1"),
+        "passed"
+    );
 }
 
 #[test]

@@ -18,6 +18,7 @@ mod folders_prop;
 mod hostile;
 mod interop;
 mod interop_v1;
+mod memory;
 mod migrate;
 mod rehearsal;
 mod restore;

@@ -371,6 +371,8 @@ impl<'a> Engine<'a> {
         options: &RunOptions,
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunSummary, EngineError> {
+        let reread = self.texts_for_run(client, set, options).await?;
+        let set = reread.as_ref().unwrap_or(set);
         let prepared = self.prepare(client, set, options, emit).await?;
         let upgrading = !prepared.table.upgrade.is_empty();
         let backup = self
@@ -397,6 +399,22 @@ impl<'a> Engine<'a> {
         })
     }
 
+    /// `None` when `set` has every file's text (the CLI's); else (the daemon keeps hashes and
+    /// stamps only) the folder read again if a migration this run applies lacks its text.
+    async fn texts_for_run(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        options: &RunOptions,
+    ) -> Result<Option<MigrationSet>, EngineError> {
+        if !MigrationSet::lacks_texts(set.migrations.iter()) {
+            return Ok(None);
+        }
+        let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
+        let plan = plan::plan(set, &table.rows, &options.plan);
+        Ok(texts_to_apply(set, &plan)?)
+    }
+
     /// The checks of a run, before the backup and any change: the role's rights, the plan
     /// (read under the lock: another run may have applied migrations meanwhile), rows of a
     /// newer database, drift, transaction control.
@@ -410,12 +428,7 @@ impl<'a> Engine<'a> {
         // Before reading (which needs USAGE on the schema), the backup and any change.
         db::preflight::check(client, &self.tracking).await?;
         let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
-        let mut plan = plan::plan(set, &table.rows, &options.plan);
-        let reread = texts_to_apply(set, &plan)?;
-        let set = reread.as_ref().unwrap_or(set);
-        if reread.is_some() {
-            plan = plan::plan(set, &table.rows, &options.plan);
-        }
+        let plan = plan::plan(set, &table.rows, &options.plan);
         self.check_unknown_rows(&plan.missing, emit)?;
         for message in line_ending_notes(&plan)
             .into_iter()

@@ -62,8 +62,9 @@ fn stamps_trusted(folder: &Folder) -> bool {
 }
 
 #[test]
-#[ignore = "fails in the debug test build: the idle daemon stays at ~64 MiB VmRSS (51 MiB anon) after a \
-            48 MiB backfill, while the release binary measures 7 MiB after 200 MiB; not yet explained"]
+#[ignore = "not yet proven robust: passed with --include-ignored, but failed once on a loaded \
+            machine (idle VmRSS 64 MiB in the debug build at the 60 s patience); the bench's \
+            memory rows are the figures of record"]
 fn an_idle_daemon_keeps_no_text_of_a_big_migration_and_reads_it_again_to_reapply() {
     let db = Db::new();
     let (sql, rows) = backfill(BACKFILL_MIB);

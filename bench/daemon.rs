@@ -101,7 +101,7 @@ pub(crate) fn start(ctx: &Ctx, db: &str, dir: &Path) -> Daemon {
     Daemon::start(cli, &ctx.url(db), dir, &extra)
 }
 
-fn stop(mut d: Daemon) -> Res<()> {
+pub(crate) fn stop(mut d: Daemon) -> Res<()> {
     d.signal(Signal::SIGTERM);
     match d.wait_exit() {
         0 => Ok(()),

@@ -3,7 +3,9 @@
 //!
 //! Run it with `cargo bench --bench migrate` (it does nothing without `--bench`, so that
 //! `cargo test --all-targets` skips it). Environment: `BENCH_REPS` (default 5) repetitions, medians reported; `BENCH_QUICK=1` for
-//! smaller N (a smoke run, not the figures of record); `VAMSA_MIGRATE_BIN` to measure another
+//! smaller N (a smoke run, not the figures of record); `BENCH_ONLY=memory,parse` to run only
+//! those workloads (`apply` (with up to date and the daemon), `abuse`, `scans`, `parse`,
+//! `memory`); `VAMSA_MIGRATE_BIN` to measure another
 //! binary than the one Cargo builds for this bench; `PG_BIN_DIR` as for the tests.
 //!
 //! Every measured child process (vamsa-migrate, psql) is started by a small runner process
@@ -12,7 +14,8 @@
 //! Modules, in the order of a run: `params`, `spawn` (the runner), `ctx` (the cluster and the
 //! binary), `folders` (generated Drizzle folders), the workloads `apply` (1), `uptodate` (2),
 //! `daemon` (4), `abuse` (the trigger socket's pings under abuse), `scans` (3), `new` and
-//! `parse` (one huge migration file), with `growth` for the linearity checks, and `table` for
+//! `parse` (one huge migration file), `memory` (a big data
+//! migration: peak and idle RSS), with `growth` for the linearity checks, and `table` for
 //! the result table.
 
 mod abuse;
@@ -21,6 +24,7 @@ mod ctx;
 mod daemon;
 mod folders;
 mod growth;
+mod memory;
 mod new;
 mod params;
 mod parse;
@@ -158,36 +162,48 @@ fn run_workloads(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
             since.elapsed().as_secs_f64()
         ))
     };
-    let t = Instant::now();
+    if ctx.p.runs("apply") {
+        let t = Instant::now();
+        run_apply_chain(ctx, table)?;
+        phase("workloads 1, 2, 4 (apply, up to date, daemon)", t);
+    }
+    if ctx.p.runs("abuse") {
+        let t = Instant::now();
+        abuse::bench_abuse(ctx, table)?;
+        phase("trigger socket under abuse", t);
+    }
+    if ctx.p.runs("scans") {
+        let t = Instant::now();
+        let mut scan_ns = vec![1];
+        scan_ns.extend(ctx.p.scan_ns);
+        let scan_folders = generate_folders(ctx, &scan_ns, "scan")?;
+        scans::bench_scans(ctx, &scan_folders, table)?;
+        new::bench_new(ctx, &scan_folders, table)?;
+        phase("workload 3 (dry run, status) and new", t);
+    }
+    if ctx.p.runs("parse") {
+        let t = Instant::now();
+        parse::bench_parse(ctx, table)?;
+        phase("parse", t);
+    }
+    if ctx.p.runs("memory") {
+        let t = Instant::now();
+        memory::bench_memory(ctx, table)?;
+        phase("memory of a big data migration", t);
+    }
+    Ok(())
+}
+
+/// Workload 1 (apply), then 2 (up to date) and 4 (the daemon) on its largest result.
+fn run_apply_chain(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
     let apply_folders = generate_folders(ctx, &ctx.p.apply_ns.clone(), "apply")?;
     let uptodate_db = apply::bench_apply(ctx, &apply_folders, table)?;
-    phase("workload 1 (apply)", t);
     let big = apply_folders
         .iter()
         .find(|f| f.n == ctx.p.uptodate_n)
         .ok_or("the up-to-date N is not one of the apply Ns")?;
-    let t = Instant::now();
     uptodate::bench_uptodate(ctx, big, &uptodate_db, table)?;
-    phase("workload 2 (up to date)", t);
-    let t = Instant::now();
-    daemon::bench_daemon(ctx, big, &uptodate_db, table)?;
-    phase("workload 4 (daemon)", t);
-    let t = Instant::now();
-    abuse::bench_abuse(ctx, table)?;
-    phase("trigger socket under abuse", t);
-    let t = Instant::now();
-    let mut scan_ns = vec![1];
-    scan_ns.extend(ctx.p.scan_ns);
-    let scan_folders = generate_folders(ctx, &scan_ns, "scan")?;
-    scans::bench_scans(ctx, &scan_folders, table)?;
-    phase("workload 3 (dry run, status)", t);
-    let t = Instant::now();
-    new::bench_new(ctx, &scan_folders, table)?;
-    phase("new", t);
-    let t = Instant::now();
-    parse::bench_parse(ctx, table)?;
-    phase("parse", t);
-    Ok(())
+    daemon::bench_daemon(ctx, big, &uptodate_db, table)
 }
 
 fn generate_folders(ctx: &Ctx, ns: &[usize], label: &str) -> Res<Vec<Folder>> {

@@ -1,4 +1,4 @@
-//! The bench parameters, from the environment (`BENCH_QUICK`, `BENCH_REPS`).
+//! The bench parameters, from the environment (`BENCH_QUICK`, `BENCH_REPS`, `BENCH_ONLY`).
 
 use std::time::Duration;
 
@@ -13,12 +13,27 @@ pub(crate) struct Params {
     pub(crate) scan_ns: [usize; 2],
     /// `parse`: statements in one migration file (small and large).
     pub(crate) parse_ns: [usize; 2],
+    /// `memory`: the size of the big data migration, in MiB.
+    pub(crate) big_mib: usize,
     pub(crate) idle: Duration,
     pub(crate) settle: Duration,
+    /// `BENCH_ONLY`: the workloads to run (comma-separated names); all when unset.
+    only: Option<Vec<String>>,
 }
 
 impl Params {
+    /// Whether the workload `name` runs (see `BENCH_ONLY`).
+    pub(crate) fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == name))
+    }
+
     pub(crate) fn from_env() -> Params {
+        let only = std::env::var("BENCH_ONLY")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.split(',').map(|w| w.trim().to_string()).collect());
         let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
         let reps = std::env::var("BENCH_REPS")
             .ok()
@@ -33,8 +48,10 @@ impl Params {
                 uptodate_n: 500,
                 scan_ns: [100, 1_000],
                 parse_ns: [20_000, 200_000],
+                big_mib: 50,
                 idle: Duration::from_secs(3),
                 settle: Duration::from_millis(500),
+                only,
             }
         } else {
             Params {
@@ -44,8 +61,10 @@ impl Params {
                 uptodate_n: 2_000,
                 scan_ns: [1_000, 10_000],
                 parse_ns: [20_000, 200_000],
+                big_mib: 200,
                 idle: Duration::from_secs(10),
                 settle: Duration::from_millis(500),
+                only,
             }
         }
     }

@@ -751,6 +751,15 @@ pub async fn apply_migration(
             quote_literal(name)
         ),
     };
+    // Second line of defence behind `engine::texts_to_apply`: a migration whose text was
+    // dropped would apply nothing and be recorded.
+    if !migration.statements.has_text() {
+        return Err(found(
+            None,
+            format!("the text of {} was not read", migration.file_name),
+            0,
+        ));
+    }
     if migration.no_transaction {
         return apply_outside_transaction(client, migration, limits, &insert).await;
     }
@@ -910,7 +919,7 @@ async fn still_in_block(client: &Client) -> bool {
 pub(crate) async fn invalid_indexes(client: &Client, migration: &Migration) -> Vec<String> {
     let mut invalid = Vec::new();
     for statement in &migration.statements {
-        for index in crate::sqlscan::built_indexes(&statement.sql) {
+        for index in crate::sqlscan::built_indexes(statement.sql) {
             let rows = client
                 .query(
                     "SELECT n.nspname::text, c.relname::text FROM pg_index i \
@@ -944,7 +953,7 @@ async fn run_in_transaction(
         .map_err(|e| failure(None, &e, 0))?;
     let xid = our_xid(client).await?;
     for (i, statement) in migration.statements.iter().enumerate() {
-        if let Err(e) = client.batch_execute(&statement.sql).await {
+        if let Err(e) = client.batch_execute(statement.sql).await {
             let mut f = failure(Some(i + 1), &e, 0);
             // Second line of defence behind the planning check (`sqlscan`): a migration that
             // ended our transaction must never be reported as rolled back.
@@ -975,7 +984,7 @@ async fn apply_outside_transaction(
         .await
         .map_err(|e| failure(None, &e, 0))?;
     for (i, statement) in migration.statements.iter().enumerate() {
-        if let Err(e) = client.batch_execute(&statement.sql).await {
+        if let Err(e) = client.batch_execute(statement.sql).await {
             // The session outlives this migration (the daemon keeps it): do not leave its
             // timeouts behind. Best effort: a broken connection has none left anyway.
             let _ = client
@@ -1043,7 +1052,7 @@ pub async fn flush_commits(client: &Client) -> Result<(), PgFailure> {
 }
 
 /// The line of the file that a PostgreSQL error position points at.
-pub fn line_of_position(statement: &Statement, position: Option<u32>) -> usize {
+pub fn line_of_position(statement: &Statement<'_>, position: Option<u32>) -> usize {
     match position {
         Some(p) => {
             let before: String = statement

@@ -11,6 +11,7 @@ use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -33,15 +34,129 @@ const BOM: char = '\u{feff}';
 
 pub(crate) const JOURNAL: &str = "meta/_journal.json";
 
-/// One statement of a migration, exactly as Drizzle would send it to the server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Statement {
+/// One statement of a migration, exactly as Drizzle would send it to the server: a slice of
+/// the file's one shared text (see [`Statements`]), never a copy of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statement<'a> {
     /// The text between breakpoints, untouched: Drizzle executes it as is.
-    pub sql: String,
+    pub sql: &'a str,
     /// 1-based line in the file where the statement's first non-blank character is.
     pub line: usize,
     /// 1-based line in the file where `sql` begins (PostgreSQL error positions count from here).
     pub sql_start_line: usize,
+}
+
+/// The statements of one migration file: its text (read once, shared by every clone of the
+/// [`Migration`]) and how many statements it splits into. Statements are split on demand as
+/// slices of that text, so a file of N bytes costs N bytes, however many statements it holds.
+///
+/// The text may be dropped ([`MigrationSet::without_texts`]): the daemon keeps only the hashes
+/// and stamps of the files it read, and a migration without its text must be read again
+/// ([`MigrationSet::with_texts`]) before it is shown or applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statements {
+    /// The whole file and the byte where its code starts (after a BOM); `None` once dropped.
+    text: Option<(Arc<String>, usize)>,
+    count: usize,
+}
+
+impl Statements {
+    /// `text[start..]` split at Drizzle's breakpoints; `text` is moved, not copied.
+    fn new(text: String, start: usize) -> Statements {
+        let count = Iter::new(&text[start..]).count();
+        Statements {
+            text: Some((Arc::new(text), start)),
+            count,
+        }
+    }
+
+    /// The number of statements (also known once the text is dropped).
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Whether the text is here; without it [`iter`](Self::iter) yields nothing.
+    pub fn has_text(&self) -> bool {
+        self.text.is_some()
+    }
+
+    /// The statements in file order (none when the text was dropped).
+    pub fn iter(&self) -> Iter<'_> {
+        Iter::new(
+            self.text
+                .as_ref()
+                .map_or("", |(text, start)| &text[*start..]),
+        )
+    }
+
+    /// The statement at 0-based `index`.
+    pub fn get(&self, index: usize) -> Option<Statement<'_>> {
+        self.iter().nth(index)
+    }
+
+    fn without_text(&self) -> Statements {
+        Statements {
+            text: None,
+            count: self.count,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Statements {
+    type Item = Statement<'a>;
+    type IntoIter = Iter<'a>;
+
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+/// The statements of a text, split like Drizzle's migrator does (on every breakpoint, whatever
+/// the journal's `breakpoints` flag says), skipping pieces that hold nothing but whitespace and
+/// `--` comments.
+#[derive(Debug, Clone)]
+pub struct Iter<'a> {
+    pieces: std::str::Split<'a, &'static str>,
+    /// The 1-based line where the next piece starts.
+    line: usize,
+}
+
+impl<'a> Iter<'a> {
+    fn new(text: &'a str) -> Iter<'a> {
+        Iter {
+            pieces: text.split(BREAKPOINT),
+            line: 1,
+        }
+    }
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = Statement<'a>;
+
+    fn next(&mut self) -> Option<Statement<'a>> {
+        loop {
+            let piece = self.pieces.next()?;
+            let sql_start_line = self.line;
+            self.line += newlines(piece);
+            if let Some(offset) = first_code_offset(piece) {
+                let lead = &piece[..offset];
+                let blank_start = lead.rfind('\n').map_or(0, |i| i + 1);
+                return Some(Statement {
+                    sql: piece,
+                    line: sql_start_line + newlines(&piece[..blank_start]),
+                    sql_start_line,
+                });
+            }
+        }
+    }
+}
+
+fn newlines(text: &str) -> usize {
+    text.bytes().filter(|b| *b == b'\n').count()
 }
 
 /// A migration file together with its journal entry (journal layout) or folder (folder layout).
@@ -66,7 +181,7 @@ pub struct Migration {
     pub line_ending_hashes: Vec<String>,
     /// The file starts with a UTF-8 byte-order mark (never sent to the server).
     pub bom: bool,
-    pub statements: Vec<Statement>,
+    pub statements: Statements,
     pub no_transaction: bool,
     /// The file's identity when it was read, if old enough to be trusted for reuse.
     pub stamp: Option<FileStamp>,
@@ -393,6 +508,53 @@ impl MigrationSet {
     pub fn get(&self, tag: &str) -> Option<&Migration> {
         self.migrations.iter().find(|m| m.tag == tag)
     }
+
+    /// This set with every file's text dropped: hashes, stamps and statement counts only.
+    /// What the daemon keeps between runs (see [`load_reusing`](Self::load_reusing)), so that
+    /// an idle daemon does not hold the text of every file it applied.
+    pub fn without_texts(&self) -> MigrationSet {
+        let migrations = self
+            .migrations
+            .iter()
+            .map(|m| Migration {
+                statements: m.statements.without_text(),
+                ..m.clone()
+            })
+            .collect();
+        MigrationSet {
+            migrations,
+            ..self.clone_empty()
+        }
+    }
+
+    /// Whether some migration's text was dropped ([`without_texts`](Self::without_texts)).
+    pub fn lacks_texts<'a>(mut migrations: impl Iterator<Item = &'a Migration>) -> bool {
+        migrations.any(|m| !m.statements.has_text())
+    }
+
+    /// The folder read again, reusing only the migrations whose text is here: every file whose
+    /// text was dropped is read, hashed and split anew. Errors as [`load`](Self::load).
+    pub fn with_texts(&self) -> Result<MigrationSet, SourceError> {
+        let kept = MigrationSet {
+            migrations: self
+                .migrations
+                .iter()
+                .filter(|m| m.statements.has_text())
+                .cloned()
+                .collect(),
+            ..self.clone_empty()
+        };
+        MigrationSet::load_reusing(&self.dir, Some(&kept))
+    }
+
+    fn clone_empty(&self) -> MigrationSet {
+        MigrationSet {
+            dir: self.dir.clone(),
+            layout: self.layout,
+            migrations: Vec::new(),
+            warnings: self.warnings.clone(),
+        }
+    }
 }
 
 /// A warning for each migration file that starts with a BOM.
@@ -525,17 +687,17 @@ impl<'a> FolderReader<'a> {
             return Err(SourceError::Placeholder { path, line });
         }
         // Drizzle hashes the bytes as they are, BOM included; the server must never see it.
-        let code = text.strip_prefix(BOM);
+        let bom = text.starts_with(BOM);
         Ok(Migration {
             idx: entry.idx,
             no_transaction: has_no_transaction_marker(&text),
             hash: drizzle_hash(&text),
             line_ending_hashes: line_ending_hashes(&text),
-            bom: code.is_some(),
+            bom,
             tag: entry.tag,
             when: entry.when,
             file_name,
-            statements: split_statements(code.unwrap_or(&text)),
+            statements: Statements::new(text, if bom { BOM.len_utf8() } else { 0 }),
             stamp: stamp.and_then(|s| s.trusted(self.now_ns)),
         })
     }
@@ -788,25 +950,9 @@ fn has_no_transaction_marker(text: &str) -> bool {
     first.is_some_and(|line| line.trim_end() == NO_TRANSACTION_MARKER)
 }
 
-/// Splits like Drizzle's migrator does (on every breakpoint, whatever the journal's `breakpoints`
-/// flag says), dropping pieces that hold nothing but whitespace and `--` comments.
-pub fn split_statements(text: &str) -> Vec<Statement> {
-    let mut statements = Vec::new();
-    let mut line = 1;
-    for piece in text.split(BREAKPOINT) {
-        if let Some(offset) = first_code_offset(piece) {
-            let lead = &piece[..offset];
-            let blank_start = lead.rfind('\n').map_or(0, |i| i + 1);
-            let start_line = line + piece[..blank_start].matches('\n').count();
-            statements.push(Statement {
-                sql: piece.to_string(),
-                line: start_line,
-                sql_start_line: line,
-            });
-        }
-        line += piece.matches('\n').count();
-    }
-    statements
+/// Splits like Drizzle's migrator does (see [`Iter`]); `text` is copied once into the result.
+pub fn split_statements(text: &str) -> Statements {
+    Statements::new(text.to_string(), 0)
 }
 
 /// Byte offset of the first character that is neither whitespace nor inside a `--` comment.
@@ -836,7 +982,9 @@ mod tests {
     #[test]
     fn splits_on_breakpoints_and_tracks_lines() {
         let text = "CREATE TABLE a (\n id int\n);\n--> statement-breakpoint\n\n-- why\nCREATE INDEX i ON a(id);--> statement-breakpoint\nSELECT 1;\n";
-        let s = split_statements(text);
+        let all = split_statements(text);
+        let s: Vec<Statement> = all.iter().collect();
+        assert_eq!(all.len(), 3);
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].line, 1);
         assert_eq!(s[1].line, 7, "first line of code, after the comment");

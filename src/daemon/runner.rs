@@ -83,7 +83,8 @@ pub(crate) struct Runner {
     stopping: bool,
     /// Pending file names last reported, to log only changes.
     last_pending: Option<Vec<String>>,
-    /// The folder as last read: unchanged files are not read again (see `load_reusing`).
+    /// The folder as last read, without the files' texts: unchanged files are not read again
+    /// (see `load_reusing`); the engine reads again those it must show or apply.
     last_set: Option<Arc<MigrationSet>>,
     status: watch::Sender<RunnerStatus>,
 }
@@ -181,7 +182,8 @@ impl Runner {
                 })
             }
         };
-        self.last_set = Some(set.clone());
+        // Hashes and stamps only: an idle daemon must not hold the text of every file it read.
+        self.last_set = Some(Arc::new(set.without_texts()));
         Ok(set)
     }
 

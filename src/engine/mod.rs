@@ -19,7 +19,7 @@ use crate::db::{
 use crate::history::RunLog;
 use crate::plan::{self, AppliedRow, Plan, PlanOptions, State};
 use crate::protocol::{Event, PendingMigration};
-use crate::source::{Layout, Migration, MigrationSet};
+use crate::source::{Layout, Migration, MigrationSet, SourceError};
 use crate::summary::summarize;
 
 pub use error::{ApplyError, EngineError, NewerDatabase};
@@ -27,7 +27,7 @@ pub use error::{ApplyError, EngineError, NewerDatabase};
 fn pending_migration(m: &Migration, drizzle_would_skip: bool) -> PendingMigration {
     PendingMigration {
         migration: m.file_name.clone(),
-        statements: m.statements.iter().map(|s| summarize(&s.sql)).collect(),
+        statements: m.statements.iter().map(|s| summarize(s.sql)).collect(),
         no_transaction: m.no_transaction,
         drizzle_would_skip,
     }
@@ -357,7 +357,11 @@ impl<'a> Engine<'a> {
         options: &RunOptions,
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunSummary, EngineError> {
-        let status = self.status(client, set, &options.plan).await?;
+        let mut status = self.status(client, set, &options.plan).await?;
+        let reread = texts_to_apply(set, &status.plan)?;
+        if let Some(set) = &reread {
+            status = self.status(client, set, &options.plan).await?;
+        }
         self.check_unknown_rows(&status.plan.missing, emit)?;
         for message in status.notes.iter().cloned() {
             emit(Event::Warning { message });
@@ -447,6 +451,8 @@ impl<'a> Engine<'a> {
         options: &RunOptions,
         emit: &mut dyn FnMut(Event),
     ) -> Result<RunSummary, EngineError> {
+        let reread = self.texts_for_run(client, set, options).await?;
+        let set = reread.as_ref().unwrap_or(set);
         let prepared = self.prepare(client, set, options, emit).await?;
         let upgrading = !prepared.table.upgrade.is_empty();
         let backup = self
@@ -471,6 +477,22 @@ impl<'a> Engine<'a> {
             applied,
             pending_before: prepared.to_apply.len(),
         })
+    }
+
+    /// `None` when `set` has every file's text (the CLI's); else (the daemon keeps hashes and
+    /// stamps only) the folder read again if a migration this run applies lacks its text.
+    async fn texts_for_run(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        options: &RunOptions,
+    ) -> Result<Option<MigrationSet>, EngineError> {
+        if !MigrationSet::lacks_texts(set.migrations.iter()) {
+            return Ok(None);
+        }
+        let table = Table::new(set, db::read_rows(client, &self.tracking).await?)?;
+        let plan = plan::plan(set, &table.rows, &options.plan);
+        Ok(texts_to_apply(set, &plan)?)
     }
 
     /// The checks of a run, before the backup and any change: the role's rights, the plan
@@ -812,8 +834,8 @@ impl<'a> Engine<'a> {
             file: m.file_name.clone(),
             statement: f.statement,
             statement_count: m.statements.len(),
-            statement_summary: statement.map(|s| summarize(&s.sql)),
-            line: statement.map(|s| db::line_of_position(s, f.failure.position)),
+            statement_summary: statement.map(|s| summarize(s.sql)),
+            line: statement.map(|s| db::line_of_position(&s, f.failure.position)),
             no_transaction_completed: m.no_transaction.then_some(f.completed_outside_transaction),
             failure: f.failure,
             during_commit: f.during_commit,
@@ -828,13 +850,23 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// `None` when every migration `plan` would apply has its text; else the folder read again with
+/// the texts (the daemon keeps only hashes and stamps between runs: `MigrationSet::without_texts`),
+/// to plan again: a file may have changed since.
+fn texts_to_apply(set: &MigrationSet, plan: &Plan) -> Result<Option<MigrationSet>, SourceError> {
+    if !MigrationSet::lacks_texts(plan.to_apply()) {
+        return Ok(None);
+    }
+    Ok(Some(set.with_texts()?))
+}
+
 /// Refuses a transactional migration with a top-level transaction-control statement (it would
 /// end the transaction vamsa-migrate runs it in, so a failure later in it could not be rolled
 /// back): the first one found, with its line.
 fn refuse_transaction_control(to_apply: &[&Migration]) -> Result<(), Box<EngineError>> {
     for m in to_apply.iter().filter(|m| !m.no_transaction) {
         for s in &m.statements {
-            if let Some((offset, statement)) = crate::sqlscan::transaction_control(&s.sql) {
+            if let Some((offset, statement)) = crate::sqlscan::transaction_control(s.sql) {
                 return Err(Box::new(EngineError::TransactionControl {
                     file: m.file_name.clone(),
                     line: s.sql_start_line + s.sql[..offset].matches('\n').count(),

@@ -20,6 +20,7 @@ mod history;
 mod hostile;
 mod interop;
 mod interop_v1;
+mod memory;
 mod migrate;
 mod rehearsal;
 mod restore;

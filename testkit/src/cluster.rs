@@ -126,7 +126,7 @@ fn server_user() -> Result<Option<User>, ClusterError> {
     }
 }
 
-fn free_port() -> Result<u16, ClusterError> {
+pub(crate) fn free_port() -> Result<u16, ClusterError> {
     let probe = TcpListener::bind("127.0.0.1:0").map_err(io_error("probing for a free port"))?;
     let addr = probe
         .local_addr()

@@ -26,3 +26,4 @@ mod support;
 mod tls;
 mod tracking_rows;
 mod unknown_rows;
+mod versions;

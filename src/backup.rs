@@ -64,10 +64,11 @@ pub enum BackupError {
         free: String,
         needed: String,
     },
-    #[error(
-        "pg_dump was not found on PATH (install postgresql-client matching the server version)"
-    )]
-    NoPgDump,
+    #[error("{}", no_pg_dump(.program))]
+    NoPgDump {
+        /// The program run: a path ([`client_program`]), or `pg_dump` looked up on PATH.
+        program: PathBuf,
+    },
     #[error("pg_dump is older than the server ({detail}); install the postgresql-client of the server's version")]
     VersionMismatch { detail: String },
     #[error("pg_dump failed ({status}): {stderr}")]
@@ -255,7 +256,7 @@ pub async fn take(
     let final_name = file_name(&db.name, SystemTime::now(), label);
     let mut partial = PartialFile::create(&dir, &final_name).map_err(dir_error(&dir.path))?;
     pg_dump(pg, &db, &partial.file).await?;
-    verify(&partial.file).await?;
+    verify(&partial.file, db.server_major).await?;
     let bytes = partial.persist().map_err(dir_error(&dir.path))?;
     let final_path = dir.path.join(&final_name);
     if let Err(e) = prune(&dir.path, &db.name, settings.keep.max(1), &final_path) {
@@ -282,17 +283,19 @@ pub(crate) async fn take_temporary(
         .map_err(|e| BackupError::Query(Box::new(e)))?;
     let file = tempfile::tempfile().map_err(dir_error(&std::env::temp_dir()))?;
     pg_dump(pg, &db, &file).await?;
-    verify(&file).await?;
+    verify(&file, db.server_major).await?;
     Ok(file)
 }
 
 /// Restores `dump` (read from its start on pg_restore's standard input) into the new, empty
-/// database `dbname` with `pg_restore --exit-on-error --no-owner --no-privileges`
+/// database `dbname` with `pg_restore --exit-on-error --no-owner --no-privileges` (the one of
+/// the server's major version, see `client_program`)
 /// (PostgreSQL 15): every object ends up owned by our role, which created the database, so
 /// no other role's membership is needed. pg_restore's stderr on failure, in
 /// [`BackupError::Restore`].
 pub(crate) async fn restore_into_new(
     pg: &ConnParams,
+    server_major: u32,
     dbname: &str,
     dump: &fs::File,
 ) -> Result<(), BackupError> {
@@ -300,7 +303,7 @@ pub(crate) async fn restore_into_new(
     stdin
         .seek(io::SeekFrom::Start(0))
         .map_err(BackupError::Spawn)?;
-    let mut cmd = Command::new("pg_restore");
+    let mut cmd = Command::new(client_program("pg_restore", server_major));
     cmd.args(["--exit-on-error", "--no-owner", "--no-privileges"])
         .args(["--no-password", "--dbname", dbname])
         .stdin(Stdio::from(stdin))
@@ -537,7 +540,8 @@ async fn pg_dump(
     out: &fs::File,
 ) -> Result<(), BackupError> {
     let stdout = out.try_clone().map_err(BackupError::Spawn)?;
-    let mut cmd = Command::new("pg_dump");
+    let program = client_program("pg_dump", db.server_major);
+    let mut cmd = Command::new(&program);
     cmd.arg("--format=custom").arg("--no-password");
     if db.history_unreadable {
         tracing::warn!(
@@ -554,7 +558,9 @@ async fn pg_dump(
     libpq_env(&mut cmd, pg, &db.name, &pass.path());
     let child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(BackupError::NoPgDump),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(BackupError::NoPgDump { program })
+        }
         Err(e) => return Err(BackupError::Spawn(e)),
     };
     drop(pass);
@@ -565,7 +571,7 @@ async fn pg_dump(
     let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
     // pg_dump refuses a server of a newer major version (PostgreSQL docs, pg_dump); its
     // message may be translated, so compare the versions themselves.
-    if pg_dump_major()
+    if pg_dump_major(&program)
         .await
         .is_some_and(|major| major < db.server_major)
     {
@@ -577,10 +583,10 @@ async fn pg_dump(
     })
 }
 
-/// The major version of the `pg_dump` on PATH, from `pg_dump --version`
+/// The major version of `program` (a `pg_dump`), from `pg_dump --version`
 /// (`pg_dump (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)`).
-async fn pg_dump_major() -> Option<u32> {
-    let mut cmd = Command::new("pg_dump");
+async fn pg_dump_major(program: &Path) -> Option<u32> {
+    let mut cmd = Command::new(program);
     inherit_only_locale_and_path(&mut cmd);
     let output = cmd
         .arg("--version")
@@ -592,6 +598,36 @@ async fn pg_dump_major() -> Option<u32> {
     major_of_version_line(&String::from_utf8_lossy(&output.stdout))
 }
 
+fn no_pg_dump(program: &Path) -> String {
+    let place = match program.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            format!("at {} (PG_BIN_DIR)", program.display())
+        }
+        _ => "on PATH".into(),
+    };
+    format!("pg_dump was not found {place} (install postgresql-client matching the server version)")
+}
+
+/// The client program (`pg_dump`, `pg_restore`) for a server of major version `server_major`:
+/// in `$PG_BIN_DIR` when set (as for `demo`); else `/usr/lib/postgresql/<major>/bin/<name>`
+/// when installed (Debian's layout, several versions side by side; the choice Debian's
+/// `pg_wrapper` makes, postgresql-common); else `name` on `PATH`.
+pub(crate) fn client_program(name: &str, server_major: u32) -> PathBuf {
+    if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    client_program_under(Path::new("/usr/lib/postgresql"), name, server_major)
+}
+
+fn client_program_under(root: &Path, name: &str, server_major: u32) -> PathBuf {
+    let versioned = root.join(server_major.to_string()).join("bin").join(name);
+    if versioned.is_file() {
+        versioned
+    } else {
+        PathBuf::from(name)
+    }
+}
+
 fn major_of_version_line(line: &str) -> Option<u32> {
     let version = line.split_whitespace().nth(2)?;
     let digits = version.split(|c: char| !c.is_ascii_digit()).next()?;
@@ -600,20 +636,24 @@ fn major_of_version_line(line: &str) -> Option<u32> {
 
 /// Checks that the dump reads back: `pg_restore --list` parses its table of contents, read
 /// from its standard input (our descriptor, from the start).
-async fn verify(dump: &fs::File) -> Result<(), BackupError> {
-    table_of_contents(dump).await.map(|_| ())
+async fn verify(dump: &fs::File, server_major: u32) -> Result<(), BackupError> {
+    table_of_contents(dump, server_major).await.map(|_| ())
 }
 
 /// The dump's table of contents as `pg_restore --list` prints it (one line per entry:
 /// `215; 1259 16386 TABLE public persons postgres`), read from `dump` from its start;
-/// [`BackupError::Verify`] when it does not read back.
-pub(crate) async fn table_of_contents(dump: &fs::File) -> Result<String, BackupError> {
+/// [`BackupError::Verify`] when it does not read back. `pg_restore` is the one for
+/// `server_major` ([`client_program`]), as is the `pg_dump` that wrote it.
+pub(crate) async fn table_of_contents(
+    dump: &fs::File,
+    server_major: u32,
+) -> Result<String, BackupError> {
     let failed = |stderr: String| BackupError::Verify { stderr };
     let mut stdin = dump.try_clone().map_err(|e| failed(e.to_string()))?;
     stdin
         .seek(io::SeekFrom::Start(0))
         .map_err(|e| failed(e.to_string()))?;
-    let mut cmd = Command::new("pg_restore");
+    let mut cmd = Command::new(client_program("pg_restore", server_major));
     inherit_only_locale_and_path(&mut cmd);
     let verify = cmd
         .arg("--list")
@@ -635,17 +675,19 @@ pub(crate) async fn table_of_contents(dump: &fs::File) -> Result<String, BackupE
 /// Restores `dump` (read from its start on pg_restore's standard input) into `dbname` with
 /// `pg_restore --clean --if-exists --single-transaction --exit-on-error` (PostgreSQL 15):
 /// every object the dump holds is dropped and re-created in one transaction, so a failure
-/// changes nothing. pg_restore's stderr on failure, in [`BackupError::Restore`].
+/// changes nothing. pg_restore's stderr on failure, in [`BackupError::Restore`]. `db` is the
+/// target database (its name, and its server's major version for [`client_program`]).
 pub(crate) async fn restore(
     pg: &ConnParams,
-    dbname: &str,
+    db: &crate::db::Database,
     dump: &fs::File,
 ) -> Result<(), BackupError> {
+    let dbname = db.name.as_str();
     let mut stdin = dump.try_clone().map_err(BackupError::Spawn)?;
     stdin
         .seek(io::SeekFrom::Start(0))
         .map_err(BackupError::Spawn)?;
-    let mut cmd = Command::new("pg_restore");
+    let mut cmd = Command::new(client_program("pg_restore", db.server_major));
     cmd.args([
         "--clean",
         "--if-exists",
@@ -827,6 +869,27 @@ mod tests {
                 .unwrap()
                 .2,
             "manual"
+        );
+    }
+
+    #[test]
+    fn the_client_program_of_the_servers_major_version_comes_before_path() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let bin = root.path().join("18").join("bin");
+        fs::create_dir_all(&bin).expect("mkdir");
+        fs::write(bin.join("pg_dump"), "").expect("write");
+        assert_eq!(
+            client_program_under(root.path(), "pg_dump", 18),
+            bin.join("pg_dump")
+        );
+        // Another major version, or a program not installed there: the one on PATH.
+        assert_eq!(
+            client_program_under(root.path(), "pg_dump", 17),
+            PathBuf::from("pg_dump")
+        );
+        assert_eq!(
+            client_program_under(root.path(), "pg_restore", 18),
+            PathBuf::from("pg_restore")
         );
     }
 

@@ -14,13 +14,15 @@ pub(crate) use crate::config::describe_target;
 
 mod connect;
 pub(crate) mod history;
+mod pooler;
 pub(crate) mod preflight;
 pub(crate) mod schema;
 mod tls;
 pub use crate::libpq::{ConnParams, TlsParams};
 use crate::plan::AppliedRow;
 use crate::source::{Migration, Statement};
-pub use connect::{connect, ConnectCause};
+pub use connect::ConnectCause;
+pub use pooler::{connect, Evidence};
 pub use preflight::PreflightError;
 pub(crate) use tls::system_bundle;
 
@@ -125,6 +127,10 @@ pub enum DbError {
     },
     #[error("{target} is a read-only server (a standby?); migrations must run on the primary")]
     ReadOnly { target: String },
+    /// `database_url` leads to a connection pooler that hands our PostgreSQL session to other
+    /// clients between transactions (PgBouncer's `pool_mode = transaction` or `statement`).
+    #[error("{target} is a connection pool that does not keep a session (PgBouncer's pool_mode = transaction or statement): {evidence}")]
+    SessionNotKept { target: String, evidence: Evidence },
     #[error("another vamsa-migrate run held the migration lock for longer than lock_wait ({}){}", humantime::format_duration(Duration::from_secs(waited.as_secs().max(1))), holder.map(|p| format!(" (PostgreSQL backend pid {p})")).unwrap_or_default())]
     LockWait {
         waited: Duration,

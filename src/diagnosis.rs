@@ -64,7 +64,7 @@ pub(crate) fn daemon_report(kind: ErrorKind, message: String) -> ErrorReport {
 pub(crate) fn is_permanent(e: &EngineError) -> bool {
     use ConnectCause::*;
     match e {
-        EngineError::Config(_) => true,
+        EngineError::Config(_) | EngineError::Db(DbError::SessionNotKept { .. }) => true,
         EngineError::Db(DbError::Connect { cause, .. }) => matches!(
             cause,
             PasswordRequired
@@ -105,6 +105,7 @@ pub(crate) fn cause(e: &EngineError) -> Option<String> {
             "The database role {:?} lacks a privilege the run needs on the tracking table, or (as a superuser) must not write to a table another role controls.",
             p.role
         )),
+        EngineError::Db(DbError::SessionNotKept { .. }) => Some(SESSION_NOT_KEPT_CAUSE.into()),
         EngineError::Db(DbError::LockWait { .. }) => Some(
             "Another vamsa-migrate (a deploy hook, the service, or an admin) is applying migrations right now.".into(),
         ),
@@ -134,6 +135,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),
         EngineError::TransactionControl { .. } => "Nothing was applied. Remove the statement (vamsa-migrate commits each migration itself), or, if the migration must control its transactions, make `-- vamsa-migrate: no-transaction` its first line: it then runs statement by statement.".into(),
         EngineError::Db(DbError::ReadOnly { .. }) => "Point database_url at the primary, or list several hosts with target_session_attrs=read-write.".into(),
+        EngineError::Db(DbError::SessionNotKept { .. }) => SESSION_NOT_KEPT_NEXT_STEP.into(),
         EngineError::Db(DbError::LockWait { .. }) => "Wait for the other run to finish and try again, or raise lock_wait.".into(),
         EngineError::Db(DbError::TrackingRow(e)) => e.next_step(),
         EngineError::Db(DbError::Connect { cause, .. }) => connect_next_step(*cause).into(),
@@ -151,6 +153,11 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Backup(_) => "Nothing was migrated. Fix the cause above, or run without a backup (--no-backup, or backup_enabled = false) if you have one of your own.".into(),
     }
 }
+
+/// A pooler that hands our session to other clients between transactions (`db::pooler`).
+const SESSION_NOT_KEPT_CAUSE: &str = "database_url leads to a connection pooler (PgBouncer with pool_mode = transaction or statement, or a proxy like it) that gives this connection's PostgreSQL session to other clients between transactions; the migration lock (a session-level advisory lock) and the transaction of each migration need one session for the whole run.";
+
+const SESSION_NOT_KEPT_NEXT_STEP: &str = "Nothing was changed. Point database_url at PostgreSQL itself (its host and port, usually 5432), or at a pool in session mode (PgBouncer: pool_mode = session, e.g. a [databases] entry of its own for vamsa-migrate), then run again.";
 
 /// The likely cause of a connection that could not be set up.
 fn connect_cause(cause: ConnectCause) -> &'static str {
@@ -389,6 +396,21 @@ mod tests {
     const MISSING: &str = "Something it uses does not exist: a previous migration was skipped or failed silently, or the object was removed by hand.";
     const VIOLATES: &str = "The existing data violates a constraint this migration adds.";
     const LOST: &str = "The connection to PostgreSQL was lost (server restarted or network failure): nothing of this migration was committed.";
+
+    #[test]
+    fn a_pool_that_does_not_keep_the_session_says_where_to_point_database_url() {
+        let e = EngineError::Db(DbError::SessionNotKept {
+            target: "127.0.0.1:6432/vamsa".into(),
+            evidence: crate::db::Evidence::ServedAnother { pid: 4242 },
+        });
+        let report = report(&e);
+        assert_eq!(report.kind, ErrorKind::Database);
+        assert_eq!(report.message, "127.0.0.1:6432/vamsa is a connection pool that does not keep a session (PgBouncer's pool_mode = transaction or statement): between two transactions of this connection, its PostgreSQL backend (pid 4242) served another connection");
+        assert_eq!(report.cause.as_deref(), Some("database_url leads to a connection pooler (PgBouncer with pool_mode = transaction or statement, or a proxy like it) that gives this connection's PostgreSQL session to other clients between transactions; the migration lock (a session-level advisory lock) and the transaction of each migration need one session for the whole run."));
+        assert_eq!(report.hint, "Nothing was changed. Point database_url at PostgreSQL itself (its host and port, usually 5432), or at a pool in session mode (PgBouncer: pool_mode = session, e.g. a [databases] entry of its own for vamsa-migrate), then run again.");
+        // Waiting cannot fix it: the daemon stops waiting for the database.
+        assert!(is_permanent(&e));
+    }
 
     #[test]
     fn a_released_run_lock_names_the_file_and_what_stays() {

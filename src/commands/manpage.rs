@@ -106,7 +106,7 @@ fn environment(roff: &mut Roff) {
         ("VAMSA_MIGRATE_<KEY>", "Any key of the config file, e.g. VAMSA_MIGRATE_MIGRATIONS_DIR, VAMSA_MIGRATE_SOCKET_PATH; over the file, under the flags."),
         ("DATABASE_URL", "The database, when neither --database-url nor VAMSA_MIGRATE_DATABASE_URL is given; over the file."),
         ("VAMSA_MIGRATE_LOG", "A full log filter (tracing's EnvFilter syntax), instead of -v."),
-        ("PG_BIN_DIR", "demo: the PostgreSQL server binaries to use (default: the newest /usr/lib/postgresql/<version>/bin)."),
+        ("PG_BIN_DIR", "The folder of the PostgreSQL programs to use: demo's server (default: the newest /usr/lib/postgresql/<version>/bin); pg_dump and pg_restore for backups (default: /usr/lib/postgresql/<server's major version>/bin, else PATH)."),
         ("CREDENTIALS_DIRECTORY", "daemon: systemd's credentials; the file database_password there is the database password."),
     ];
     for (name, meaning) in vars {

@@ -119,7 +119,8 @@ async fn restore(
 ) -> Result<(), RestoreError> {
     let pg = settings.pg_config(env).map_err(boxed)?;
     let client = db::connect(&pg).await.map_err(boxed)?;
-    let database = db::database(&client).await.map_err(boxed)?.name;
+    let target = db::database(&client).await.map_err(boxed)?;
+    let database = target.name.clone();
     let dump = pick(settings, args, &database)?;
     let corrupt = |source| RestoreError::Corrupt {
         path: dump.path.clone(),
@@ -127,7 +128,9 @@ async fn restore(
     };
     // One open file for the check and the restore: what was checked is what is restored.
     let file = std::fs::File::open(&dump.path).map_err(|e| corrupt(BackupError::Spawn(e)))?;
-    let toc = backup::table_of_contents(&file).await.map_err(corrupt)?;
+    let toc = backup::table_of_contents(&file, target.server_major)
+        .await
+        .map_err(corrupt)?;
     let engine = Engine::new(settings, &pg);
     let lock_wait = settings.lock_wait;
     db::acquire_lock(&client, &engine.tracking, lock_wait, |pid| {
@@ -135,7 +138,7 @@ async fn restore(
     })
     .await
     .map_err(boxed)?;
-    let result = restore_locked(&client, &pg, args, (&dump, &file), &toc, &database).await;
+    let result = restore_locked(&client, &pg, args, (&dump, &file), &toc, &target).await;
     let _ = db::release_lock(&client, &engine.tracking).await;
     result?;
     report_state(&engine, &client, settings).await
@@ -179,8 +182,9 @@ async fn restore_locked(
     args: &RestoreArgs,
     (dump, file): (&Listed, &std::fs::File),
     toc: &str,
-    database: &str,
+    target: &db::Database,
 ) -> Result<(), RestoreError> {
+    let database = target.name.as_str();
     let sessions = dbr::other_sessions(client).await.map_err(boxed)?;
     if !sessions.is_empty() && !args.force {
         return Err(RestoreError::Sessions(sessions));
@@ -210,7 +214,7 @@ async fn restore_locked(
             kind.to_lowercase()
         );
     }
-    backup::restore(pg, database, file)
+    backup::restore(pg, target, file)
         .await
         .map_err(RestoreError::Restore)?;
     println!("Restored {} into {database}.", dump.path.display());

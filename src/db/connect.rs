@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, Config};
 
-use super::{value, DbError, PgFailure};
+use super::{DbError, PgFailure};
 use crate::libpq::{ConnParams, SslMode, TlsParams};
 
 /// Why a connection could not be set up; each has its own likely cause and next step
@@ -299,23 +299,27 @@ async fn attempt(
     Ok(client)
 }
 
-/// Refuses a read-only server (a standby, or `default_transaction_read_only`).
+/// Refuses a read-only server (a standby, or `default_transaction_read_only`). In the simple
+/// query protocol: a named prepared statement would be left on a pooled server connection
+/// that another client then gets (see `db::pooler`), before the pooler check could run.
 async fn first_query(client: &Client, password_given: bool) -> Result<(), Failed> {
-    const READ_ONLY: &str = "checking whether the server is read-only";
-    let row = client
-        .query_one(
-            "SELECT current_setting('transaction_read_only') = 'on'",
-            &[],
-        )
+    let messages = client
+        .simple_query("SHOW transaction_read_only")
         .await
         .map_err(|e| classify(&e, password_given))?;
-    let read_only = value::<bool>(&row, 0, READ_ONLY)
-        .map_err(|e| Failed::new(ConnectCause::Other, e.to_string()))?;
+    let setting = messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+        _ => None,
+    });
     // With `any` too (libpq would take it): migrations must never go to a read-only server.
-    if read_only {
-        return Err(Failed::ReadOnly);
+    match setting {
+        Some("off") => Ok(()),
+        Some("on") => Err(Failed::ReadOnly),
+        other => Err(Failed::new(
+            ConnectCause::Other,
+            format!("checking whether the server is read-only: transaction_read_only is {other:?}, not on or off"),
+        )),
     }
-    Ok(())
 }
 
 /// Opens the socket: the Unix socket file in a directory, or TCP to the address (given, or

@@ -132,7 +132,10 @@ impl Engine<'_> {
             database: name.clone(),
             migrations,
         });
-        let result = self.rehearse_in(&name, set, options, &dump).await;
+        let server_major = db::database(client).await?.server_major;
+        let result = self
+            .rehearse_in(&name, server_major, set, options, &dump)
+            .await;
         match scratch::drop(client, &name).await {
             Ok(()) => guard.disarm(),
             Err(e) => tracing::warn!("{e}; trying once more from a new connection"),
@@ -153,11 +156,12 @@ impl Engine<'_> {
     async fn rehearse_in(
         &self,
         name: &str,
+        server_major: u32,
         set: &MigrationSet,
         options: &RunOptions,
         dump: &fs::File,
     ) -> Result<Result<(), Unavailable>, EngineError> {
-        if let Err(e) = crate::backup::restore_into_new(self.pg, name, dump).await {
+        if let Err(e) = crate::backup::restore_into_new(self.pg, server_major, name, dump).await {
             return Ok(Err(format!(
                 "the dump does not restore into a scratch database: {e}"
             )));

@@ -49,13 +49,19 @@ impl Cli {
         std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))
             .expect("make the empty config readable");
         let backups = scratch.path().join("backups");
+        let mut envs: Vec<(OsString, Option<OsString>)> = vec![
+            ("VAMSA_MIGRATE_CONFIG".into(), Some(config.into())),
+            ("VAMSA_MIGRATE_BACKUP_DIR".into(), Some(backups.into())),
+        ];
+        // `./dev test-pg18` runs with backups off: a server without the client programs of its
+        // version (PostgreSQL 18 from npm; Debian 12 has pg_dump 15) cannot be dumped.
+        if let Some(enabled) = std::env::var_os("VAMSA_TEST_BACKUP_ENABLED") {
+            envs.push(("VAMSA_MIGRATE_BACKUP_ENABLED".into(), Some(enabled)));
+        }
         Cli {
             program: program.into(),
             args: Vec::new(),
-            envs: vec![
-                ("VAMSA_MIGRATE_CONFIG".into(), Some(config.into())),
-                ("VAMSA_MIGRATE_BACKUP_DIR".into(), Some(backups.into())),
-            ],
+            envs,
             database_url: None,
             migrations_dir: None,
             as_nobody: false,

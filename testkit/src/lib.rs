@@ -3,7 +3,7 @@
 //!
 //! Without features it holds only [`cluster`], which `vamsa-migrate demo` needs. The
 //! `test-support` feature adds the test-only parts: cluster pre-start hooks and replicas, the
-//! [`reaper`], the [`cli`] builder, the [`daemon`] driver, the [`folder`] writer and
+//! [`reaper`], the [`pooler`] (PgBouncer), the [`cli`] builder, the [`daemon`] driver, the [`folder`] writer and
 //! [`wait::eventually`]. This crate does not depend on `vamsa-migrate`: the binary under test
 //! is passed in by path.
 
@@ -14,6 +14,8 @@ pub mod cluster;
 pub mod daemon;
 #[cfg(feature = "test-support")]
 pub mod folder;
+#[cfg(feature = "test-support")]
+pub mod pooler;
 #[cfg(feature = "test-support")]
 pub mod reaper;
 #[cfg(feature = "test-support")]

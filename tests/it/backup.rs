@@ -319,10 +319,13 @@ fn a_too_small_filesystem_stops_the_run_before_dumping() {
 fn a_missing_pg_dump_stops_the_run_and_no_backup_skips_it() {
     let db = Db::new();
     let f = Folder::new(&[("0000_a", 1000, A)]);
-    let run = migrate_cli(&db, f.path()).env("PATH", "/nonexistent").run();
+    let run = migrate_cli(&db, f.path())
+        .env("PATH", "/nonexistent")
+        .env("PG_BIN_DIR", "/nonexistent")
+        .run();
     run.code(1);
     assert!(
-        run.stderr.contains("pg_dump was not found on PATH"),
+        run.stderr.contains("pg_dump was not found at /nonexistent/pg_dump (PG_BIN_DIR) (install postgresql-client matching the server version)"),
         "{}",
         run.stderr
     );
@@ -373,17 +376,18 @@ fn the_password_reaches_pg_dump_through_a_private_file_not_its_command_line() {
         db.cluster.port(),
         db.name
     );
-    let path = format!(
-        "{}:{}",
-        shim.path().display(),
-        std::env::var("PATH").unwrap()
-    );
+    // The backup's pg_restore (checking the dump) from the same folder: the real one.
+    std::os::unix::fs::symlink(
+        db.cluster.program("pg_restore"),
+        shim.path().join("pg_restore"),
+    )
+    .unwrap();
     let run = cli()
         .arg("migrate")
         .database_url(&url)
         .migrations_dir(f.path())
         .backup_dir(db.backups.path())
-        .env("PATH", path)
+        .env("PG_BIN_DIR", shim.path())
         .run();
     run.ok();
     let recorded = std::fs::read_to_string(&record).unwrap();

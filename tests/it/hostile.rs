@@ -170,6 +170,12 @@ impl Interrupted {
             std::fs::Permissions::from_mode(0o755),
         )
         .unwrap();
+        // The shim's folder is PG_BIN_DIR: the backup's pg_restore comes from there too.
+        std::os::unix::fs::symlink(
+            db.cluster.program("pg_restore"),
+            shim.path().join("pg_restore"),
+        )
+        .unwrap();
         let lock = Interrupted::hold_persons(&db);
         Interrupted {
             db,
@@ -201,13 +207,9 @@ impl Interrupted {
         self.lock.wait().unwrap();
     }
 
-    /// `migrate` with the password in DATABASE_URL, PGPASSWORD set, and TMPDIR of our own.
+    /// `migrate` with the password in DATABASE_URL, PGPASSWORD set, TMPDIR of our own, and the
+    /// shim's folder as PG_BIN_DIR (where backups take pg_dump from first).
     fn spawn_migrate(&self) -> Child {
-        let path = format!(
-            "{}:{}",
-            self.shim.path().display(),
-            std::env::var("PATH").unwrap()
-        );
         let mut cmd = cli();
         cmd.arg("migrate")
             .migrations_dir(self.folder.path())
@@ -215,7 +217,7 @@ impl Interrupted {
             .env("DATABASE_URL", url_with_password(&self.db))
             .env("PGPASSWORD", "leak-me-not")
             .env("TMPDIR", self.tmp.path())
-            .env("PATH", path);
+            .env("PG_BIN_DIR", self.shim.path());
         let child = cmd
             .command()
             .stdout(Stdio::piped())

@@ -5,7 +5,6 @@
 
 use std::io;
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::config::{DaemonSettings, PeerView, Settings};
 use crate::daemon::runner::{Job, JobKind, RunnerStatus};
+use crate::daemon::socket_file::{self, SocketFileError};
 use crate::diagnosis::daemon_report;
 use crate::protocol::{DaemonReply, ErrorKind, Event, Reply, Request};
 
@@ -40,10 +40,8 @@ pub(crate) struct TriggerSocket {
 pub(crate) enum SocketError {
     #[error("socket activation: {0}")]
     Activation(io::Error),
-    #[error("another vamsa-migrate daemon is already listening on {0}")]
-    InUse(PathBuf),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    File(#[from] SocketFileError),
     #[error("socket_group {0:?} does not exist")]
     NoSuchGroup(String),
 }
@@ -75,27 +73,14 @@ pub(crate) fn acquire(settings: &DaemonSettings) -> Result<TriggerSocket, Socket
 }
 
 fn bind(path: &Path, group: Option<&str>) -> Result<TriggerSocket, SocketError> {
-    let io_err = |source| SocketError::Io {
-        path: path.to_path_buf(),
-        source,
+    let gid = match group {
+        Some(group) => Some(
+            crate::daemon::peer::group_id(group)
+                .ok_or_else(|| SocketError::NoSuchGroup(group.into()))?,
+        ),
+        None => None,
     };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err)?;
-    }
-    if path.exists() {
-        // A live daemon answers; a stale file from a crash refuses and can go.
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
-            Err(_) => std::fs::remove_file(path).map_err(io_err)?,
-        }
-    }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
-    if let Some(group) = group {
-        let gid = crate::daemon::peer::group_id(group)
-            .ok_or_else(|| SocketError::NoSuchGroup(group.into()))?;
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
-    }
+    let listener = socket_file::bind(path, gid)?;
     Ok(TriggerSocket {
         listener,
         bound_path: Some(path.to_path_buf()),

@@ -19,6 +19,7 @@ mod hostile;
 mod interop;
 mod interop_v1;
 mod migrate;
+mod neighbours;
 mod rehearsal;
 mod restore;
 mod roles;

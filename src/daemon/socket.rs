@@ -11,11 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{DaemonSettings, PeerView, Settings};
+use crate::daemon::peer::Peer;
 use crate::daemon::runner::{Job, JobKind, RunnerStatus};
 use crate::daemon::socket_file::{self, SocketFileError};
 use crate::diagnosis::daemon_report;
@@ -191,7 +192,8 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> Line {
 
 /// Serves one connection: requests one after another until the client hangs up.
 async fn handle(stream: UnixStream, context: &Context) {
-    let cred = stream.peer_cred().ok();
+    // Taken now, with the connection: the process may be gone and its pid reused later.
+    let peer = Peer::of(&stream).ok();
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
@@ -218,8 +220,8 @@ async fn handle(stream: UnixStream, context: &Context) {
             Request::DryRun => JobKind::DryRun,
             Request::Status => JobKind::Status,
         };
-        let who = describe_peer(cred);
-        let outsider = !may_apply(cred, &context.settings).await;
+        let who = describe_peer(peer.as_ref());
+        let outsider = !may_apply(peer.clone(), &context.settings).await;
         if outsider && kind == JobKind::Apply {
             tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
             let message = format!("permission denied: {who} may not apply migrations");
@@ -277,23 +279,23 @@ async fn next_request(reader: &mut BufReader<OwnedReadHalf>, write: &mut OwnedWr
 }
 
 /// `uid 1000 (pid 4242)`, for the log and refusals.
-fn describe_peer(cred: Option<UCred>) -> String {
-    cred.map_or("an unknown peer".to_string(), |c| {
+fn describe_peer(peer: Option<&Peer>) -> String {
+    peer.map_or("an unknown peer".to_string(), |p| {
         format!(
             "uid {} (pid {})",
-            c.uid(),
-            c.pid().map_or("?".into(), |p| p.to_string())
+            p.uid,
+            p.pid.map_or("?".into(), |p| p.to_string())
         )
     })
 }
 
-/// Asks `peer::may_apply` on the blocking pool: it reads the user database and /proc.
-async fn may_apply(cred: Option<UCred>, settings: &watch::Receiver<Arc<Settings>>) -> bool {
-    let Some(cred) = cred else {
+/// Asks `peer::may_apply` on the blocking pool: it reads the user and group databases.
+async fn may_apply(peer: Option<Peer>, settings: &watch::Receiver<Arc<Settings>>) -> bool {
+    let Some(peer) = peer else {
         return false;
     };
     let daemon: DaemonSettings = settings.borrow().daemon.clone();
-    tokio::task::spawn_blocking(move || crate::daemon::peer::may_apply(&cred, &daemon))
+    tokio::task::spawn_blocking(move || crate::daemon::peer::may_apply(&peer, &daemon))
         .await
         .unwrap_or(false)
 }

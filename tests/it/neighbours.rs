@@ -6,7 +6,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use crate::support::{cli, eventually, root_or_skip, Daemon, Db, Folder, Run};
 
@@ -236,4 +236,95 @@ fn a_squatted_socket_is_refused_by_the_daemon_and_its_answer_by_trigger() {
         log.contains("is owned by uid 65534, neither this user (uid 0) nor root"),
         "{log}"
     );
+}
+
+// ---- Item 5: allowed_groups satisfied by another process -------------------------------------
+
+/// The group `allowed_groups` names in the test below; no user is in it.
+const ALLOWED_GID: &str = "4242";
+
+/// `setpriv` running `program ARGS` as nobody with the supplementary group [`ALLOWED_GID`].
+fn in_allowed_group() -> vamsa_testkit::cli::Cli {
+    let mut c = vamsa_testkit::cli::Cli::new("setpriv");
+    c.args([
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--groups",
+        ALLOWED_GID,
+    ]);
+    c
+}
+
+/// As nobody: connects to `socket`, hands the connection to a child and exits (its pid is
+/// returned). The child sends `apply` once it reads a line on stdin, then prints the reply's first
+/// line.
+fn connect_and_leave(socket: &Path) -> (ChildStdin, ChildStdout, u32) {
+    let script = "import os,socket,sys\n\
+        s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n\
+        if os.fork() == 0:\n    sys.stdin.readline(); s.sendall(b'{\"command\":\"apply\"}\\n')\n    \
+        print(s.makefile().readline(), flush=True)\n\
+        else:\n    pass\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    as_nobody(&mut cmd);
+    let mut parent = cmd.spawn().unwrap();
+    let (stdin, stdout) = (parent.stdin.take().unwrap(), parent.stdout.take().unwrap());
+    let pid = parent.id();
+    parent.wait().unwrap();
+    (stdin, stdout, pid)
+}
+
+/// A process of the allowed group that gets `pid` (ns_last_pid, proc(5)), retried while
+/// other forks on the host take it first.
+fn reuse_pid(pid: u32) -> Neighbour {
+    let mut c = in_allowed_group();
+    c.args(["sleep", "600"]);
+    eventually(
+        format!("a process of group {ALLOWED_GID} with pid {pid}"),
+        || {
+            std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+            let child = Neighbour(c.command().spawn().unwrap());
+            (child.0.id() == pid).then_some(child)
+        },
+    )
+}
+
+#[test]
+fn allowed_groups_are_the_connecting_process_groups_not_those_of_a_reused_pid() {
+    if !root_or_skip("reuse a pid and run as nobody") {
+        return;
+    }
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let extra = format!("apply_on_start = false\nallowed_groups = [\"{ALLOWED_GID}\"]");
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), &extra);
+    d.ready();
+    d.open_socket_to_everyone();
+
+    let (mut stdin, stdout, pid) = connect_and_leave(&d.socket);
+    let reuser = reuse_pid(pid);
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+    let mut reply = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut reply).unwrap();
+    drop(reuser);
+    assert!(
+        reply.contains("permission denied: uid 65534"),
+        "{reply}\n{}",
+        d.log()
+    );
+    assert!(!db.table_exists("persons"));
+
+    // A process that is in the group when it connects may apply.
+    let mut member = in_allowed_group();
+    member
+        .arg(env!("CARGO_BIN_EXE_vamsa-migrate"))
+        .arg("trigger")
+        .env("VAMSA_MIGRATE_SOCKET_PATH", &d.socket);
+    member.run().ok();
+    assert!(db.table_exists("persons"));
 }

@@ -328,3 +328,56 @@ fn allowed_groups_are_the_connecting_process_groups_not_those_of_a_reused_pid() 
     member.run().ok();
     assert!(db.table_exists("persons"));
 }
+
+// ---- Item 1: connection slots held forever ---------------------------------------------------
+
+/// As nobody: opens `count` connections and pings on each; prints how many got `pong`, then
+/// pings on those every 2 s (each line used to renew the connection's timeout) until killed.
+fn hold_connections(socket: &Path, count: usize) -> (Neighbour, usize) {
+    let script = "import socket,sys,time\n\
+        held=[]\n\
+        for _ in range(int(sys.argv[2])):\n    \
+        s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{\"command\":\"ping\"}\\n')\n    \
+        f=s.makefile()\n    \
+        if 'pong' in f.readline(): f.readline(); held.append((s,f))\n    \
+        else: s.close()\n\
+        print(len(held), flush=True)\n\
+        while True:\n    time.sleep(2)\n    \
+        for s,f in held:\n        \
+        try: s.sendall(b'{\"command\":\"ping\"}\\n'); f.readline(); f.readline()\n        \
+        except OSError: pass\n";
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script])
+        .arg(socket)
+        .arg(count.to_string())
+        .stdout(Stdio::piped());
+    as_nobody(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    let out = child.stdout.as_mut().unwrap();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+    let held = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    (Neighbour(child), held)
+}
+
+#[test]
+fn nobody_holding_connections_and_pinging_never_locks_roots_trigger_out() {
+    if !root_or_skip("connect to the socket as nobody") {
+        return;
+    }
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "apply_on_start = false");
+    d.ready();
+    d.open_socket_to_everyone();
+
+    let (holder, held) = hold_connections(&d.socket, 600);
+    assert_eq!(held, 8, "nobody holds at most 8 connections");
+    let run = d.trigger(&[]);
+    run.ok();
+    assert!(db.table_exists("persons"));
+    drop(holder);
+}

@@ -337,10 +337,11 @@ fn hold_connections(socket: &Path, count: usize) -> (Neighbour, usize) {
     let script = "import socket,sys,time\n\
         held=[]\n\
         for _ in range(int(sys.argv[2])):\n    \
-        s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(b'{\"command\":\"ping\"}\\n')\n    \
-        f=s.makefile()\n    \
-        if 'pong' in f.readline(): f.readline(); held.append((s,f))\n    \
-        else: s.close()\n\
+        s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f=s.makefile()\n    \
+        try:\n        s.sendall(b'{\"command\":\"ping\"}\\n')\n        \
+        if 'pong' in f.readline(): f.readline(); held.append((s,f)); continue\n    \
+        except OSError: pass\n    \
+        s.close()\n\
         print(len(held), flush=True)\n\
         while True:\n    time.sleep(2)\n    \
         for s,f in held:\n        \
@@ -375,9 +376,9 @@ fn nobody_holding_connections_and_pinging_never_locks_roots_trigger_out() {
     d.open_socket_to_everyone();
 
     let (holder, held) = hold_connections(&d.socket, 600);
-    assert_eq!(held, 8, "nobody holds at most 8 connections");
     let run = d.trigger(&[]);
     run.ok();
     assert!(db.table_exists("persons"));
+    assert_eq!(held, 8, "nobody holds at most 8 connections");
     drop(holder);
 }

@@ -331,6 +331,10 @@ async fn may_apply(peer: Option<Peer>, settings: &watch::Receiver<Arc<Settings>>
     let Some(peer) = peer else {
         return false;
     };
+    // Root and the service user need no look-up: never queue them behind the blocking pool.
+    if peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw() {
+        return true;
+    }
     let daemon: DaemonSettings = settings.borrow().daemon.clone();
     tokio::task::spawn_blocking(move || crate::daemon::peer::may_apply(&peer, &daemon))
         .await

@@ -381,8 +381,15 @@ async fn trigger(
     } else {
         Request::Apply
     };
-    let socket = &settings.daemon.socket_path;
-    Ok(commands::trigger::run(socket, request, args.timeout, args.format.format).await)
+    let daemon = &settings.daemon;
+    Ok(commands::trigger::run(
+        &daemon.socket_path,
+        &daemon.daemon_user,
+        request,
+        args.timeout,
+        args.format.format,
+    )
+    .await)
 }
 
 /// The deploy hook may run as a user who can reach the socket but not read the packaged
@@ -400,6 +407,9 @@ fn trigger_settings(
             let mut s = Settings::default();
             if let Some(path) = env.get("VAMSA_MIGRATE_SOCKET_PATH") {
                 s.daemon.socket_path = PathBuf::from(path);
+            }
+            if let Some(user) = env.get("VAMSA_MIGRATE_DAEMON_USER") {
+                s.daemon.daemon_user = user.clone();
             }
             if let Some(path) = &args.socket.socket_path {
                 s.daemon.socket_path = path.clone();

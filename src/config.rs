@@ -206,6 +206,9 @@ pub struct DaemonSettings {
     pub socket_path: PathBuf,
     /// Group owning the socket when the daemon binds it itself (socket activation sets its own).
     pub socket_group: Option<String>,
+    /// The user the daemon runs as (a name or uid): `trigger` believes only a socket served by
+    /// root, this user or its own user (SO_PEERCRED of the server, unix(7)).
+    pub daemon_user: String,
     /// Users, besides root and the service user, that may send `apply`.
     pub allowed_users: Vec<String>,
     pub allowed_groups: Vec<String>,
@@ -229,6 +232,7 @@ impl Default for DaemonSettings {
         DaemonSettings {
             socket_path: PathBuf::from("/run/vamsa-migrate/trigger.sock"),
             socket_group: None,
+            daemon_user: "vamsa-migrate".into(),
             allowed_users: Vec::new(),
             allowed_groups: Vec::new(),
             peer_view: PeerView::Ping,
@@ -315,6 +319,7 @@ pub struct Layer {
     pub schema_drift: Option<SchemaDrift>,
     pub socket_path: Option<PathBuf>,
     pub socket_group: Option<String>,
+    pub daemon_user: Option<String>,
     #[serde(default, deserialize_with = "string_list")]
     pub allowed_users: Option<Vec<String>>,
     #[serde(default, deserialize_with = "string_list")]
@@ -412,6 +417,7 @@ impl Settings {
         }
         set_daemon!(
             socket_path,
+            daemon_user,
             allowed_users,
             allowed_groups,
             peer_view,

@@ -21,6 +21,9 @@ pub(crate) const REHEARSAL_FAILED: u8 = 5;
 pub(crate) const NOT_RUNNING: u8 = 69;
 /// `trigger`: no `done` within --timeout, or the daemon hung up mid-run (EX_TEMPFAIL).
 pub(crate) const TIMED_OUT: u8 = 75;
+/// `trigger`: the socket is served by a user other than root, `daemon_user` or this user:
+/// not the daemon; nothing was sent (EX_PROTOCOL).
+pub(crate) const UNTRUSTED_SERVER: u8 = 76;
 /// `trigger`: this user may not apply (EX_NOPERM).
 pub(crate) const REFUSED: u8 = 77;
 
@@ -63,6 +66,8 @@ pub(crate) enum Outcome {
     NotRunning,
     /// `trigger`: no `done` in time, or the daemon hung up before it.
     NoAnswer,
+    /// `trigger`: the socket's server runs as a user we do not trust to be the daemon.
+    UntrustedServer,
     /// Something outside the error kinds: the runtime or a worker task, the demo's throwaway
     /// cluster, a conversation with the daemon that made no sense.
     OtherFailure,
@@ -85,6 +90,7 @@ impl Outcome {
             Outcome::DaemonFailed(_) => FAILED,
             Outcome::NotRunning => NOT_RUNNING,
             Outcome::NoAnswer => TIMED_OUT,
+            Outcome::UntrustedServer => UNTRUSTED_SERVER,
             Outcome::OtherFailure => FAILED,
             Outcome::Stopped { signal } => 128u8.saturating_add(signal),
         }
@@ -184,6 +190,7 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             USAGE,
             (NOT_RUNNING, "no daemon listens on socket_path"),
             (TIMED_OUT, "no answer within --timeout, or the daemon hung up mid-run"),
+            (UNTRUSTED_SERVER, "the socket is served by a user other than root, daemon_user or this user: not the daemon; nothing was sent"),
             (REFUSED, "this user may not apply"),
         ],
     };
@@ -228,6 +235,7 @@ mod tests {
             (Outcome::DaemonFailed(ErrorKind::NewerDatabase), 1),
             (Outcome::NotRunning, 69),
             (Outcome::NoAnswer, 75),
+            (Outcome::UntrustedServer, 76),
             (Outcome::Failed(ErrorKind::Refused), 77),
             (Outcome::DaemonFailed(ErrorKind::Refused), 77),
             (Outcome::DaemonFailed(ErrorKind::Config), 1),

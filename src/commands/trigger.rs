@@ -12,9 +12,12 @@ use crate::exit::Outcome;
 use crate::protocol::{ErrorKind, Event, Request};
 use crate::report::{Format, HumanOptions, Reporter};
 
-/// Sends `request` and shows the answer until its `done`, or until `timeout`.
+/// Sends `request` and shows the answer until its `done`, or until `timeout`; first checks
+/// that the socket's server runs as root, `daemon_user` or this user (else
+/// [`Outcome::UntrustedServer`], nothing sent).
 pub(crate) async fn run(
     socket: &Path,
+    daemon_user: &str,
     request: Request,
     timeout: Option<Duration>,
     format: Format,
@@ -23,6 +26,9 @@ pub(crate) async fn run(
         Ok(s) => s,
         Err(outcome) => return outcome,
     };
+    if let Err(outcome) = check_server(&stream, socket, daemon_user) {
+        return outcome;
+    }
     let conversation = converse(stream, request, format);
     match timeout {
         Some(limit) => match tokio::time::timeout(limit, conversation).await {
@@ -55,6 +61,36 @@ async fn connect(socket: &Path) -> Result<UnixStream, Outcome> {
             Outcome::NotRunning
         }
     })
+}
+
+/// Whoever binds the path first answers on it: believe only a server running as root,
+/// `daemon_user` or this user (SO_PEERCRED gives the listener's credentials, unix(7)).
+fn check_server(stream: &UnixStream, socket: &Path, daemon_user: &str) -> Result<(), Outcome> {
+    let server = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            eprintln!(
+                "Error: cannot tell who serves {} ({e}); nothing was sent",
+                socket.display()
+            );
+            return Err(Outcome::UntrustedServer);
+        }
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    let service = crate::daemon::peer::user_id(daemon_user);
+    if server == 0 || server == me || Some(server) == service {
+        return Ok(());
+    }
+    let name = nix::unistd::User::from_uid(server.into())
+        .ok()
+        .flatten()
+        .map_or(String::new(), |u| format!(" ({})", u.name));
+    eprintln!(
+        "Error: {} is served by uid {server}{name}, not by root, daemon_user {daemon_user:?} or this user: another local user may have taken the daemon's place; nothing was sent. Check the socket's directory (`ls -ld {}`) and daemon_user.",
+        socket.display(),
+        socket.parent().unwrap_or(socket).display()
+    );
+    Err(Outcome::UntrustedServer)
 }
 
 async fn converse(stream: UnixStream, request: Request, format: Format) -> Outcome {

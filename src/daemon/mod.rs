@@ -6,7 +6,9 @@
 
 pub(crate) mod peer;
 pub(crate) mod runner;
+pub(crate) mod slots;
 pub(crate) mod socket;
+pub(crate) mod socket_file;
 pub(crate) mod systemd;
 pub(crate) mod watch;
 

@@ -5,19 +5,21 @@
 
 use std::io;
 use std::os::fd::FromRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf, UCred};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::config::{DaemonSettings, PeerView, Settings};
+use crate::daemon::peer::Peer;
 use crate::daemon::runner::{Job, JobKind, RunnerStatus};
+use crate::daemon::slots::{Full, Slot, Slots};
+use crate::daemon::socket_file::{self, SocketFileError};
 use crate::diagnosis::daemon_report;
 use crate::protocol::{DaemonReply, ErrorKind, Event, Origin, Reply, Request, TriggerPeer};
 
@@ -27,8 +29,9 @@ pub(crate) const MAX_LINE: usize = 64 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to read one reply line.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more get an immediate refusal.
-const MAX_CONNECTIONS: usize = 512;
+/// How long a connection may stay to send requests, from its accept: requests do not renew it
+/// (a run it asked for is still relayed to its end).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
 
 /// The listening socket and, when we created the file ourselves, its path (removed on exit).
 pub(crate) struct TriggerSocket {
@@ -40,10 +43,8 @@ pub(crate) struct TriggerSocket {
 pub(crate) enum SocketError {
     #[error("socket activation: {0}")]
     Activation(io::Error),
-    #[error("another vamsa-migrate daemon is already listening on {0}")]
-    InUse(PathBuf),
-    #[error("{path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    File(#[from] SocketFileError),
     #[error("socket_group {0:?} does not exist")]
     NoSuchGroup(String),
 }
@@ -75,27 +76,14 @@ pub(crate) fn acquire(settings: &DaemonSettings) -> Result<TriggerSocket, Socket
 }
 
 fn bind(path: &Path, group: Option<&str>) -> Result<TriggerSocket, SocketError> {
-    let io_err = |source| SocketError::Io {
-        path: path.to_path_buf(),
-        source,
+    let gid = match group {
+        Some(group) => Some(
+            crate::daemon::peer::group_id(group)
+                .ok_or_else(|| SocketError::NoSuchGroup(group.into()))?,
+        ),
+        None => None,
     };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err)?;
-    }
-    if path.exists() {
-        // A live daemon answers; a stale file from a crash refuses and can go.
-        match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Err(SocketError::InUse(path.to_path_buf())),
-            Err(_) => std::fs::remove_file(path).map_err(io_err)?,
-        }
-    }
-    let listener = UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(io_err)?;
-    if let Some(group) = group {
-        let gid = crate::daemon::peer::group_id(group)
-            .ok_or_else(|| SocketError::NoSuchGroup(group.into()))?;
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err)?;
-    }
+    let listener = socket_file::bind(path, gid)?;
     Ok(TriggerSocket {
         listener,
         bound_path: Some(path.to_path_buf()),
@@ -112,7 +100,7 @@ pub(crate) struct Context {
 
 /// Accepts connections until the task is dropped.
 pub(crate) async fn serve(listener: UnixListener, context: Context) {
-    let active = Rc::new(std::cell::Cell::new(0usize));
+    let slots = Slots::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -123,22 +111,32 @@ pub(crate) async fn serve(listener: UnixListener, context: Context) {
                 continue;
             }
         };
-        if active.get() >= MAX_CONNECTIONS {
-            tokio::task::spawn_local(async move {
-                let mut stream = stream;
-                let message = "too many connections to the trigger socket; try again";
-                let _ = write_reply(&mut stream, refusal(ErrorKind::Overloaded, message)).await;
-            });
-            continue;
-        }
-        active.set(active.get() + 1);
+        let slot = slots.accept();
         let context = context.clone();
-        let active = active.clone();
         tokio::task::spawn_local(async move {
-            handle(stream, &context).await;
-            active.set(active.get() - 1);
+            match slot {
+                Ok(slot) => admit_and_handle(stream, slot, &context).await,
+                Err(full) => refuse_full(stream, &full).await,
+            }
         });
     }
+}
+
+async fn refuse_full(mut stream: UnixStream, full: &Full) {
+    let _ = write_reply(&mut stream, refusal(ErrorKind::Overloaded, full.message())).await;
+}
+
+/// Identifies the peer (its credentials taken now, with the connection: the process may be
+/// gone and its pid reused later), admits it within its share, then serves it.
+async fn admit_and_handle(stream: UnixStream, mut slot: Slot, context: &Context) {
+    let deadline = Instant::now() + CONNECTION_LIFETIME;
+    let peer = Peer::of(&stream).ok();
+    let applier = may_apply(peer.clone(), &context.settings).await;
+    let uid = peer.as_ref().map_or(u32::MAX, |p| p.uid);
+    if let Err(full) = slot.admit(uid, applier) {
+        return refuse_full(stream, &full).await;
+    }
+    handle(stream, peer, applier, deadline, context).await;
 }
 
 /// The `done` of a request the daemon does not serve.
@@ -166,10 +164,13 @@ enum Line {
     Eof,
     TooLong,
     TimedOut,
+    /// The connection's lifetime is over.
+    Expired,
     Broken,
 }
 
-async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> Line {
+/// One line, within [`REQUEST_TIMEOUT`] and before `deadline` (the connection's end).
+async fn read_line(reader: &mut BufReader<OwnedReadHalf>, deadline: Instant) -> Line {
     let mut buf = Vec::new();
     let read = async {
         loop {
@@ -199,18 +200,29 @@ async fn read_line(reader: &mut BufReader<OwnedReadHalf>) -> Line {
             }
         }
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, read)
+    let line_deadline = Instant::now() + REQUEST_TIMEOUT;
+    let (limit, expired) = if deadline < line_deadline {
+        (deadline, Line::Expired)
+    } else {
+        (line_deadline, Line::TimedOut)
+    };
+    tokio::time::timeout_at(limit, read)
         .await
-        .unwrap_or(Line::TimedOut)
+        .unwrap_or(expired)
 }
 
 /// Serves one connection: requests one after another until the client hangs up.
-async fn handle(stream: UnixStream, context: &Context) {
-    let cred = stream.peer_cred().ok();
+async fn handle(
+    stream: UnixStream,
+    peer: Option<Peer>,
+    applier: bool,
+    deadline: Instant,
+    context: &Context,
+) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {
-        let request = match next_request(&mut reader, &mut write).await {
+        let request = match next_request(&mut reader, &mut write, deadline).await {
             Next::Request(request) => request,
             Next::Skip => continue,
             Next::Close => return,
@@ -233,8 +245,8 @@ async fn handle(stream: UnixStream, context: &Context) {
             Request::DryRun => JobKind::DryRun,
             Request::Status => JobKind::Status,
         };
-        let who = describe_peer(cred);
-        let outsider = !may_apply(cred, &context.settings).await;
+        let who = describe_peer(peer.as_ref());
+        let outsider = !applier;
         if outsider && kind == JobKind::Apply {
             tracing::warn!(PEER = %who, "refused an apply request from {who}: not root, the service user, or in allowed_users/allowed_groups");
             let message = format!("permission denied: {who} may not apply migrations");
@@ -247,7 +259,7 @@ async fn handle(stream: UnixStream, context: &Context) {
             let _ = write_reply(&mut write, refusal(ErrorKind::Refused, message)).await;
             return;
         }
-        let origin = Origin::Trigger(trigger_peer(cred).await);
+        let origin = Origin::Trigger(trigger_peer(peer.clone()).await);
         if !relay_job(kind, origin, outsider, &context.jobs, &mut write).await {
             return;
         }
@@ -264,12 +276,24 @@ enum Next {
 
 /// Reads one request line; answers what is not a request (too long, too slow, not
 /// understood) itself.
-async fn next_request(reader: &mut BufReader<OwnedReadHalf>, write: &mut OwnedWriteHalf) -> Next {
-    let line = match read_line(reader).await {
+async fn next_request(
+    reader: &mut BufReader<OwnedReadHalf>,
+    write: &mut OwnedWriteHalf,
+    deadline: Instant,
+) -> Next {
+    let line = match read_line(reader, deadline).await {
         Line::Request(line) => line,
         Line::Eof | Line::Broken => return Next::Close,
         Line::TooLong => {
             let message = format!("request line longer than {} KiB", MAX_LINE / 1024);
+            let _ = write_reply(write, refusal(ErrorKind::BadRequest, message)).await;
+            return Next::Close;
+        }
+        Line::Expired => {
+            let message = format!(
+                "this connection's lifetime ({}) is over; connect again",
+                humantime::format_duration(CONNECTION_LIFETIME)
+            );
             let _ = write_reply(write, refusal(ErrorKind::BadRequest, message)).await;
             return Next::Close;
         }
@@ -293,39 +317,43 @@ async fn next_request(reader: &mut BufReader<OwnedReadHalf>, write: &mut OwnedWr
 }
 
 /// `uid 1000 (pid 4242)`, for the log and refusals.
-fn describe_peer(cred: Option<UCred>) -> String {
-    cred.map_or("an unknown peer".to_string(), |c| {
+fn describe_peer(peer: Option<&Peer>) -> String {
+    peer.map_or("an unknown peer".to_string(), |p| {
         format!(
             "uid {} (pid {})",
-            c.uid(),
-            c.pid().map_or("?".into(), |p| p.to_string())
+            p.uid,
+            p.pid.map_or("?".into(), |p| p.to_string())
         )
     })
 }
 
-/// Asks `peer::may_apply` on the blocking pool: it reads the user database and /proc.
-async fn may_apply(cred: Option<UCred>, settings: &watch::Receiver<Arc<Settings>>) -> bool {
-    let Some(cred) = cred else {
+/// Asks `peer::may_apply` on the blocking pool: it reads the user and group databases.
+async fn may_apply(peer: Option<Peer>, settings: &watch::Receiver<Arc<Settings>>) -> bool {
+    let Some(peer) = peer else {
         return false;
     };
+    // Root and the service user need no look-up: never queue them behind the blocking pool.
+    if peer.uid == 0 || peer.uid == nix::unistd::geteuid().as_raw() {
+        return true;
+    }
     let daemon: DaemonSettings = settings.borrow().daemon.clone();
-    tokio::task::spawn_blocking(move || crate::daemon::peer::may_apply(&cred, &daemon))
+    tokio::task::spawn_blocking(move || crate::daemon::peer::may_apply(&peer, &daemon))
         .await
         .unwrap_or(false)
 }
 
 /// Asks `peer::trigger_peer` on the blocking pool: it reads the user database and /proc.
-async fn trigger_peer(cred: Option<UCred>) -> TriggerPeer {
+async fn trigger_peer(peer: Option<Peer>) -> TriggerPeer {
     let unknown = TriggerPeer {
         uid: u32::MAX,
         user: None,
         pid: None,
         unit: None,
     };
-    let Some(cred) = cred else {
+    let Some(peer) = peer else {
         return unknown;
     };
-    tokio::task::spawn_blocking(move || crate::daemon::peer::trigger_peer(&cred))
+    tokio::task::spawn_blocking(move || crate::daemon::peer::trigger_peer(&peer))
         .await
         .unwrap_or(unknown)
 }

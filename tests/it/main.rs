@@ -22,6 +22,7 @@ mod interop;
 mod interop_v1;
 mod memory;
 mod migrate;
+mod neighbours;
 mod poolers;
 mod rehearsal;
 mod restore;

@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::commands;
 use crate::config::{ConfigError, Settings};
 use crate::engine::{EngineError, RunOptions};
-use crate::exit::{self, Outcome};
+use crate::exit::{self, Outcome, Program};
 use crate::plan::PlanOptions;
 use crate::protocol::Request;
 use crate::report::Format;
@@ -303,37 +303,39 @@ pub fn main() -> ExitCode {
         Command::Daemon(args) => return ExitCode::from(daemon(&args, &env)),
         Command::Manpage { dir } => commands::manpage::write(&dir),
         // The demo ignores the configuration: it brings its own.
-        Command::Demo(args) => run(args.verbose, async { Ok(commands::demo::run().await) }),
-        Command::Migrate(args) => run(args.verbose, migrate(&args, &env)),
-        Command::Status(args) => run(args.verbose, async {
+        Command::Demo(args) => run(Program::Demo, args.verbose, async {
+            Ok(commands::demo::run().await)
+        }),
+        Command::Migrate(args) => run(Program::Migrate, args.verbose, migrate(&args, &env)),
+        Command::Status(args) => run(Program::Status, args.verbose, async {
             let flags: [&dyn flags::Flags; 2] = [&args.database, &args.folder];
             let settings = flags::settings(&args.config, &flags, &env)?;
             args.folder.check(&settings, &args.config, &env)?;
             Ok(commands::status::run(&settings, &env, args.format.format).await)
         }),
-        Command::History(args) => run(args.verbose, async {
+        Command::History(args) => run(Program::History, args.verbose, async {
             let settings = flags::settings(&args.config, &[&args.database], &env)?;
             let (limit, format) = (args.limit.limit, args.format.format);
             Ok(commands::history::run(&settings, &env, limit, format).await)
         }),
-        Command::New(args) => run(args.verbose, async {
+        Command::New(args) => run(Program::New, args.verbose, async {
             let settings = flags::settings(&args.config, &[&args.folder], &env)?;
             if !args.init {
                 args.folder.check(&settings, &args.config, &env)?;
             }
             Ok(commands::new::run(&settings, &args.name))
         }),
-        Command::Convert(args) => run(args.verbose, async {
+        Command::Convert(args) => run(Program::Convert, args.verbose, async {
             let settings = flags::settings(&args.config, &[&args.folder], &env)?;
             args.folder.check(&settings, &args.config, &env)?;
             Ok(commands::convert::run(&settings, args.write))
         }),
-        Command::Backup(args) => run(args.verbose, async {
+        Command::Backup(args) => run(Program::Backup, args.verbose, async {
             let flags: [&dyn flags::Flags; 2] = [&args.database, &args.backup_dir];
             let settings = flags::settings(&args.config, &flags, &env)?;
             Ok(commands::backup::take(&settings, &env).await)
         }),
-        Command::Restore(args) => run(args.verbose, async {
+        Command::Restore(args) => run(Program::Restore, args.verbose, async {
             let flags: [&dyn flags::Flags; 3] = [&args.database, &args.folder, &args.backup_dir];
             let settings = flags::settings(&args.config, &flags, &env)?;
             let restore = commands::restore::RestoreArgs {
@@ -344,11 +346,11 @@ pub fn main() -> ExitCode {
             };
             Ok(commands::restore::run(&settings, &env, &restore).await)
         }),
-        Command::Backups(args) => run(args.verbose, async {
+        Command::Backups(args) => run(Program::Backups, args.verbose, async {
             let settings = flags::settings(&args.config, &[&args.backup_dir], &env)?;
             Ok(commands::backup::list(&settings))
         }),
-        Command::Trigger(args) => run(args.verbose, trigger(&args, &env)),
+        Command::Trigger(args) => run(Program::Trigger, args.verbose, trigger(&args, &env)),
     };
     ExitCode::from(outcome.code())
 }
@@ -447,9 +449,10 @@ fn daemon(args: &DaemonArgs, env: &HashMap<String, String>) -> u8 {
     }
 }
 
-/// Runs a command on a single-threaded runtime, with logging on stderr. A configuration that
+/// Runs `program` on a single-threaded runtime, with logging on stderr. A configuration that
 /// cannot be loaded is shown like any error before the engine runs.
 fn run(
+    program: Program,
     verbose: VerboseFlag,
     command: impl Future<Output = Result<Outcome, ConfigError>>,
 ) -> Outcome {
@@ -464,18 +467,23 @@ fn run(
             return Outcome::OtherFailure;
         }
     };
+    let shown = |result: Result<Outcome, ConfigError>| match result {
+        Ok(outcome) => outcome,
+        Err(e) => commands::show_error(&EngineError::Config(e), Format::Human),
+    };
+    if !exit::stops_on_signal(program) {
+        // Installing a handler would only defer the signal to the end of the file work.
+        return shown(runtime.block_on(command));
+    }
     runtime.block_on(async {
         tokio::select! {
-            result = command => match result {
-                Ok(outcome) => outcome,
-                Err(e) => commands::show_error(&EngineError::Config(e), Format::Human),
-            },
-            // Leaving the select drops the command: a running pg_dump is killed (kill_on_drop)
-            // and the temporary dump removed (its Drop), and the connection closes, so that
-            // PostgreSQL rolls back a migration in progress.
+            result = command => shown(result),
+            // Leaving the select drops the command: a running pg_dump or pg_restore is killed
+            // (kill_on_drop) and a temporary dump removed (its Drop), and the connection
+            // closes, so that PostgreSQL rolls back a migration in progress.
             signal = stop_signal() => {
                 let name = if signal == 2 { "SIGINT" } else { "SIGTERM" };
-                eprintln!("Error: stopped by {name}; a backup in progress was removed, and PostgreSQL rolls back a migration in progress. `vamsa-migrate status` shows where the run stopped.");
+                eprintln!("Error: stopped by {name}; {}", exit::stopped_note(program));
                 Outcome::Stopped { signal }
             }
         }

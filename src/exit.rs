@@ -194,13 +194,47 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (REFUSED, "this user may not apply"),
         ],
     };
-    if matches!(program, Program::Migrate | Program::Backup) {
-        // The CLI's SIGINT/SIGTERM: pg_dump stopped, the temporary dump removed (128 + signal).
-        codes.push((130, "stopped by SIGINT"));
-        codes.push((143, "stopped by SIGTERM"));
+    match program {
+        // The daemon exits 0 on SIGTERM/SIGINT; `Any` lists the codes of the binary itself.
+        Program::Any | Program::Daemon => {}
+        // Their file work runs to its end in one go: the signal's default action ends them,
+        // and a shell reports 128 + the signal's number.
+        Program::New | Program::Convert => {
+            codes.push((130, "killed by SIGINT (as a shell reports it)"));
+            codes.push((143, "killed by SIGTERM (as a shell reports it)"));
+        }
+        _ => {
+            codes.push((130, "stopped by SIGINT"));
+            codes.push((143, "stopped by SIGTERM"));
+        }
     }
     codes.sort_by_key(|(code, _)| *code);
     codes
+}
+
+/// Whether `program` stops itself on SIGINT/SIGTERM (exit 128 + the signal's number) and says
+/// what it leaves behind ([`stopped_note`]); `new` and `convert` do not (their file work runs to
+/// its end in one go, the signal's default action ends them).
+pub(crate) fn stops_on_signal(program: Program) -> bool {
+    !matches!(
+        program,
+        Program::Any | Program::Daemon | Program::New | Program::Convert
+    )
+}
+
+/// What is true after SIGINT/SIGTERM stopped `program`: what it left behind, what to do next.
+pub(crate) fn stopped_note(program: Program) -> &'static str {
+    match program {
+        Program::Migrate => "a backup in progress was removed, and PostgreSQL rolls back a migration in progress. `vamsa-migrate status` shows where the run stopped.",
+        Program::Backup => "pg_dump was stopped and its temporary dump removed; no backup was taken.",
+        Program::Restore => "pg_restore was stopped; it restores in one transaction, which PostgreSQL rolls back, so the database is as it was.",
+        Program::Trigger => "the daemon's run goes on: follow it with `journalctl -u vamsa-migrate -f`, wait for it with `vamsa-migrate trigger` again, or see where it is with `vamsa-migrate status`.",
+        Program::Demo => "the throwaway PostgreSQL is stopped and its directory removed.",
+        Program::Status | Program::Backups | Program::History => {
+            "nothing was changed (it only reads)."
+        }
+        Program::Any | Program::Daemon | Program::New | Program::Convert => "",
+    }
 }
 
 /// The "Exit status" block of a `--help`.

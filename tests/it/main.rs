@@ -14,6 +14,7 @@ mod field_files;
 mod field_indexes;
 mod field_timeouts;
 mod field_transactions;
+mod first_hour;
 mod folder_layout;
 mod folders_prop;
 mod history;

@@ -1,0 +1,100 @@
+//! A new admin's first hour, the rough edges: what an interrupted command says and returns,
+//! files the config names that are not regular files, the environment's own variables,
+//! warnings in a file, `new`'s name rule, `backups` of a folder that does not exist, and the
+//! words used for a migrations folder that is missing or is a file.
+
+use std::process::{Child, Command, Stdio};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::{cli, eventually, Daemon, Db, Folder, Run, GATED, GATED_ACTIVITY};
+
+const A: &str = "CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY, \"name\" text);\n";
+
+fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vamsa-migrate")
+}
+
+fn interrupt(child: Child, signal: Signal) -> Run {
+    let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
+    kill(Pid::from_raw(pid), signal).expect("signal our child");
+    Run::from(child.wait_with_output().expect("wait for vamsa-migrate"))
+}
+
+#[test]
+fn every_command_that_stops_on_a_signal_lists_130_and_143() {
+    let commands = [
+        "migrate", "status", "new", "convert", "backup", "backups", "restore", "demo", "trigger",
+    ];
+    for command in commands {
+        let run = cli().args([command, "--help"]).run();
+        run.ok();
+        let status = run.stdout.split("Exit status:").nth(1).unwrap_or_default();
+        for code in ["130", "143"] {
+            assert!(
+                status.lines().any(|l| l.trim_start().starts_with(code)),
+                "{command} --help lists no {code}:\n{}",
+                run.stdout
+            );
+        }
+    }
+    let run = cli().args(["daemon", "--help"]).run();
+    assert!(!run.stdout.contains("130"), "{}", run.stdout);
+}
+
+#[test]
+fn sigint_on_trigger_returns_130_and_says_the_daemons_run_goes_on() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A), ("0001_gated", 2000, GATED)]);
+    db.close_gate();
+    let mut d = Daemon::start(cli(), &db.url(), f.path(), "apply_on_start = false");
+    d.ready();
+    let mut c = cli();
+    c.arg("trigger").env("VAMSA_MIGRATE_SOCKET_PATH", &d.socket);
+    let child = spawn(c.command());
+    eventually("the gated migration runs", || {
+        db.has_activity(GATED_ACTIVITY)
+    });
+    let run = interrupt(child, Signal::SIGINT);
+    run.code(130);
+    assert!(
+        run.stderr
+            .contains("stopped by SIGINT; the daemon's run goes on")
+            && run.stderr.contains("journalctl -u vamsa-migrate -f")
+            && !run.stderr.contains("rolls back"),
+        "{}",
+        run.stderr
+    );
+    db.open_gate();
+    eventually("the daemon's run ends applied", || db.rows().len() == 2);
+}
+
+#[test]
+fn sigint_on_status_says_nothing_was_changed() {
+    // A database that never answers: status waits on its connection until the signal.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("local address").port();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let mut c = cli();
+    c.arg("status")
+        .database_url(&format!(
+            "postgres://u@127.0.0.1:{port}/db?connect_timeout=600"
+        ))
+        .migrations_dir(f.path());
+    let child = spawn(c.command());
+    listener.set_nonblocking(true).expect("nonblocking");
+    let _held = eventually("status connects", || listener.accept().ok());
+    let run = interrupt(child, Signal::SIGINT);
+    run.code(130);
+    assert!(
+        run.stderr
+            .contains("stopped by SIGINT; nothing was changed")
+            && !run.stderr.contains("rolls back"),
+        "{}",
+        run.stderr
+    );
+}

@@ -7,7 +7,6 @@ pub mod flags;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -507,15 +506,9 @@ async fn stop_signal() -> u8 {
 }
 
 fn init_logging(verbose: u8) {
-    let level = match verbose {
+    crate::logging::init_cli(match verbose {
         0 => "warn",
         1 => "info",
         _ => "debug",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VAMSA_MIGRATE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .try_init();
+    });
 }

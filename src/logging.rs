@@ -4,7 +4,11 @@
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
@@ -36,6 +40,49 @@ pub fn init(target: LogTarget, level: &str) {
             )
             .try_init(),
     };
+}
+
+/// The commands' logging, on stderr at `level` (`VAMSA_MIGRATE_LOG` takes a full filter): on a
+/// terminal tracing's own coloured lines; into a file or pipe plain `warning: ...` lines, as
+/// the folder's warnings are written, without colour codes, time or module.
+pub(crate) fn init_cli(level: &str) {
+    let filter =
+        EnvFilter::try_from_env("VAMSA_MIGRATE_LOG").unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    let _ = if io::stderr().is_terminal() {
+        builder.try_init()
+    } else {
+        builder.with_ansi(false).event_format(Plain).try_init()
+    };
+}
+
+/// `<level>: <message> <field>=<value>...`, one line per event.
+struct Plain;
+
+impl<S, N> FormatEvent<S, N> for Plain
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: format::Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let label = match *event.metadata().level() {
+            Level::ERROR => "error",
+            Level::WARN => "warning",
+            Level::INFO => "info",
+            Level::DEBUG => "debug",
+            Level::TRACE => "trace",
+        };
+        write!(writer, "{label}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 fn journald_layer() -> Option<tracing_journald::Layer> {

@@ -33,6 +33,18 @@ pub fn settings(
     let mut settings = Settings::load(config.config.as_deref(), env)?;
     let flags = layer(groups)?;
     // A password on the command line is visible to every local user.
+    warn_of_password_flag(&flags);
+    settings.apply(flags);
+    // clap folded VAMSA_MIGRATE_CONFIG into `config`.
+    for warning in crate::config::secret_warnings(config.config.as_deref(), &settings) {
+        tracing::warn!("{warning}");
+    }
+    Ok(settings)
+}
+
+/// Warns when `--database-url` (in the flags' layer) holds a password; the daemon calls it
+/// once its own logging is set up.
+pub fn warn_of_password_flag(flags: &Layer) {
     if flags
         .database_url
         .as_deref()
@@ -40,12 +52,6 @@ pub fn settings(
     {
         tracing::warn!("--database-url holds a password, which every local user can see (ps, /proc/<pid>/cmdline) while this runs: put it in database_password_file (mode 0600), or in DATABASE_URL, or in a config file other users cannot read");
     }
-    settings.apply(flags);
-    // clap folded VAMSA_MIGRATE_CONFIG into `config`.
-    for warning in crate::config::secret_warnings(config.config.as_deref(), &settings) {
-        tracing::warn!("{warning}");
-    }
-    Ok(settings)
 }
 
 /// `--config`: the file every command but `demo` reads. `[env: ...]` never shows the

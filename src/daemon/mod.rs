@@ -47,6 +47,8 @@ pub fn main(config: Option<PathBuf>, flags: Layer) -> u8 {
     };
     crate::logging::init(settings.daemon.log_target, &settings.daemon.log_level);
     warn_of_readable_secrets(source.config.as_deref(), &settings);
+    // The command line's checks ran before this logging existed.
+    crate::cli::flags::warn_of_password_flag(&source.flags);
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -98,3 +98,34 @@ fn sigint_on_status_says_nothing_was_changed() {
         run.stderr
     );
 }
+
+#[test]
+fn the_daemon_warns_of_a_password_in_database_url() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let mut flags = cli();
+    flags.database_url(&format!("{} password=pw", db.url()));
+    let mut d = Daemon::start(flags, &db.url(), f.path(), "apply_on_start = false");
+    d.ready();
+    d.wait_log("--database-url holds a password");
+}
+
+#[test]
+fn warnings_into_a_file_are_plain_lines() {
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    // Nothing listens on port 1: status fails after the warning.
+    let run = cli()
+        .args(["status", "--database-url", "postgres://u:pw@127.0.0.1:1/db"])
+        .migrations_dir(f.path())
+        .run();
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("--database-url holds a password"))
+        .unwrap_or_else(|| panic!("no warning: {}", run.stderr));
+    assert!(
+        line.starts_with("warning: --database-url holds a password"),
+        "{line:?}"
+    );
+    assert!(!run.stderr.contains('\u{1b}'), "{:?}", run.stderr);
+}

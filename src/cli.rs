@@ -295,6 +295,11 @@ impl MigrateArgs {
 }
 
 pub fn main() -> ExitCode {
+    // An empty VAMSA_MIGRATE_CONFIG counts as unset (clap would take it as an empty value).
+    // Still single-threaded here: nothing else reads the environment yet.
+    if std::env::var_os("VAMSA_MIGRATE_CONFIG").is_some_and(|v| v.is_empty()) {
+        std::env::remove_var("VAMSA_MIGRATE_CONFIG");
+    }
     let cli = Cli::parse();
     let env: HashMap<String, String> = std::env::vars().collect();
     let outcome = match cli.command {

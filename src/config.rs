@@ -364,8 +364,9 @@ fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<Stri
 pub enum ConfigError {
     #[error("{origin}: {message}")]
     Invalid { origin: String, message: String },
-    #[error("config file {path} does not exist")]
-    MissingFile { path: PathBuf },
+    /// `--config` (or `VAMSA_MIGRATE_CONFIG`, then `by_env`) names no file.
+    #[error("config file {path} does not exist{}", if *by_env { " (set by VAMSA_MIGRATE_CONFIG)" } else { "" })]
+    MissingFile { path: PathBuf, by_env: bool },
     #[error("database_password_file {path}: cannot read: {source}")]
     PasswordFile {
         path: PathBuf,
@@ -465,6 +466,9 @@ impl Settings {
             Some(path) if !path.exists() => {
                 return Err(ConfigError::MissingFile {
                     path: path.to_path_buf(),
+                    by_env: env
+                        .get("VAMSA_MIGRATE_CONFIG")
+                        .is_some_and(|v| Path::new(v) == path),
                 })
             }
             Some(path) => settings.apply(read_file(path)?),
@@ -632,21 +636,107 @@ fn mask_keyword_passwords(text: &str) -> String {
     out
 }
 
+/// The `VAMSA_MIGRATE_<KEY>` variables as one layer. A variable naming no key is warned of and
+/// ignored (other tools, such as the package's scripts, share the prefix); a bad value fails
+/// naming its variable and, for a key of a fixed set of values, those values.
 fn read_env(env: &HashMap<String, String>) -> Result<Layer, ConfigError> {
-    let vars: HashMap<String, String> = env
-        .iter()
-        .filter(|(k, _)| {
-            k.starts_with(&format!("{ENV_PREFIX}_")) && !ENV_NOT_SETTINGS.contains(&k.as_str())
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let keys = names::<Layer>();
+    let mut vars: HashMap<String, String> = HashMap::new();
+    for (name, value) in env {
+        let Some(key) = name.strip_prefix(&format!("{ENV_PREFIX}_")) else {
+            continue;
+        };
+        if ENV_NOT_SETTINGS.contains(&name.as_str()) {
+            continue;
+        }
+        if !keys.contains(&key.to_ascii_lowercase().as_str()) {
+            tracing::warn!("{name} is not a vamsa-migrate setting; ignored (the settings are VAMSA_MIGRATE_<KEY> for a key of the config file)");
+            continue;
+        }
+        let one = HashMap::from([(name.clone(), value.clone())]);
+        env_layer(one).map_err(|e| bad_variable(name, value, &key.to_ascii_lowercase(), e))?;
+        vars.insert(name.clone(), value.clone());
+    }
+    env_layer(vars).map_err(|e| ConfigError::Invalid {
+        origin: "environment (VAMSA_MIGRATE_*)".into(),
+        message: mask_secrets(&e.to_string()),
+    })
+}
+
+fn env_layer(vars: HashMap<String, String>) -> Result<Layer, config::ConfigError> {
     let source = config::Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("_")
         .source(Some(vars));
-    deserialize_layer(
-        config::Config::builder().add_source(source),
-        "environment (VAMSA_MIGRATE_*)",
-    )
+    config::Config::builder()
+        .add_source(source)
+        .build()?
+        .try_deserialize()
+}
+
+/// The error of variable `name` (setting `key`): its own message, or the values allowed.
+fn bad_variable(name: &str, value: &str, key: &str, e: config::ConfigError) -> ConfigError {
+    let allowed = match key {
+        "transaction" => names::<TransactionMode>(),
+        "unknown_rows" => names::<UnknownRows>(),
+        "peer_view" => names::<PeerView>(),
+        "apply" => names::<ApplyPolicy>(),
+        "log_target" => names::<LogTarget>(),
+        _ => &[],
+    };
+    let message = if allowed.is_empty() {
+        // A value in the message (`invalid type: string "..."`) may be a misplaced password.
+        mask_secrets(&e.to_string())
+    } else {
+        format!("{value:?} is not one of: {}", allowed.join(", "))
+    };
+    ConfigError::Invalid {
+        origin: name.to_string(),
+        message,
+    }
+}
+
+/// The names serde's derive gives `T`: a struct's field names or an enum's variant names (as
+/// written in the file, after `rename_all`).
+fn names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    let mut names: &'static [&'static str] = &[];
+    let _ = T::deserialize(NameCatcher(&mut names));
+    names
+}
+
+/// A deserializer that only records the field or variant names it is asked for.
+struct NameCatcher<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for NameCatcher<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("names only"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(serde::de::Error::custom("names only"))
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        variants: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = variants;
+        Err(serde::de::Error::custom("names only"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map identifier ignored_any
+    }
 }
 
 fn deserialize_layer(

@@ -129,3 +129,50 @@ fn warnings_into_a_file_are_plain_lines() {
     );
     assert!(!run.stderr.contains('\u{1b}'), "{:?}", run.stderr);
 }
+
+#[test]
+fn environment_variables_are_named_in_warnings_and_errors() {
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let status = |name: &str, value: &str| {
+        cli()
+            .args(["status", "--database-url", "postgres://u@127.0.0.1:1/db"])
+            .migrations_dir(f.path())
+            .env(name, value)
+            .run()
+    };
+    // Not a setting (the package's own variable): a warning, and status goes on (to connect).
+    let run = status("VAMSA_MIGRATE_BIN", "/x");
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("warning: VAMSA_MIGRATE_BIN is not a vamsa-migrate setting; ignored"),
+        "{}",
+        run.stderr
+    );
+    let run = status("VAMSA_MIGRATE_TRANSACTION", "bogus");
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("VAMSA_MIGRATE_TRANSACTION: \"bogus\" is not one of: per-migration, all"),
+        "{}",
+        run.stderr
+    );
+    let run = status("VAMSA_MIGRATE_LOCK_WAIT", "soon");
+    run.code(2);
+    assert!(
+        run.stderr.contains("VAMSA_MIGRATE_LOCK_WAIT: "),
+        "{}",
+        run.stderr
+    );
+    // Empty: unset, so the run goes on to connect.
+    status("VAMSA_MIGRATE_CONFIG", "").code(1);
+    let run = status("VAMSA_MIGRATE_CONFIG", "/nonexistent/c.toml");
+    run.code(2);
+    assert!(
+        run.stderr.contains(
+            "config file /nonexistent/c.toml does not exist (set by VAMSA_MIGRATE_CONFIG)"
+        ),
+        "{}",
+        run.stderr
+    );
+}

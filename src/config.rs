@@ -525,7 +525,7 @@ impl Settings {
             .filter(|p| p.exists());
         let password_override = match self.database_password_file.clone().or(credential) {
             Some(path) => {
-                let text = std::fs::read_to_string(&path)
+                let text = crate::smallfile::read_to_string(&path)
                     .map_err(|source| ConfigError::PasswordFile { path, source })?;
                 Some(text.trim_end_matches(['\n', '\r']).to_string())
             }
@@ -544,7 +544,7 @@ impl Settings {
 /// but never the line itself: it may be a `database_url` holding a password.
 fn read_file(path: &Path) -> Result<Layer, ConfigError> {
     let origin = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+    let text = crate::smallfile::read_to_string(path).map_err(|e| ConfigError::Invalid {
         origin: origin.clone(),
         message: format!("cannot read: {e}"),
     })?;

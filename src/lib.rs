@@ -24,6 +24,7 @@ pub mod newfile;
 pub mod plan;
 pub mod protocol;
 pub mod report;
+pub(crate) mod smallfile;
 pub mod source;
 pub(crate) mod sqlscan;
 pub mod summary;

@@ -474,7 +474,7 @@ fn add_service(params: &mut Params, inputs: &Inputs<'_>) -> Result<(), ConnInfoE
         .chain([Path::new(sysconf).join("pg_service.conf")])
         .collect();
     for file in &files {
-        let text = match std::fs::read_to_string(file) {
+        let text = match crate::smallfile::read_to_string(file) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(unreadable(file, e)),
@@ -548,7 +548,7 @@ fn password_from_file(
             if meta.is_file()
                 && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 == 0 =>
         {
-            std::fs::read_to_string(&path).map_err(|e| unreadable(&path, e))?
+            crate::smallfile::read_to_string(&path).map_err(|e| unreadable(&path, e))?
         }
         _ => return Ok(None),
     };

@@ -120,7 +120,7 @@ fn read_certs(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsFileError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsFileError::Unreadable {
+    let bytes = crate::smallfile::read(path).map_err(|source| TlsFileError::Unreadable {
         what,
         path: path.to_path_buf(),
         source,
@@ -166,7 +166,7 @@ fn client_identity(tls: &TlsParams) -> Result<Option<Identity>, TlsFileError> {
     let chain = read_certs(cert, WHAT)?;
     let key = tls.key.clone().unwrap_or_default();
     check_key_file(cert, &key)?;
-    let bytes = std::fs::read(&key).map_err(|source| TlsFileError::Unreadable {
+    let bytes = crate::smallfile::read(&key).map_err(|source| TlsFileError::Unreadable {
         what: "private key file (sslkey)",
         path: key.clone(),
         source,

@@ -176,3 +176,47 @@ fn environment_variables_are_named_in_warnings_and_errors() {
         run.stderr
     );
 }
+
+#[test]
+fn files_the_config_names_must_be_small_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let big = dir.path().join("big.toml");
+    std::fs::write(&big, vec![b'#'; 2 << 20]).unwrap();
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let with_config = |config: &std::path::Path| {
+        cli()
+            .args(["status", "--database-url", "postgres://u@127.0.0.1:1/db"])
+            .migrations_dir(f.path())
+            .arg("--config")
+            .arg(config)
+            .run()
+    };
+    let cases = [
+        (
+            fifo.clone(),
+            "it is a FIFO (named pipe), not a regular file",
+        ),
+        (
+            "/dev/zero".into(),
+            "it is a character device, not a regular file",
+        ),
+        (big, "it holds more than 1048576 bytes"),
+    ];
+    for (path, says) in cases {
+        let run = with_config(&path);
+        run.code(2);
+        let line = format!("{}: cannot read: {says}", path.display());
+        assert!(run.stderr.contains(&line), "{}", run.stderr);
+    }
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, format!("database_password_file = {fifo:?}\n")).unwrap();
+    let run = with_config(&config);
+    run.code(2);
+    let line = format!(
+        "database_password_file {}: cannot read: it is a FIFO",
+        fifo.display()
+    );
+    assert!(run.stderr.contains(&line), "{}", run.stderr);
+}

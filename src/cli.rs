@@ -161,7 +161,9 @@ pub struct HistoryArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct NewArgs {
-    /// Short name, e.g. add_media_tags (letters, digits and underscores).
+    /// Short name, e.g. add_media_tags. Written in lowercase; every character other than an
+    /// ASCII letter or digit becomes an underscore ("Add media-tags" gives add_media_tags);
+    /// refused when nothing is left.
     pub name: String,
     /// Create the migrations folder and its journal when they do not exist (a new history).
     #[arg(long)]

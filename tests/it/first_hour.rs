@@ -220,3 +220,31 @@ fn files_the_config_names_must_be_small_regular_files() {
     );
     assert!(run.stderr.contains(&line), "{}", run.stderr);
 }
+
+#[test]
+fn new_says_what_it_makes_of_a_name_and_does_it() {
+    let help = cli().args(["new", "--help"]).run();
+    assert!(
+        help.stdout.contains("every character other than an")
+            && help
+                .stdout
+                .contains("(\"Add media-tags\" gives add_media_tags)"),
+        "{}",
+        help.stdout
+    );
+    let f = Folder::new(&[("0000_a", 1000, A)]);
+    let run = cli()
+        .args(["new", "Add media-tags"])
+        .migrations_dir(f.path())
+        .run();
+    run.ok();
+    assert!(
+        f.path().join("0001_add_media_tags.sql").is_file(),
+        "{run:?}"
+    );
+    cli()
+        .args(["new", "--", "!!"])
+        .migrations_dir(f.path())
+        .run()
+        .code(2);
+}

@@ -169,7 +169,11 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (BAD_INPUT, "invalid configuration, migrations folder or usage; the folder cannot be converted"),
         ],
         Program::Backup => vec![(OK, "taken and verified"), (FAILED, "the database or pg_dump failed"), USAGE],
-        Program::Backups => vec![(OK, "listed"), (FAILED, "backup_dir cannot be read"), USAGE],
+        Program::Backups => vec![
+            (OK, "listed (also: the default backup_dir, not yet created)"),
+            (FAILED, "backup_dir cannot be read"),
+            (BAD_INPUT, "invalid configuration or usage; backup_dir does not exist"),
+        ],
         Program::Restore => vec![
             (OK, "restored"),
             (FAILED, "other sessions are connected (without --force), or the database or pg_restore failed"),

@@ -32,7 +32,26 @@ pub(crate) async fn take(settings: &Settings, env: &HashMap<String, String>) -> 
 
 /// One line per dump, newest first: time, size, what it preceded, path.
 pub(crate) fn list(settings: &Settings) -> Outcome {
-    match crate::backup::list(&settings.backup.dir) {
+    let dir = &settings.backup.dir;
+    if !dir.exists() {
+        // The packaged default is created at the first backup; any other folder was named by
+        // the user, and a missing one is a typo or the wrong machine.
+        if *dir == Settings::default().backup.dir {
+            println!(
+                "No backups yet: {} does not exist yet (the first backup creates it).",
+                dir.display()
+            );
+            return Outcome::Success;
+        }
+        let cwd = std::env::current_dir().unwrap_or_default();
+        eprintln!(
+            "Error: backup_dir {} does not exist (the working directory is {}).",
+            dir.display(),
+            cwd.display()
+        );
+        return Outcome::Failed(ErrorKind::Config);
+    }
+    match crate::backup::list(dir) {
         Ok(list) if list.is_empty() => {
             println!("No backups in {}.", settings.backup.dir.display());
             Outcome::Success

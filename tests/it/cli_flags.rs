@@ -155,8 +155,9 @@ fn every_config_and_folder_flag_a_command_lists_reaches_it() {
         run.stderr
     );
     let run = with_flag("backups", "--backup-dir", folder.to_str().unwrap());
+    run.code(2);
     assert!(
-        run.stdout.contains(&folder.display().to_string()),
+        run.stderr.contains(&folder.display().to_string()),
         "{run:?}"
     );
 }

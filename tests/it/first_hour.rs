@@ -248,3 +248,17 @@ fn new_says_what_it_makes_of_a_name_and_does_it() {
         .run()
         .code(2);
 }
+
+#[test]
+fn backups_of_a_missing_folder_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexist");
+    let run = cli().arg("backups").backup_dir(&missing).run();
+    run.code(2);
+    let says = format!("Error: backup_dir {} does not exist", missing.display());
+    assert!(run.stderr.contains(&says), "{run:?}");
+    // An existing empty folder: nothing to list, fine.
+    let run = cli().arg("backups").backup_dir(dir.path()).run();
+    run.ok();
+    assert!(run.stdout.contains("No backups in"), "{run:?}");
+}

@@ -21,7 +21,8 @@ use crate::plan::PlanOptions;
 use crate::protocol::Request;
 use crate::report::Format;
 use flags::{
-    BackupDirFlag, ConfigFlag, DatabaseFlag, FolderFlag, LockFlags, SocketFlag, VerboseFlag,
+    BackupDirFlag, ConfigFlag, DatabaseFlag, FolderFlag, LockFlags, LockWaitFlag, SocketFlag,
+    VerboseFlag,
 };
 
 #[derive(Parser, Debug)]
@@ -227,6 +228,8 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub backup_dir: BackupDirFlag,
     #[command(flatten)]
+    pub lock_wait: LockWaitFlag,
+    #[command(flatten)]
     pub verbose: VerboseFlag,
 }
 
@@ -342,8 +345,14 @@ pub fn main() -> ExitCode {
             Ok(commands::backup::take(&settings, &env).await)
         }),
         Command::Restore(args) => run(Program::Restore, args.verbose, async {
-            let flags: [&dyn flags::Flags; 3] = [&args.database, &args.folder, &args.backup_dir];
+            let flags: [&dyn flags::Flags; 4] = [
+                &args.database,
+                &args.folder,
+                &args.backup_dir,
+                &args.lock_wait,
+            ];
             let settings = flags::settings(&args.config, &flags, &env)?;
+            args.folder.check(&settings, &args.config, &env)?;
             let restore = commands::restore::RestoreArgs {
                 file: args.file.clone(),
                 before: args.before.clone(),

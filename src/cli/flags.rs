@@ -248,3 +248,20 @@ pub struct LimitFlag {
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub limit: u32,
 }
+
+/// `--lock-wait` alone, for a command that takes the run lock but applies no migration
+/// (`restore`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LockWaitFlag {
+    /// How long to wait for another run's migration lock before failing. Overrides
+    /// lock_wait. Default: 5m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub lock_wait: Option<Duration>,
+}
+
+impl Flags for LockWaitFlag {
+    fn set(&self, layer: &mut Layer) -> Result<(), ConfigError> {
+        layer.lock_wait = self.lock_wait;
+        Ok(())
+    }
+}

@@ -53,6 +53,25 @@ const FLAGS: &[(&str, &[&str])] = &[
         &["--config", "--database-url", "--backup-dir", "--verbose"],
     ),
     ("backups", &["--config", "--backup-dir", "--verbose"]),
+    (
+        "convert",
+        &["--write", "--config", "--migrations-dir", "--verbose"],
+    ),
+    (
+        "restore",
+        &[
+            "--latest",
+            "--before",
+            "--force",
+            "--yes",
+            "--config",
+            "--database-url",
+            "--migrations-dir",
+            "--backup-dir",
+            "--lock-wait",
+            "--verbose",
+        ],
+    ),
     ("demo", &["--verbose"]),
     (
         "daemon",
@@ -118,6 +137,9 @@ fn with_flag(command: &str, flag: &str, value: &str) -> Run {
     c.arg(command);
     if command == "new" {
         c.arg("add_thing");
+    }
+    if command == "restore" {
+        c.args(["--latest", "--yes"]);
     }
     if command == "daemon" && flag != "--database-url" {
         // The daemon names a missing database_url before the folder: give it one (never

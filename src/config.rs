@@ -379,12 +379,14 @@ pub enum ConfigError {
     ConnInfo(#[from] crate::libpq::ConnInfoError),
     #[error("{key}: {message}")]
     BadValue { key: &'static str, message: String },
-    /// `migrations_dir` names no folder; `origin` is the setting that gave it (a flag, a
-    /// variable, a config file or the default), `cwd` what a relative path is relative to.
-    #[error("migrations_dir {path} does not exist (relative to the working directory {cwd}); it was set by {origin}")]
+    /// `migrations_dir` names no folder; `problem` says what is there instead ("does not
+    /// exist", "is a file, not a folder", with the working directory a relative path is
+    /// relative to), `origin` is the setting that gave it (a flag, a variable, a config file
+    /// or the default).
+    #[error("migrations_dir {path} {problem}; it was set by {origin}")]
     NoMigrationsDir {
         path: PathBuf,
-        cwd: PathBuf,
+        problem: String,
         origin: String,
     },
 }

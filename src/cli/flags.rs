@@ -113,9 +113,17 @@ impl FolderFlag {
         if path.is_dir() {
             return Ok(());
         }
+        let mut problem = match std::fs::metadata(path) {
+            Ok(_) => "is not a folder (it is a file)".to_string(),
+            Err(_) => "does not exist".to_string(),
+        };
+        if path.is_relative() {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            problem += &format!(" (relative to the working directory {})", cwd.display());
+        }
         Err(ConfigError::NoMigrationsDir {
             path: path.clone(),
-            cwd: std::env::current_dir().unwrap_or_default(),
+            problem,
             origin: self.origin(path, config, env),
         })
     }

@@ -262,3 +262,25 @@ fn backups_of_a_missing_folder_is_an_error_naming_it() {
     run.ok();
     assert!(run.stdout.contains("No backups in"), "{run:?}");
 }
+
+#[test]
+fn a_migrations_dir_that_is_no_folder_is_described_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nonexist");
+    let run = cli().arg("status").migrations_dir(&missing).run();
+    run.code(2);
+    let says = format!(
+        "migrations_dir {} does not exist; it was set by --migrations-dir",
+        missing.display()
+    );
+    assert!(run.stderr.contains(&says), "{}", run.stderr);
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let run = cli().arg("status").migrations_dir(&file).run();
+    run.code(2);
+    let says = format!(
+        "migrations_dir {} is not a folder (it is a file)",
+        file.display()
+    );
+    assert!(run.stderr.contains(&says), "{}", run.stderr);
+}

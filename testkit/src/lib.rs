@@ -39,6 +39,12 @@ pub fn root_or_skip(needs_root_to: &str) -> bool {
     if is_root() {
         return true;
     }
-    eprintln!("skipped: not root, and this test needs root to {needs_root_to}");
+    // Straight to the stream: libtest captures eprintln! (and shows it only on failure), so
+    // the reason of a skip that counts as "ok" would never be seen.
+    use std::io::Write as _;
+    let _ = writeln!(
+        std::io::stderr(),
+        "skipped: not root, and this test needs root to {needs_root_to}"
+    );
     false
 }

@@ -284,3 +284,25 @@ fn a_migrations_dir_that_is_no_folder_is_described_as_it_is() {
     );
     assert!(run.stderr.contains(&says), "{}", run.stderr);
 }
+
+/// Needs root, so that it can run this test binary as `nobody`.
+#[test]
+fn a_root_test_run_as_nobody_prints_why_it_is_skipped() {
+    if !crate::support::root_or_skip("run this test binary as nobody") {
+        return;
+    }
+    let me = std::env::current_exe().expect("this test binary");
+    let test =
+        "hostile::a_backup_dir_others_may_write_is_refused_while_nobody_swaps_its_temporary_names";
+    let mut cmd = Command::new(me);
+    cmd.args(["--exact", test]);
+    std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
+    std::os::unix::process::CommandExt::gid(&mut cmd, 65534);
+    let run = Run::from(cmd.output().expect("run the test binary as nobody"));
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("skipped: not root, and this test needs root to"),
+        "{run:?}"
+    );
+}

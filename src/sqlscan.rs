@@ -190,6 +190,68 @@ pub(crate) fn transaction_control(sql: &str) -> Option<(usize, String)> {
     })
 }
 
+/// Objects that live outside the current database: shared by the whole server (roles,
+/// tablespaces, databases themselves; PostgreSQL 15 "Shared objects": `pg_authid`,
+/// `pg_database`, `pg_tablespace`, `pg_subscription`'s replication slot, `ALTER SYSTEM`).
+const SHARED_OBJECTS: [&str; 6] = [
+    "DATABASE",
+    "ROLE",
+    "USER",
+    "GROUP",
+    "TABLESPACE",
+    "SUBSCRIPTION",
+];
+
+/// The first top-level statement of `sql` that acts outside the database it runs in: `CREATE`/
+/// `ALTER`/`DROP` of a database, role (`USER`, `GROUP`), tablespace or subscription (not
+/// `USER MAPPING`), `ALTER SYSTEM`, `COMMENT ON`/`SECURITY LABEL ... ON` one of those,
+/// `REASSIGN OWNED`, `DROP OWNED`, `GRANT`/`REVOKE` of a role or on a database or tablespace.
+/// Its byte offset and its first words. Run in a scratch copy, such a statement would change
+/// the real server (a rehearsal must not run it). SQL run by `EXECUTE` inside a function or
+/// `DO` body is not seen.
+pub(crate) fn outside_the_database(sql: &str) -> Option<(usize, String)> {
+    statement_starts(sql)
+        .into_iter()
+        .find_map(|(offset, first)| {
+            let words: Vec<&str> = tokens(&sql[offset..])
+                .take_while(|(_, t)| !matches!(t, Token::Punct(';')))
+                .filter_map(|(_, t)| match t {
+                    Token::Word(w) => Some(w),
+                    _ => None,
+                })
+                .take(64)
+                .collect();
+            let is = |i: usize, k: &str| words.get(i).is_some_and(|w| w.eq_ignore_ascii_case(k));
+            let shared =
+                |i: usize| SHARED_OBJECTS.iter().any(|k| is(i, k)) && !is(i + 1, "MAPPING");
+            let on_at = words.iter().position(|w| w.eq_ignore_ascii_case("ON"));
+            let hit = match first.to_ascii_uppercase().as_str() {
+                "CREATE" | "ALTER" | "DROP" => {
+                    shared(1)
+                        || (is(0, "ALTER") && is(1, "SYSTEM"))
+                        || (is(0, "DROP") && is(1, "OWNED"))
+                }
+                "REASSIGN" => true,
+                "COMMENT" | "SECURITY" => on_at.is_some_and(|i| shared(i + 1)),
+                "GRANT" | "REVOKE" => {
+                    on_at.map_or(true, |i| is(i + 1, "DATABASE") || is(i + 1, "TABLESPACE"))
+                }
+                _ => false,
+            };
+            hit.then(|| {
+                (
+                    offset,
+                    words
+                        .iter()
+                        .take(2)
+                        .map(|w| w.to_ascii_uppercase())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                )
+            })
+        })
+}
+
 /// An index a `CREATE INDEX` statement builds: its name and the table as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BuiltIndex {
@@ -327,6 +389,53 @@ mod tests {
                     table: "app.items".into()
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn statements_acting_outside_the_database_are_found() {
+        for (sql, found) in [
+            ("CREATE DATABASE evil;", Some("CREATE DATABASE")),
+            (
+                "ALTER DATABASE vamsa SET work_mem = '7MB';",
+                Some("ALTER DATABASE"),
+            ),
+            ("create role app login password 'x';", Some("CREATE ROLE")),
+            ("ALTER USER app PASSWORD 'y';", Some("ALTER USER")),
+            ("DROP TABLESPACE t;", Some("DROP TABLESPACE")),
+            ("ALTER SYSTEM SET work_mem = '1MB';", Some("ALTER SYSTEM")),
+            ("COMMENT ON DATABASE vamsa IS 'x';", Some("COMMENT ON")),
+            (
+                "SECURITY LABEL FOR p ON ROLE app IS 'x';",
+                Some("SECURITY LABEL"),
+            ),
+            ("GRANT app TO other;", Some("GRANT APP")),
+            (
+                "GRANT CONNECT ON DATABASE vamsa TO app;",
+                Some("GRANT CONNECT"),
+            ),
+            ("REASSIGN OWNED BY a TO b;", Some("REASSIGN OWNED")),
+            ("DROP OWNED BY a;", Some("DROP OWNED")),
+            (
+                "CREATE TABLE t (id int);\nCREATE DATABASE x;",
+                Some("CREATE DATABASE"),
+            ),
+            ("GRANT SELECT ON TABLE persons TO app;", None),
+            ("CREATE USER MAPPING FOR app SERVER s;", None),
+            ("COMMENT ON TABLE persons IS 'CREATE DATABASE x';", None),
+            ("CREATE TABLE role (database text);", None),
+            ("-- CREATE ROLE x;\nSELECT 1;", None),
+            ("DO $$ BEGIN CREATE ROLE x; END $$;", None),
+        ] {
+            assert_eq!(
+                outside_the_database(sql).map(|(_, w)| w),
+                found.map(str::to_string),
+                "{sql}"
+            );
+        }
+        assert_eq!(
+            outside_the_database("SELECT 1;\nCREATE DATABASE x;").map(|(o, _)| o),
+            Some(10)
         );
     }
 }

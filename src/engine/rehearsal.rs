@@ -21,10 +21,28 @@ use crate::config::Rehearse;
 use crate::db::{self, scratch};
 use crate::libpq::ConnParams;
 use crate::protocol::Event;
-use crate::source::MigrationSet;
+use crate::source::{Migration, MigrationSet};
 
 /// Why a rehearsal could not run (not a failure of the release).
 type Unavailable = String;
+
+/// Why a release may not be rehearsed because a statement of it acts outside the database
+/// (`sqlscan::outside_the_database`): run in the scratch copy, it would change the real server
+/// (create a database or role, alter the production database by name, ...).
+fn outside_the_database(to_apply: &[&Migration]) -> Option<Unavailable> {
+    to_apply.iter().find_map(|m| {
+        m.statements.iter().find_map(|s| {
+            let (offset, words) = crate::sqlscan::outside_the_database(s.sql)?;
+            let line = s.sql_start_line + s.sql[..offset].matches('\n').count();
+            Some(format!(
+                "{} line {line} ({words} ...) acts outside the database, so a rehearsal on a \
+                 copy would change the real server; rehearse = \"never\" for this release, or move \
+                 that statement out of the migrations",
+                m.file_name
+            ))
+        })
+    })
+}
 
 impl Engine<'_> {
     /// The rehearsal of a run, when the settings ask for one: `Ok` when it succeeded or was
@@ -43,20 +61,12 @@ impl Engine<'_> {
         if prepared.to_apply.is_empty() || self.settings.rehearse == Rehearse::Never {
             return Ok(());
         }
-        let outcome = match self.may_rehearse(client).await? {
-            Ok(source) => {
-                self.rehearse(
-                    client,
-                    set,
-                    options,
-                    &source,
-                    dump,
-                    prepared.to_apply.len(),
-                    emit,
-                )
-                .await?
+        let outcome = match outside_the_database(&prepared.to_apply) {
+            Some(reason) => Err(reason),
+            None => {
+                self.may_rehearse_on(client, set, options, prepared, dump, emit)
+                    .await?
             }
-            Err(reason) => Err(reason),
         };
         match outcome {
             Ok(()) => Ok(()),
@@ -70,6 +80,33 @@ impl Engine<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// Checks the role and size, then rehearses: `Ok(Err)` when it cannot run.
+    async fn may_rehearse_on(
+        &self,
+        client: &Client,
+        set: &MigrationSet,
+        options: &RunOptions,
+        prepared: &Prepared<'_>,
+        dump: Option<&Path>,
+        emit: &mut dyn FnMut(Event),
+    ) -> Result<Result<(), Unavailable>, EngineError> {
+        Ok(match self.may_rehearse(client).await? {
+            Ok(source) => {
+                self.rehearse(
+                    client,
+                    set,
+                    options,
+                    &source,
+                    dump,
+                    prepared.to_apply.len(),
+                    emit,
+                )
+                .await?
+            }
+            Err(reason) => Err(reason),
+        })
     }
 
     /// The database to copy, or why it may not be rehearsed: the role lacks CREATEDB, or

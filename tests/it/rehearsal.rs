@@ -398,3 +398,42 @@ fn the_daemon_does_not_send_ready_when_the_start_up_release_fails_in_rehearsal()
     );
     assert!(!db.table_exists("media"), "production was changed");
 }
+
+/// A statement that acts outside the database (here `ALTER DATABASE <production> SET`) would,
+/// run in the scratch copy, change the real server: such a release is not rehearsed (`auto`
+/// says why, naming file and line) and `always` refuses it before any change.
+#[test]
+fn a_release_acting_outside_the_database_is_never_rehearsed() {
+    let (db, _) = with_release("('a@x', '1950')", &[]);
+    let sql = format!(
+        "CREATE TABLE \"notes\" (\"id\" serial PRIMARY KEY);\n--> statement-breakpoint\n\
+         ALTER DATABASE \"{}\" SET work_mem = '7MB';\n",
+        db.name
+    );
+    let release = Folder::new(&[
+        ("0000_persons", 1000, PERSONS),
+        ("0001_settings", 2000, &sql),
+    ]);
+    let before = db.catalog_fingerprint();
+    let always = migrate(&db, &release, &["migrate", "--rehearse"]);
+    always.code(1);
+    assert!(
+        always
+            .stderr
+            .contains("0001_settings.sql line 3 (ALTER DATABASE ...) acts outside the database"),
+        "{}",
+        always.stderr
+    );
+    assert_eq!(db.catalog_fingerprint(), before);
+    assert_eq!(db.psql("SELECT count(*) FROM pg_db_role_setting WHERE setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"), "0");
+    let auto = migrate(&db, &release, &["migrate"]);
+    auto.ok();
+    assert!(
+        auto.stderr
+            .contains("rehearsal skipped: 0001_settings.sql line 3 (ALTER DATABASE ...)"),
+        "{}",
+        auto.stderr
+    );
+    assert!(!auto.stderr.contains("Rehearsing"), "{}", auto.stderr);
+    assert!(db.table_exists("notes"));
+}

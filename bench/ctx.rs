@@ -143,9 +143,14 @@ impl Ctx {
             .map_err(|e| format!("psql {sql}: {e}"))
     }
 
-    pub(crate) fn new_db(&mut self, label: &str) -> Res<String> {
+    /// A fresh database name (not created).
+    pub(crate) fn new_db_name(&mut self, label: &str) -> String {
         self.next_db += 1;
-        let name = format!("b{}_{label}", self.next_db);
+        format!("b{}_{label}", self.next_db)
+    }
+
+    pub(crate) fn new_db(&mut self, label: &str) -> Res<String> {
+        let name = self.new_db_name(label);
         self.cluster
             .create_database(&name)
             .map_err(err("CREATE DATABASE"))?;

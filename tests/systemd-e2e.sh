@@ -336,7 +336,8 @@ for _ in $(seq 1 60); do
     sleep 0.5
 done
 db_password="e2e-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-if sql "CREATE ROLE vamsa LOGIN PASSWORD '$db_password'" && sql "CREATE DATABASE vamsa OWNER vamsa"; then
+# As the README's "Configure" step 1: CREATEDB lets rehearse = "auto" rehearse each release.
+if sql "CREATE ROLE vamsa LOGIN CREATEDB PASSWORD '$db_password'" && sql "CREATE DATABASE vamsa OWNER vamsa"; then
     pass "PostgreSQL $pg_version running inside; role and database vamsa created"
 else
     fail "PostgreSQL role and database"
@@ -382,6 +383,12 @@ if [ $start_status -eq 0 ] && [ "$rows" = "5" ] && [ "$(in_ systemctl is-active 
 else
     fail "systemctl start vamsa-migrate (exit $start_status, tracking rows: $rows)"
     details "$start_out$(in_ journalctl -u vamsa-migrate --no-pager -n 30)"
+fi
+if in_ journalctl -u vamsa-migrate --no-pager -o cat REHEARSAL=passed | grep -q "Rehearsal passed"; then
+    pass "the start-up release was rehearsed on a scratch copy first (journal: REHEARSAL=passed)"
+else
+    fail "no REHEARSAL=passed in the journal of the start-up run"
+    details "$(in_ journalctl -u vamsa-migrate --no-pager -n 30)"
 fi
 status_text="$(show vamsa-migrate.service StatusText)"
 [ "$status_text" = "Up to date: 5 migrations applied" ] && pass "STATUS= is \"$status_text\"" ||
@@ -640,7 +647,82 @@ else
     fail "the app was not restarted with vamsa-migrate (start timestamp $app_start_before -> $app_start_after, $(in_ systemctl is-active vamsa-app))"
 fi
 
-section 12 "Package upgrade (reinstall) restarts the service; the socket keeps working"
+section 12 "A release that fails in rehearsal leaves the app running on the old schema"
+# The role has CREATEDB (section 3), so rehearse = "auto" (the packaged default) rehearses.
+# Data the release cannot take: two persons with the same names. The release: 0006 adds a
+# column (it would commit on its own), 0007 a UNIQUE over the names (fails on that data).
+DB=vamsa sql "INSERT INTO persons (given_name, family_name) VALUES ('Ada', 'Lovelace'), ('Ada', 'Lovelace')" ||
+    fail "inserting the duplicate persons"
+# The schema as pg_dump prints it, without the random key of its \restrict lines (PostgreSQL
+# 15.14 and later), into FILE inside.
+schema() {
+    in_ sh -ec "runuser -u postgres -- pg_dump --schema-only -d vamsa | sed '/^\\\\\(un\)\{0,1\}restrict /d' > $1"
+}
+schema /tmp/schema-before.sql
+rows_before="$(tracking_rows)"
+app_start_before="$(show vamsa-app.service ExecMainStartTimestampMonotonic)"
+in_ sh -ec '
+cd /srv/upstream
+vamsa-migrate new add_person_title --migrations-dir drizzle >/dev/null
+printf "%s\n" "ALTER TABLE \"persons\" ADD COLUMN \"title\" text;" > "$(ls drizzle/0006_*.sql)"
+git add -A && git commit -qm "0006: title"
+vamsa-migrate new unique_person_names --migrations-dir drizzle >/dev/null
+printf "%s\n" "ALTER TABLE \"persons\" ADD CONSTRAINT \"persons_names_key\" UNIQUE (\"given_name\", \"family_name\");" > "$(ls drizzle/0007_*.sql)"
+git add -A && git commit -qm "0007: unique names"
+' || fail "creating migrations 0006 and 0007 upstream"
+pull_out="$(in_ sh -c 'cd /srv/vamsa && git pull 2>&1')"
+# The deploy hook's path: a trigger (the hook runs `vamsa-migrate trigger`; git pull ignores its
+# status, so the trigger is run again for its exit status).
+trigger_out="$(in_ vamsa-migrate trigger --timeout 60s 2>&1)"
+trigger_status=$?
+if [ $trigger_status -eq 1 ] && grep -q "caught in rehearsal: production was not changed" <<<"$trigger_out" &&
+    grep -q "0007_unique_person_names.sql" <<<"$trigger_out" && grep -q "SQLSTATE 23505" <<<"$trigger_out" &&
+    grep -q "caught in rehearsal: production was not changed" <<<"$pull_out"; then
+    pass "the release fails in rehearsal: trigger exits 1 with \"caught in rehearsal: production was not changed\" (0007, 23505), also under git pull"
+else
+    fail "rehearsal failure through the trigger: exit $trigger_status"
+    details "$trigger_out
+--- git pull:
+$pull_out"
+fi
+rows_after="$(tracking_rows)"
+leftovers="$(sql "SELECT count(*) FROM pg_database WHERE datname LIKE 'vamsa_rehearsal_%'")"
+schema /tmp/schema-after.sql
+schema_diff="$(in_ diff /tmp/schema-before.sql /tmp/schema-after.sql 2>&1)"
+schema_same=$?
+if [ "$rows_after" = "$rows_before" ] && [ $schema_same -eq 0 ] && [ "$leftovers" = "0" ]; then
+    pass "production unchanged: $rows_after tracking rows, the same schema (pg_dump --schema-only; not even 0006's column); no scratch database left"
+else
+    fail "production after the rehearsal failure: tracking rows $rows_before -> $rows_after, scratch databases left: $leftovers"
+    details "$schema_diff"
+fi
+app_start_after="$(show vamsa-app.service ExecMainStartTimestampMonotonic)"
+states="$(in_ systemctl is-active vamsa-app vamsa-migrate | tr '\n' ' ')"
+status_text="$(show vamsa-migrate.service StatusText)"
+if [ "$states" = "active active " ] && [ "$app_start_after" = "$app_start_before" ] &&
+    [[ "$status_text" == "Rehearsal failed, database not changed: "* ]]; then
+    pass "the app unit is still active, not restarted; vamsa-migrate active with STATUS=\"$status_text\""
+else
+    fail "after the rehearsal failure: app and vamsa-migrate $states, app started $app_start_before -> $app_start_after, STATUS=\"$status_text\""
+fi
+rehearsal_journal="$(in_ journalctl --no-pager -o cat REHEARSAL=failed MIGRATION=0007_unique_person_names.sql SQLSTATE=23505)"
+if [ -n "$rehearsal_journal" ]; then
+    pass "journal: REHEARSAL=failed with MIGRATION=0007_unique_person_names.sql, SQLSTATE=23505"
+else
+    fail "no journal entry with REHEARSAL=failed for 0007"
+    details "$(in_ journalctl -u vamsa-migrate --no-pager -n 20)"
+fi
+# Revert 0007 upstream: the pull's hook rehearses 0006 alone, which passes, and applies it.
+in_ sh -ec 'cd /srv/upstream && git revert --no-edit HEAD >/dev/null' || fail "reverting 0007"
+pull_out="$(in_ sh -c 'cd /srv/vamsa && git pull 2>&1')"
+if grep -q "Applied: 0006_add_person_title.sql" <<<"$pull_out" && [ "$(tracking_rows)" = "$((rows_before + 1))" ]; then
+    pass "after reverting 0007, git pull's hook rehearsed and applied 0006 (tracking rows: $(tracking_rows))"
+else
+    fail "pull after reverting 0007 (tracking rows: $(tracking_rows))"
+    details "$pull_out"
+fi
+
+section 13 "Package upgrade (reinstall) restarts the service; the socket keeps working"
 pid_before="$(show vamsa-migrate.service MainPID)"
 upgrade_out="$(in_ dpkg -i /e2e/vamsa-migrate.deb 2>&1)"
 upgrade_status=$?
@@ -657,7 +739,7 @@ else
 $trigger_out"
 fi
 
-section 13 "Clean stop"
+section 14 "Clean stop"
 in_ systemctl stop vamsa-app
 stop_out="$(in_ systemctl stop vamsa-migrate 2>&1)"
 stop_status=$?
@@ -670,7 +752,7 @@ else
     details "$stop_out"
 fi
 
-section 14 "The packaged demo uses the packaged migrations"
+section 15 "The packaged demo uses the packaged migrations"
 demo_out="$(in_ sh -c 'cd / && vamsa-migrate demo 2>&1')"
 if [ $? -eq 0 ] && grep -q "migrations: /usr/share/vamsa-migrate/demo-migrations" <<<"$demo_out" &&
     grep -q "Migration complete." <<<"$demo_out"; then
@@ -683,7 +765,7 @@ fi
 in_ journalctl -u vamsa-migrate --no-pager >"$out/journal.txt" 2>&1
 in_ journalctl -u vamsa-migrate -o json --no-pager >"$out/journal.json" 2>&1
 
-section 15 "Purge"
+section 16 "Purge"
 purge_out="$(in_ dpkg --purge vamsa-migrate 2>&1)"
 purge_status=$?
 leftovers=""

@@ -130,6 +130,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Source(_) => "Fix the file named above (or pull a complete release); nothing was changed in the database.".into(),
         EngineError::Config(_) => "Fix the setting named above; nothing was changed in the database.".into(),
         EngineError::Drift(_) => "Nothing was applied. See `vamsa-migrate status` for the full picture.".into(),
+        EngineError::SchemaDriftUnchecked { .. } => "Nothing was applied. Let this role read schema vamsa_migrate (GRANT USAGE ON SCHEMA vamsa_migrate and SELECT ON ALL TABLES IN SCHEMA vamsa_migrate TO it), or run when no other session holds a lock on the application's tables, or set schema_drift = \"warn\".".into(),
         EngineError::SchemaDrift(_) => "Nothing was applied. Put the hand change into a migration (or undo it), or set schema_drift = \"warn\" to apply anyway; the run then records the schema as it is.".into(),
         EngineError::NewerDatabase(_) => "Two ways out: restore the dump taken before they were applied (`vamsa-migrate backups` lists the dumps, `vamsa-migrate restore FILE` restores one), or check out (deploy) the newer code whose migrations folder has them. To run this code anyway, set unknown_rows = \"warn\".".into(),
         EngineError::NeedsOwnTransaction { .. } => "Nothing was applied. Run with transaction = \"per-migration\" (the default).".into(),

@@ -54,6 +54,10 @@ pub enum EngineError {
     /// The live schema was changed by hand since the last run, under `schema_drift = "refuse"`.
     #[error("{0}")]
     SchemaDrift(crate::drift::SchemaDrift),
+    /// `schema_drift = "refuse"`, and the live schema could not be compared with the recorded
+    /// one (no privilege on our schema, a lock held): the run fails closed.
+    #[error("schema_drift = \"refuse\", but the live schema could not be compared with the recorded one: {reason}")]
+    SchemaDriftUnchecked { reason: String },
     #[error("{}", apply_headline(.0))]
     Apply(Box<ApplyError>),
     #[error(transparent)]
@@ -145,7 +149,9 @@ impl EngineError {
             EngineError::Config(_) | EngineError::NeedsOwnTransaction { .. } => ErrorKind::Config,
             EngineError::Db(DbError::TrackingRow(_)) => ErrorKind::TrackingTable,
             EngineError::Db(_) => ErrorKind::Database,
-            EngineError::Drift(_) | EngineError::SchemaDrift(_) => ErrorKind::Drift,
+            EngineError::Drift(_)
+            | EngineError::SchemaDrift(_)
+            | EngineError::SchemaDriftUnchecked { .. } => ErrorKind::Drift,
             EngineError::NewerDatabase(_) => ErrorKind::NewerDatabase,
             EngineError::Apply(_) | EngineError::LockReleased { .. } => ErrorKind::Apply,
             EngineError::Backup(_) | EngineError::ManualBackup(_) => ErrorKind::Backup,

@@ -532,7 +532,12 @@ impl<'a> Engine<'a> {
                 }),
                 SchemaDrift::Refuse => return Err(EngineError::SchemaDrift(drift)),
             },
-            // The check must not stop a run it cannot judge (e.g. behind a lock).
+            // Under "refuse" a run the check cannot judge fails closed; under "warn" it goes on.
+            Err(e) if self.settings.schema_drift == SchemaDrift::Refuse => {
+                return Err(EngineError::SchemaDriftUnchecked {
+                    reason: e.to_string(),
+                })
+            }
             Err(e) => emit(Event::Warning {
                 message: format!("the live schema was not compared with the recorded one: {e}"),
             }),

@@ -151,3 +151,35 @@ fn a_change_by_drizzles_own_migrator_is_not_drift() {
     run.ok();
     assert!(!run.stdout.contains("outside migrations"), "{}", run.stdout);
 }
+
+/// Under `schema_drift = "refuse"` a run that cannot compare the schema (here: a role without
+/// USAGE on `vamsa_migrate`, which another role created) fails closed: exit 4, nothing applied.
+#[test]
+fn under_refuse_a_run_that_cannot_compare_the_schema_changes_nothing() {
+    let db = Db::new();
+    let first = Folder::new(&[("0000_media", 1000, MEDIA)]);
+    db.run(first.path(), &["migrate", "--no-backup"]).ok();
+    let role = format!("{}_app", db.name);
+    db.psql(&format!(
+        "CREATE ROLE \"{role}\" LOGIN; ALTER DATABASE \"{0}\" OWNER TO \"{role}\"; \
+         ALTER SCHEMA public OWNER TO \"{role}\"; ALTER SCHEMA drizzle OWNER TO \"{role}\"; \
+         ALTER TABLE media OWNER TO \"{role}\"; ALTER TABLE drizzle.__drizzle_migrations OWNER TO \"{role}\"",
+        db.name
+    ));
+    let url = db.url().replace("user=postgres", &format!("user={role}"));
+    let release = Folder::new(&[("0000_media", 1000, MEDIA), ("0001_tags", 2000, TAGS)]);
+    let run = db
+        .cli(release.path())
+        .database_url(&url)
+        .env("VAMSA_MIGRATE_SCHEMA_DRIFT", "refuse")
+        .args(["migrate", "--no-backup"])
+        .run();
+    run.code(4);
+    assert!(
+        run.stderr
+            .contains("schema_drift = \"refuse\", but the live schema could not be compared"),
+        "{}",
+        run.stderr
+    );
+    assert!(!db.table_exists("tags"));
+}

@@ -234,7 +234,7 @@ pub(crate) fn outside_the_database(sql: &str) -> Option<(usize, String)> {
                 "REASSIGN" => true,
                 "COMMENT" | "SECURITY" => on_at.is_some_and(|i| shared(i + 1)),
                 "GRANT" | "REVOKE" => {
-                    on_at.map_or(true, |i| is(i + 1, "DATABASE") || is(i + 1, "TABLESPACE"))
+                    on_at.is_none_or(|i| is(i + 1, "DATABASE") || is(i + 1, "TABLESPACE"))
                 }
                 _ => false,
             };

@@ -260,8 +260,13 @@ fn permission_cause(e: &ApplyError) -> String {
         .as_deref()
         .map(|s| format!(" ({s})"))
         .unwrap_or_default();
-    let number = e.statement.map_or("?".into(), |n| n.to_string());
-    format!("The database user lacks a permission needed by statement {number}{statement}: grant it, or run as the schema's owner.")
+    match e.statement {
+        Some(n) => format!("The database user lacks a permission needed by statement {n}{statement}: grant it, or run as the schema's owner."),
+        // No statement: recording the migration in the tracking table failed, after all its
+        // statements ran; with a user that could, the migration itself changed who runs (SET ROLE,
+        // SET SESSION AUTHORIZATION) or what it may do.
+        None => "The role in effect when the migration was recorded in the tracking table lacks a permission on it: the migration's statements ran, and one of them may have changed the role (SET ROLE, SET SESSION AUTHORIZATION) or revoked a privilege; reset it at the end of the migration (RESET ROLE), or grant that role the permission.".into(),
+    }
 }
 
 /// A release that failed on the scratch copy: nothing to restore, nothing half-applied.

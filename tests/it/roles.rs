@@ -131,3 +131,23 @@ fn a_superuser_refuses_a_tracking_table_another_role_owns_or_with_a_trigger() {
     db.run(f.path(), &["migrate"]).ok();
     assert!(db.table_exists("persons"));
 }
+
+/// A migration that switches role (`SET ROLE`) leaves the run unable to record it: the cause
+/// names that, never a placeholder statement number ("statement ?").
+#[test]
+fn a_migration_that_sets_another_role_is_told_apart_from_a_missing_grant() {
+    let db = Db::new();
+    let role = format!("{}_switch", db.name);
+    let sql = format!(
+        "CREATE ROLE \"{role}\" NOLOGIN;\n--> statement-breakpoint\nSET ROLE \"{role}\";\n"
+    );
+    let folder = Folder::new(&[("0000_switch", 1000, sql.as_str())]);
+    let run = db.run(folder.path(), &["migrate", "--no-backup", "--no-rehearse"]);
+    run.code(1);
+    assert!(!run.stderr.contains("statement ?"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("may have changed the role (SET ROLE"),
+        "{}",
+        run.stderr
+    );
+}

@@ -295,6 +295,7 @@ impl MigrateArgs {
             dry_run: self.dry_run,
             no_backup: self.no_backup,
             origin: crate::protocol::Origin::Cli,
+            stop: Default::default(),
         }
     }
 }

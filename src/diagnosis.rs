@@ -151,6 +151,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::LockReleased { file, committed, all_rolled_back: false } => format!("{file} and the migrations before it in this run are applied ({committed} in all); none after it ran. In later migrations release only the locks they take (pg_advisory_unlock(key)), then run again to apply the rest."),
         EngineError::LockReleased { file, .. } => format!("Nothing was applied: the run's transaction was rolled back. Remove the unlock from {file} (release only the locks it takes, with pg_advisory_unlock(key)), then run again."),
         EngineError::ManualBackup(_) => "Fix the cause above, then run `vamsa-migrate backup` again; nothing was changed in the database.".into(),
+        EngineError::Stopped { .. } => "The service stopped between two steps of the run; the next run (the service's start-up run, or a trigger) applies the rest.".into(),
         EngineError::Backup(_) => "Nothing was migrated. Fix the cause above, or run without a backup (--no-backup, or backup_enabled = false) if you have one of your own.".into(),
     }
 }

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::config::{ConfigError, Layer, Settings};
 use crate::diagnosis::daemon_report;
+use crate::engine::StopRequest;
 use crate::exit::daemon as exit;
 use crate::protocol::{ErrorKind, ErrorReport, Event, Origin, Reply};
 use runner::{Control, Job, JobKind, Runner, RunnerStatus};
@@ -89,6 +90,9 @@ struct Service {
     status: tokio::sync::watch::Receiver<RunnerStatus>,
     jobs: mpsc::UnboundedSender<Job>,
     control: mpsc::UnboundedSender<Control>,
+    /// SIGTERM/SIGINT as the engine sees it: stop at the next phase boundary, then (once
+    /// `stop_grace` ran out) at once.
+    stop: tokio::sync::watch::Sender<StopRequest>,
 }
 
 async fn run(source: Source, settings: Settings, env: HashMap<String, String>) -> u8 {
@@ -116,7 +120,8 @@ async fn run(source: Source, settings: Settings, env: HashMap<String, String>) -
         trigger.bound_path.as_deref().map_or("from systemd".to_string(), |p| p.display().to_string()),
     );
     let (settings, settings_rx) = tokio::sync::watch::channel(Arc::new(settings));
-    let (mut runner, status) = Runner::new(settings_rx, env.clone(), notifier);
+    let (stop, stop_rx) = tokio::sync::watch::channel(StopRequest::Running);
+    let (mut runner, status) = Runner::new(settings_rx, stop_rx, env.clone(), notifier);
     // Wait for PostgreSQL (it may still be booting), unless we are told to stop.
     tokio::select! {
         connected = runner.wait_for_database() => if let Err(code) = connected { return code },
@@ -136,6 +141,7 @@ async fn run(source: Source, settings: Settings, env: HashMap<String, String>) -
         status,
         jobs,
         control,
+        stop,
     };
     service.serve(signals, trigger.listener, runner_task).await
 }
@@ -344,10 +350,12 @@ impl Service {
         self.notifier.ready(&status);
     }
 
-    /// SIGTERM/SIGINT: accept nothing new; give a migration in progress `stop_grace` to
-    /// finish, then cancel it server-side so it rolls back, and exit.
+    /// SIGTERM/SIGINT: accept nothing new; the run in progress starts no further phase
+    /// (backup, rehearsal, migration); give its current one `stop_grace` to finish, then stop
+    /// it (kill `pg_dump`, or cancel the migration server-side so it rolls back), and exit.
     async fn stop(&self) {
         let _ = self.control.send(Control::Stop);
+        self.stop.send_replace(StopRequest::AfterPhase);
         let settings = self.settings.borrow().clone();
         let grace = settings.daemon.stop_grace;
         let mut status = self.status.clone();
@@ -367,11 +375,16 @@ impl Service {
         if wait_idle(&mut status, grace).await {
             return;
         }
+        tracing::warn!("stop_grace elapsed: stopping the run in progress");
+        self.stop.send_replace(StopRequest::Now);
+        // A backup ends at once (its pg_dump is killed); a migration's statement needs a
+        // server-side cancel, which must not hit the run's own bookkeeping after a backup.
+        if wait_idle(&mut status, Duration::from_secs(2)).await {
+            return;
+        }
         let token = status.borrow().cancel.clone();
         if let Some(token) = token {
-            tracing::warn!(
-                "stop_grace elapsed: cancelling the migration in progress; it rolls back"
-            );
+            tracing::warn!("cancelling the migration in progress; it rolls back");
             if let Ok(pg) = settings.pg_config(&self.env) {
                 crate::db::cancel(&token, &pg).await;
             }

@@ -13,7 +13,7 @@ use tokio_postgres::{CancelToken, Client};
 use crate::config::{describe_target, ApplyPolicy, Settings};
 use crate::daemon::systemd::Notifier;
 use crate::diagnosis::{self, daemon_report};
-use crate::engine::{Engine, EngineError, RunOptions};
+use crate::engine::{Engine, EngineError, RunOptions, StopRequest, StopSignal};
 use crate::exit::daemon as exit;
 use crate::plan::PlanOptions;
 use crate::protocol::{DaemonReply, ErrorKind, ErrorReport, Event, Origin, Reply};
@@ -75,6 +75,8 @@ struct Connection {
 /// on tokio's blocking pool, never on the runtime thread.
 pub(crate) struct Runner {
     settings: watch::Receiver<Arc<Settings>>,
+    /// SIGTERM/SIGINT, passed to each run (`Control::Stop` only reaches us between jobs).
+    stop: watch::Receiver<StopRequest>,
     env: HashMap<String, String>,
     notifier: Notifier,
     connection: Option<Connection>,
@@ -93,12 +95,14 @@ impl Runner {
     /// A runner and the receiving end of its status channel.
     pub(crate) fn new(
         settings: watch::Receiver<Arc<Settings>>,
+        stop: watch::Receiver<StopRequest>,
         env: HashMap<String, String>,
         notifier: Notifier,
     ) -> (Runner, watch::Receiver<RunnerStatus>) {
         let (status, status_rx) = watch::channel(RunnerStatus::default());
         let runner = Runner {
             settings,
+            stop,
             env,
             notifier,
             connection: None,
@@ -362,6 +366,7 @@ impl Runner {
             dry_run: !apply,
             no_backup: false,
             origin: job.origin.clone(),
+            stop: StopSignal::new(self.stop.clone()),
         };
         let (notifier, starting) = (self.notifier, self.starting);
         let origin = job.origin.to_string();

@@ -84,6 +84,14 @@ pub enum EngineError {
         /// The whole run was one transaction (`transaction = "all"`), now rolled back.
         all_rolled_back: bool,
     },
+    /// The daemon was asked to stop (SIGTERM/SIGINT) and the run ended at a phase boundary,
+    /// or in its backup once `stop_grace` ran out.
+    #[error("stopped on request {at}: {}", stopped_summary(*.committed))]
+    Stopped {
+        at: super::StopPoint,
+        /// Migrations of this run that are committed and stay.
+        committed: usize,
+    },
     /// The release failed on the scratch copy (`engine::rehearsal`): this is that failure;
     /// the database itself was not changed.
     #[error("caught in rehearsal: production was not changed\n{0}")]
@@ -100,6 +108,14 @@ pub enum EngineError {
         /// Its first word, upper case (`COMMIT`, `PREPARE TRANSACTION`, ...).
         statement: String,
     },
+}
+
+fn stopped_summary(committed: usize) -> String {
+    match committed {
+        0 => "no migration of this run was applied".to_string(),
+        1 => "1 migration of this run is applied, none after it".to_string(),
+        n => format!("{n} migrations of this run are applied, none after them"),
+    }
 }
 
 fn apply_headline(e: &ApplyError) -> String {
@@ -157,6 +173,7 @@ impl EngineError {
             EngineError::Backup(_) | EngineError::ManualBackup(_) => ErrorKind::Backup,
             EngineError::Rehearsal(_) => ErrorKind::Rehearsal,
             EngineError::RehearsalUnavailable { .. } => ErrorKind::Database,
+            EngineError::Stopped { .. } => ErrorKind::Stopping,
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod error;
 mod rehearsal;
+mod stop;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use crate::source::{Layout, Migration, MigrationSet, SourceError};
 use crate::summary::summarize;
 
 pub use error::{ApplyError, EngineError, NewerDatabase};
+pub use stop::{StopPoint, StopRequest, StopSignal};
 
 fn pending_migration(m: &Migration, drizzle_would_skip: bool) -> PendingMigration {
     PendingMigration {
@@ -42,6 +44,8 @@ pub struct RunOptions {
     pub no_backup: bool,
     /// Who started the run, for the run history.
     pub origin: crate::protocol::Origin,
+    /// The daemon's stop requests (SIGTERM/SIGINT), honoured at every phase boundary.
+    pub stop: StopSignal,
 }
 
 /// The engine's view of one target database.
@@ -458,13 +462,19 @@ impl<'a> Engine<'a> {
         let backup = self
             .backup_before(client, &prepared.to_apply, upgrading, options, emit)
             .await?;
+        if let Some(stopped) = options.stop.stopped_at(StopPoint::AfterBackup) {
+            return Err(stopped);
+        }
         // Then the release on a scratch copy restored from that very dump.
         let dump = backup.as_ref().map(|(path, _)| path.as_path());
         self.rehearse_before(client, set, options, &prepared, dump, emit)
             .await?;
+        if let Some(stopped) = options.stop.stopped_at(StopPoint::AfterRehearsal) {
+            return Err(stopped);
+        }
         // Only now change anything: the backup shows the database exactly as it was.
         let applied = self
-            .change(client, set, &prepared, emit)
+            .change(client, set, &prepared, &options.stop, emit)
             .await
             .map_err(|e| match e {
                 EngineError::Apply(mut a) => {
@@ -565,6 +575,7 @@ impl<'a> Engine<'a> {
         client: &Client,
         set: &MigrationSet,
         prepared: &Prepared<'_>,
+        stop: &StopSignal,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Vec<String>, EngineError> {
         let table = &prepared.table;
@@ -592,7 +603,8 @@ impl<'a> Engine<'a> {
             migrations: pending_events(&prepared.plan),
             dry_run: false,
         });
-        self.apply_all(client, &prepared.to_apply, prepared.names.as_ref(), emit)
+        let names = prepared.names.as_ref();
+        self.apply_all(client, &prepared.to_apply, names, stop, emit)
             .await
     }
 
@@ -636,7 +648,15 @@ impl<'a> Engine<'a> {
         emit(Event::BackingUp {
             migrations: to_apply.len(),
         });
-        let b = crate::backup::take(&self.settings.backup, self.pg, client, &label).await?;
+        // Dropping the dump's future kills pg_dump and removes its partial file.
+        let dump = crate::backup::take(&self.settings.backup, self.pg, client, &label);
+        let b = tokio::select! {
+            taken = dump => taken?,
+            () = options.stop.now() => return Err(EngineError::Stopped {
+                at: StopPoint::DuringBackup,
+                committed: 0,
+            }),
+        };
         emit(Event::BackedUp {
             path: b.path.clone(),
             bytes: b.bytes,
@@ -659,6 +679,7 @@ impl<'a> Engine<'a> {
         client: &Client,
         to_apply: &[&Migration],
         names: Option<&HashMap<String, String>>,
+        stop: &StopSignal,
         emit: &mut dyn FnMut(Event),
     ) -> Result<Vec<String>, EngineError> {
         // `apply_locked` has refused no-transaction files under `transaction = "all"`.
@@ -669,6 +690,9 @@ impl<'a> Engine<'a> {
         let mut applied = Vec::with_capacity(to_apply.len());
         let mut timings = Vec::with_capacity(to_apply.len());
         for (i, m) in to_apply.iter().enumerate() {
+            if stop.requested() {
+                return Err(self.stopped_before(client, m, applied.len(), all).await);
+            }
             let started = Instant::now();
             let commit = if i + 1 == to_apply.len() {
                 Commit::Flushed
@@ -731,6 +755,27 @@ impl<'a> Engine<'a> {
             a.statement_timeout = timeout;
         }
         e
+    }
+
+    /// The stop before migration `m`, after `applied` migrations of this run: rolls back the
+    /// run's transaction under `transaction = "all"` (then nothing of the run stays), else
+    /// makes the committed ones durable.
+    async fn stopped_before(
+        &self,
+        client: &Client,
+        m: &Migration,
+        applied: usize,
+        all: bool,
+    ) -> EngineError {
+        if all {
+            let _ = db::batch_transaction(client, "ROLLBACK", "rolling back").await;
+        } else if applied > 0 {
+            let _ = db::flush_commits(client).await;
+        }
+        EngineError::Stopped {
+            at: StopPoint::BeforeMigration(m.file_name.clone()),
+            committed: if all { 0 } else { applied },
+        }
     }
 
     /// Stops the run when the migration just applied released our run lock: another run may

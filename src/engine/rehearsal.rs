@@ -215,7 +215,10 @@ impl Engine<'_> {
         let mut unseen = |_: Event| {};
         db::acquire_lock(&client, &copy.tracking, self.settings.lock_wait, |_| {}).await?;
         let prepared = copy.prepare(&client, set, options, &mut unseen).await?;
-        copy.change(&client, set, &prepared, &mut unseen).await?;
+        // The scratch copy runs to its end: the stop is checked right after the rehearsal.
+        let stop = super::StopSignal::default();
+        copy.change(&client, set, &prepared, &stop, &mut unseen)
+            .await?;
         Ok(Ok(()))
     }
 }

@@ -28,6 +28,7 @@ mod poolers;
 mod rehearsal;
 mod restore;
 mod roles;
+mod stop_phases;
 mod support;
 mod tls;
 mod tracking_rows;

@@ -87,6 +87,8 @@ impl Outcome {
             // The daemon's configuration or folder is not this user's input: only a refusal
             // has a code of its own.
             Outcome::DaemonFailed(ErrorKind::Refused) => REFUSED,
+            // Nothing was changed: a deploy hook must tell that apart from a half release.
+            Outcome::DaemonFailed(ErrorKind::Rehearsal) => REHEARSAL_FAILED,
             Outcome::DaemonFailed(_) => FAILED,
             Outcome::NotRunning => NOT_RUNNING,
             Outcome::NoAnswer => TIMED_OUT,
@@ -191,6 +193,7 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
         Program::Trigger => vec![
             (OK, "applied, or nothing pending"),
             (FAILED, "a migration (or the daemon's run) failed"),
+            (REHEARSAL_FAILED, "caught in the daemon's rehearsal: the release failed on a scratch copy; production was not changed"),
             USAGE,
             (NOT_RUNNING, "no daemon listens on socket_path"),
             (TIMED_OUT, "no answer within --timeout, or the daemon hung up mid-run"),
@@ -269,7 +272,7 @@ mod tests {
             (Outcome::Failed(ErrorKind::Drift), 4),
             (Outcome::Failed(ErrorKind::NewerDatabase), 4),
             (Outcome::Failed(ErrorKind::Rehearsal), 5),
-            (Outcome::DaemonFailed(ErrorKind::Rehearsal), 1),
+            (Outcome::DaemonFailed(ErrorKind::Rehearsal), 5),
             (Outcome::DaemonFailed(ErrorKind::NewerDatabase), 1),
             (Outcome::NotRunning, 69),
             (Outcome::NoAnswer, 75),

@@ -467,10 +467,11 @@ git add -A && git commit -qm "0006: broken"
 pull_out="$(in_ sh -c 'cd /srv/vamsa && git pull 2>&1')"
 hook_out="$(in_ sh -c 'cd /srv/vamsa && .git/hooks/post-merge 2>&1')"
 hook_status=$?
-if [ $hook_status -eq 1 ] && grep -q "DATABASE MIGRATION FAILED" <<<"$hook_out" &&
+# The packaged role has CREATEDB, so the release is rehearsed first and fails there: exit 5.
+if [ $hook_status -eq 5 ] && grep -q "DATABASE NOT MIGRATED: the release failed in its rehearsal" <<<"$hook_out" &&
     grep -q 'relation "no_such_table" does not exist (SQLSTATE 42P01)' <<<"$hook_out" &&
-    grep -q "DATABASE MIGRATION FAILED" <<<"$pull_out"; then
-    pass "a broken migration: the hook exits 1 with the banner and the error (42P01), also under git pull"
+    grep -q "DATABASE NOT MIGRATED: the release failed in its rehearsal" <<<"$pull_out"; then
+    pass "a broken migration: caught in rehearsal, the hook exits 5 with the banner and the error (42P01), also under git pull"
 else
     fail "broken migration: hook exit $hook_status"
     details "$hook_out"
@@ -675,10 +676,10 @@ pull_out="$(in_ sh -c 'cd /srv/vamsa && git pull 2>&1')"
 # status, so the trigger is run again for its exit status).
 trigger_out="$(in_ vamsa-migrate trigger --timeout 60s 2>&1)"
 trigger_status=$?
-if [ $trigger_status -eq 1 ] && grep -q "caught in rehearsal: production was not changed" <<<"$trigger_out" &&
+if [ $trigger_status -eq 5 ] && grep -q "caught in rehearsal: production was not changed" <<<"$trigger_out" &&
     grep -q "0007_unique_person_names.sql" <<<"$trigger_out" && grep -q "SQLSTATE 23505" <<<"$trigger_out" &&
     grep -q "caught in rehearsal: production was not changed" <<<"$pull_out"; then
-    pass "the release fails in rehearsal: trigger exits 1 with \"caught in rehearsal: production was not changed\" (0007, 23505), also under git pull"
+    pass "the release fails in rehearsal: trigger exits 5 with \"caught in rehearsal: production was not changed\" (0007, 23505), also under git pull"
 else
     fail "rehearsal failure through the trigger: exit $trigger_status"
     details "$trigger_out

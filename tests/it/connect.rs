@@ -143,7 +143,8 @@ fn password_cluster() -> TempCluster {
     )
     .expect("write pg_hba.conf");
     std::fs::set_permissions(&hba, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    let hba = hba.keep().expect("keep the hba file");
+    // The postmaster reads hba_file at start (and on SIGHUP, which no test sends): the file is
+    // removed when `hba` is dropped at the end of this function, leaving nothing in $TMPDIR.
     let cluster = own_cluster(ClusterOptions {
         settings: vec![("hba_file".into(), hba.display().to_string())],
         ..ClusterOptions::default()

@@ -32,9 +32,11 @@ impl Drizzle {
     pub(crate) fn migrate(self, db: &Db, dir: &Path) -> Result<(), String> {
         let package = self.package_dir();
         ensure_node_modules(&package);
+        let tmp = tempfile::tempdir().expect("a TMPDIR for node");
         let out = Command::new("node")
             .arg(package.join("drizzle-migrate.mjs"))
             .arg(dir)
+            .env("TMPDIR", tmp.path())
             .env(
                 "DATABASE_URL",
                 format!(
@@ -69,10 +71,13 @@ fn drizzle_kit_up(dir: &Path) -> std::process::Output {
     ensure_node_modules(&package);
     let parent = dir.parent().expect("a temporary folder has a parent");
     let out = format!("./{}", dir.file_name().unwrap().to_string_lossy());
+    // drizzle-kit's tsx keeps a compile cache under os.tmpdir(): a TMPDIR of its own, removed after.
+    let tmp = tempfile::tempdir().expect("a TMPDIR for drizzle-kit");
     Command::new(package.join("node_modules/.bin/drizzle-kit"))
         .args(["up", "--dialect", "postgresql", "--out", &out])
         .current_dir(parent)
         .env("TZ", "UTC")
+        .env("TMPDIR", tmp.path())
         .output()
         .expect("run drizzle-kit")
 }

@@ -131,6 +131,18 @@ async fn restore(
     let toc = backup::table_of_contents(&file, target.server_major)
         .await
         .map_err(corrupt)?;
+    // The name can be renamed; the dump's own header cannot: refuse another database's dump
+    // whatever its file is called (an explicit FILE too, --force only concerns sessions).
+    match backup::toc_database(&toc) {
+        Some(of) if of == database => {}
+        of => {
+            return Err(RestoreError::OtherDatabase {
+                path: dump.path.clone(),
+                dump: of.unwrap_or("(none named in its header)").to_string(),
+                database,
+            })
+        }
+    }
     let engine = Engine::new(settings, &pg);
     let lock_wait = settings.lock_wait;
     db::acquire_lock(&client, &engine.tracking, lock_wait, |pid| {

@@ -1,0 +1,107 @@
+//! Defects a review found on main: dump names of different databases that collided, ...
+
+use crate::support::{cli, cluster, Folder};
+
+/// A database named `name` on the shared cluster (its own backup folder is the test's).
+fn database(name: &str) -> String {
+    cluster().create_database(name).expect("create database");
+    cluster().url(name)
+}
+
+fn has_table(db: &str, table: &str) -> bool {
+    let sql = format!("SELECT to_regclass('{table}') IS NOT NULL");
+    cluster().psql(db, &sql).expect("psql") == "t"
+}
+
+#[test]
+fn databases_whose_names_differ_only_in_punctuation_keep_and_restore_their_own_dumps() {
+    let id = std::process::id();
+    let (under, dash) = (format!("c_d{id}"), format!("c-d{id}"));
+    let dir = tempfile::tempdir().expect("backup folder");
+    let empty = Folder::new(&[]);
+    for (name, table) in [(&under, "mine"), (&dash, "theirs")] {
+        let url = database(name);
+        cluster()
+            .psql(name, &format!("CREATE TABLE {table} ()"))
+            .expect("psql");
+        cli()
+            .database_url(&url)
+            .backup_dir(dir.path())
+            .env("VAMSA_MIGRATE_BACKUP_KEEP", "1")
+            .arg("backup")
+            .run()
+            .ok();
+    }
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("read backup folder")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        2,
+        "keep=1 of one database removed the other's: {names:?}"
+    );
+    assert!(names[0].starts_with(&format!("c%2Dd{id}-")), "{names:?}");
+    assert!(names[1].starts_with(&format!("c_d{id}-")), "{names:?}");
+    cluster().psql(&under, "DROP TABLE mine").expect("psql");
+    let run = cli()
+        .database_url(&cluster().url(&under))
+        .migrations_dir(empty.path())
+        .backup_dir(dir.path())
+        .args(["restore", "--latest", "--yes"])
+        .run();
+    run.ok();
+    assert!(
+        has_table(&under, "mine"),
+        "c_d's own dump was not restored: {}",
+        run.stdout
+    );
+    assert!(
+        !has_table(&under, "theirs"),
+        "c-d's dump was restored into c_d"
+    );
+}
+
+#[test]
+fn a_dump_of_another_database_is_refused_by_its_header_whatever_its_name() {
+    let id = std::process::id();
+    let (one, other) = (format!("hdr_a{id}"), format!("hdr_b{id}"));
+    let dir = tempfile::tempdir().expect("backup folder");
+    let empty = Folder::new(&[]);
+    let url = database(&one);
+    database(&other);
+    cli()
+        .database_url(&url)
+        .backup_dir(dir.path())
+        .arg("backup")
+        .run()
+        .ok();
+    let dump = std::fs::read_dir(dir.path())
+        .expect("read backup folder")
+        .next()
+        .expect("one dump")
+        .expect("entry")
+        .path();
+    let name = dump
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let renamed = dir.path().join(name.replacen(&one, &other, 1));
+    std::fs::rename(&dump, &renamed).expect("rename");
+    let run = cli()
+        .database_url(&cluster().url(&other))
+        .migrations_dir(empty.path())
+        .backup_dir(dir.path())
+        .args(["restore", "--yes"])
+        .arg(&renamed)
+        .run();
+    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains(&format!("is a dump of database {one}, not of {other}")),
+        "{}",
+        run.stderr
+    );
+}

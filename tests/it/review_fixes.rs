@@ -105,3 +105,58 @@ fn a_dump_of_another_database_is_refused_by_its_header_whatever_its_name() {
         run.stderr
     );
 }
+
+const SECRET: &str = "Sup3r-s3cret";
+
+/// One request line on the socket from a process running as nobody; its first reply line.
+fn nobody_asks(socket: &std::path::Path, line: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.sendall(sys.argv[2].encode()+b'\\n'); print(s.makefile().readline())";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(socket)
+        .arg(line)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run python3 as nobody");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn an_outsiders_status_shows_no_message_row_data_or_backup_path_of_the_last_run() {
+    if !crate::support::root_or_skip("connect to the socket as nobody") {
+        return;
+    }
+    let db = crate::support::Db::new();
+    let sql = format!(
+        "CREATE TABLE u (email text UNIQUE);\n--> statement-breakpoint\nINSERT INTO u VALUES ('{SECRET}'), ('{SECRET}');\n"
+    );
+    let f = Folder::new(&[("0000_dup", 1000, sql.as_str())]);
+    let config = "apply_on_start = false\npeer_view = \"status\"";
+    let mut d = crate::support::Daemon::start(cli(), &db.url(), f.path(), config);
+    d.ready();
+    d.open_socket_to_everyone();
+    d.trigger(&[]).code(1);
+    let own = format!("{:?}", d.request(b"{\"command\":\"status\"}\n"));
+    assert!(
+        own.contains(SECRET),
+        "a peer that may apply sees the message: {own}"
+    );
+    assert!(
+        own.contains(".dump"),
+        "a peer that may apply sees the backup: {own}"
+    );
+    let status = nobody_asks(&d.socket, "{\"command\":\"status\"}");
+    assert!(status.contains("\"last_run\""), "{status}");
+    assert!(status.contains("\"sqlstate\":\"23505\""), "{status}");
+    assert!(status.contains("0000_dup"), "{status}");
+    assert!(
+        !status.contains(SECRET),
+        "row data shown to an outsider: {status}"
+    );
+    assert!(
+        !status.contains(".dump"),
+        "backup path shown to an outsider: {status}"
+    );
+}

@@ -160,3 +160,46 @@ fn an_outsiders_status_shows_no_message_row_data_or_backup_path_of_the_last_run(
         "backup path shown to an outsider: {status}"
     );
 }
+
+#[test]
+fn a_role_without_usage_on_vamsa_migrate_gets_status_with_a_warning_and_history_names_the_grant() {
+    let db = crate::support::Db::new();
+    let f = Folder::new(&[("0000_init", 1000, "CREATE TABLE t (id int);\n")]);
+    db.run(f.path(), &["migrate", "--no-backup"]).ok();
+    let role = format!("reader{}", std::process::id());
+    db.psql(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT USAGE ON SCHEMA drizzle TO {role}; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA drizzle TO {role}; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}"
+    ));
+    let url = db.url().replace("user=postgres", &format!("user={role}"));
+    let as_role = |args: &[&str]| {
+        cli()
+            .database_url(&url)
+            .migrations_dir(f.path())
+            .args(args)
+            .run()
+    };
+    let status = as_role(&["status"]);
+    status.ok();
+    let grant = format!("GRANT USAGE ON SCHEMA vamsa_migrate TO \"{role}\";");
+    assert!(status.stderr.contains("not compared") || status.stdout.contains("not compared"));
+    assert!(
+        status.stderr.contains(&grant) || status.stdout.contains(&grant),
+        "{status:?}"
+    );
+    let history = cli().database_url(&url).arg("history").run();
+    assert_ne!(history.code, 0);
+    assert!(
+        history
+            .stderr
+            .contains("GRANT USAGE ON SCHEMA vamsa_migrate"),
+        "{}",
+        history.stderr
+    );
+    assert!(
+        !history.stderr.contains("PostgreSQL is running"),
+        "{}",
+        history.stderr
+    );
+}

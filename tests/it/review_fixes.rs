@@ -203,3 +203,42 @@ fn a_role_without_usage_on_vamsa_migrate_gets_status_with_a_warning_and_history_
         history.stderr
     );
 }
+
+/// `cli ARGS` with standard output a pipe whose reading end is already closed (`| head -0`).
+fn into_closed_pipe(cli: &crate::support::Cli) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = cli
+        .command()
+        .stdin(std::process::Stdio::null())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run vamsa-migrate");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn commands_writing_into_a_closed_pipe_do_not_panic() {
+    let db = crate::support::Db::new();
+    let f = Folder::new(&[("0000_init", 1000, "CREATE TABLE t (id int);\n")]);
+    db.run(f.path(), &["migrate"]).ok();
+    let mut status = db.cli(f.path());
+    status.arg("status");
+    let mut backups = cli();
+    backups.backup_dir(db.backups.path()).arg("backups");
+    let mut restore = db.cli(f.path());
+    restore.args(["restore", "--latest", "--yes"]);
+    for (what, cli, expected) in [
+        ("status", status, 0),
+        ("backups", backups, 0),
+        ("restore", restore, 0),
+    ] {
+        let (code, stderr) = into_closed_pipe(&cli);
+        assert!(!stderr.contains("panicked"), "{what}: {stderr}");
+        assert_eq!(code, Some(expected), "{what}: {stderr}");
+    }
+}

@@ -87,32 +87,57 @@ pub enum BackupError {
 
 /// `vamsa-20261129T214001.123Z-before-0004_media_tags.dump`: sortable by time (to the
 /// millisecond, so two runs in one second do not collide), and recognisable as ours
-/// (retention never touches any other file).
+/// (retention never touches any other file). The database part is [`encode_name`]'s.
 fn file_name(dbname: &str, when: SystemTime, label: &str) -> String {
     let stamp: String = humantime::format_rfc3339_millis(when)
         .to_string()
         .chars()
         .filter(|c| *c != '-' && *c != ':')
         .collect();
-    format!("{}-{stamp}-{label}.dump", sanitize(dbname))
+    format!("{}-{stamp}-{label}.dump", encode_name(dbname))
 }
 
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+/// The database name as it appears in a dump's name: ASCII letters, digits, `_` and `.` as
+/// they are, every other byte of its UTF-8 as `%XX` (upper-case hex). Injective, so databases
+/// `c-d` and `c_d` (or `a b` and `a_b`) never share a dump name, and the name holds no `-`
+/// (the separator before the time stamp).
+pub(crate) fn encode_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'.' {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The inverse of [`encode_name`]; `None` unless `text` is exactly what it makes of a name
+/// (so one database has one spelling, and another file's name is not taken for ours).
+fn decode_name(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    let name = String::from_utf8(out).ok()?;
+    (encode_name(&name) == text).then_some(name)
 }
 
 /// One of our dumps, parsed back from its name.
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub path: PathBuf,
+    /// The database's name, decoded from the file name ([`encode_name`]).
     pub database: String,
     /// `20261129T214001.123Z`
     pub stamp: String,
@@ -145,7 +170,8 @@ fn parse_name(name: &str) -> Option<(String, String, String)> {
         if ok {
             let label = &stem[i + STAMP + 2..];
             if label == "manual" || label.starts_with("before-") {
-                return Some((stem[..i].to_string(), stamp.to_string(), label.to_string()));
+                let database = decode_name(&stem[..i])?;
+                return Some((database, stamp.to_string(), label.to_string()));
             }
         }
     }
@@ -168,7 +194,7 @@ pub(crate) fn ours(path: &Path) -> Option<Listed> {
 
 /// Whether a dump named with `listed` is of the database `name`.
 pub(crate) fn is_of(listed: &Listed, name: &str) -> bool {
-    listed.database == sanitize(name)
+    listed.database == name
 }
 
 /// Our dumps in `dir`, oldest first.
@@ -214,7 +240,7 @@ pub fn prune(
 ) -> io::Result<Vec<PathBuf>> {
     let ours: Vec<Listed> = list(dir)?
         .into_iter()
-        .filter(|b| b.database == sanitize(database) && b.path != just_made)
+        .filter(|b| b.database == database && b.path != just_made)
         .collect();
     let excess = ours.len().saturating_sub(keep.saturating_sub(1));
     let mut removed = Vec::new();
@@ -670,6 +696,18 @@ pub(crate) async fn table_of_contents(
         )),
         Err(e) => Err(failed(e.to_string())),
     }
+}
+
+/// The database a dump was taken of, from the header `pg_restore --list` prints
+/// (`;     dbname: vamsa`, PostgreSQL 15's pg_backup_archiver.c `PrintTOCSummary`).
+pub(crate) fn toc_database(toc: &str) -> Option<&str> {
+    toc.lines()
+        .take_while(|l| l.starts_with(';'))
+        .find_map(|l| {
+            l.trim_start_matches(';')
+                .trim_start()
+                .strip_prefix("dbname: ")
+        })
 }
 
 /// Restores `dump` (read from its start on pg_restore's standard input) into `dbname` with

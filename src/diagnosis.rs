@@ -144,6 +144,9 @@ pub(crate) fn next_step(e: &EngineError) -> String {
             "Nothing was changed (no backup was taken). As a superuser or the owner, run:\n  {}\nthen run again. README \"The database role\" lists the minimal grants.",
             p.statements().join("\n  ")
         ),
+        // A permission error is never a server that is down (SQLSTATE 42501, PostgreSQL 15
+        // Appendix A).
+        EngineError::Db(DbError::Query { failure, .. }) if failure.sqlstate.as_deref() == Some("42501") => PERMISSION_NEXT_STEP.into(),
         EngineError::Db(_) => "Check database_url and that PostgreSQL is running; nothing was changed.".into(),
         EngineError::Apply(a) => apply_next_step(a),
         EngineError::Rehearsal(caught) => rehearsal_next_step(caught),
@@ -155,6 +158,9 @@ pub(crate) fn next_step(e: &EngineError) -> String {
         EngineError::Backup(_) => "Nothing was migrated. Fix the cause above, or run without a backup (--no-backup, or backup_enabled = false) if you have one of your own.".into(),
     }
 }
+
+/// The next step for a query refused for a missing permission (SQLSTATE 42501).
+pub(crate) const PERMISSION_NEXT_STEP: &str = "Nothing was changed. As a superuser or the object's owner, grant the role in database_url the permission named above (for vamsa-migrate's own schema: GRANT USAGE ON SCHEMA vamsa_migrate TO <role>;), then run again.";
 
 /// A pooler that hands our session to other clients between transactions (`db::pooler`).
 const SESSION_NOT_KEPT_CAUSE: &str = "database_url leads to a connection pooler (PgBouncer with pool_mode = transaction or statement, or a proxy like it) that gives this connection's PostgreSQL session to other clients between transactions; the migration lock (a session-level advisory lock) and the transaction of each migration need one session for the whole run.";

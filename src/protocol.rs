@@ -253,7 +253,9 @@ pub enum Reply {
 
 impl Reply {
     /// This reply as a peer that may not apply sees it: statement summaries without their
-    /// string constants ([`crate::summary::without_literals`]).
+    /// string constants ([`crate::summary::without_literals`]); a `status` answer's
+    /// `last_run` without its error message (string constants, row data in a constraint's
+    /// `Key (...)=(...)` detail) and backup path ([`RunRecord::for_outsider`]).
     pub(crate) fn for_outsider(self) -> Reply {
         match self {
             Reply::Event(Event::Pending {
@@ -270,8 +272,30 @@ impl Reply {
                     dry_run,
                 })
             }
+            Reply::Daemon(DaemonReply::Status { mut status }) => {
+                if let Some(run) = status.last_run.take() {
+                    status.last_run = Some(Box::new(run.for_outsider()));
+                }
+                Reply::Daemon(DaemonReply::Status { status })
+            }
             other => other,
         }
+    }
+}
+
+/// What replaces a recorded error message for a peer that may not apply.
+pub(crate) const HIDDEN_FROM_PEERS: &str = "(hidden from peers that may not apply)";
+
+impl RunRecord {
+    /// The record as a peer that may not apply sees it: kind, times, result, migration and
+    /// SQLSTATE stay; the error message (which may quote string constants and row data) and
+    /// the backup's path do not.
+    pub(crate) fn for_outsider(mut self) -> RunRecord {
+        self.backup = None;
+        if let Some(error) = &mut self.error {
+            error.message = HIDDEN_FROM_PEERS.to_string();
+        }
+        self
     }
 }
 

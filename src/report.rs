@@ -417,3 +417,14 @@ pub fn write_status(out: &mut impl Write, report: &StatusReport, format: Format)
     }
     Ok(())
 }
+
+/// `println!` on standard output that never panics: a closed pipe (`vamsa-migrate backups |
+/// head -2`, EPIPE; Rust ignores SIGPIPE) or a full disk drops the line, so nothing more is
+/// printed and the command still exits as its outcome says.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+pub(crate) use outln;

@@ -23,7 +23,7 @@ pub(crate) async fn take(settings: &Settings, env: &HashMap<String, String>) -> 
     .await;
     match result {
         Ok(b) => {
-            println!("Backup: {} ({})", b.path.display(), human_bytes(b.bytes));
+            crate::report::outln!("Backup: {} ({})", b.path.display(), human_bytes(b.bytes));
             Outcome::Success
         }
         Err(e) => show_error(&e, Format::Human),
@@ -53,12 +53,12 @@ pub(crate) fn list(settings: &Settings) -> Outcome {
     }
     match crate::backup::list(dir) {
         Ok(list) if list.is_empty() => {
-            println!("No backups in {}.", settings.backup.dir.display());
+            crate::report::outln!("No backups in {}.", settings.backup.dir.display());
             Outcome::Success
         }
         Ok(list) => {
             for b in list.iter().rev() {
-                println!(
+                crate::report::outln!(
                     "{}  {:>9}  {:<32}  {}",
                     when(b),
                     human_bytes(b.bytes),

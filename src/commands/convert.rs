@@ -21,19 +21,21 @@ pub(crate) fn run(settings: &Settings, write: bool) -> Outcome {
         Ok(renamed) => renamed,
         Err(e) => return failed(e),
     };
-    println!(
+    crate::report::outln!(
         "Converting {} to Drizzle 1.0's folder layout{}:",
         set.dir.display(),
         if write { "" } else { " (dry run)" }
     );
     show_plan(&renamed);
     if !write {
-        println!("\nNothing was changed. Run 'vamsa-migrate convert --write' to convert.");
+        crate::report::outln!(
+            "\nNothing was changed. Run 'vamsa-migrate convert --write' to convert."
+        );
         return Outcome::Success;
     }
     match convert::write(&set, &renamed) {
         Ok(()) => {
-            println!("\nConverted {} migrations.", renamed.len());
+            crate::report::outln!("\nConverted {} migrations.", renamed.len());
             Outcome::Success
         }
         Err(e) => failed(e),
@@ -49,10 +51,10 @@ fn show_plan(renamed: &[Renamed]) {
             }
             _ => String::new(),
         };
-        println!("  {} -> {}/migration.sql{note}", r.file_name, r.folder);
+        crate::report::outln!("  {} -> {}/migration.sql{note}", r.file_name, r.folder);
         previous = Some(&r.folder);
     }
-    println!("  meta/_journal.json: removed (snapshots move into their folders)");
+    crate::report::outln!("  meta/_journal.json: removed (snapshots move into their folders)");
 }
 
 fn failed(e: ConvertError) -> Outcome {

@@ -37,7 +37,7 @@ pub(crate) async fn run() -> Outcome {
         );
         return Outcome::OtherFailure;
     };
-    println!("Starting a throwaway PostgreSQL cluster in a temporary directory...");
+    crate::report::outln!("Starting a throwaway PostgreSQL cluster in a temporary directory...");
     let start = || TempCluster::start().and_then(|c| c.create_database("vamsa").map(|_| c));
     let started = match start() {
         Err(vamsa_testkit::ClusterError::NoServerBinaries) => match install_postgresql() {
@@ -56,7 +56,7 @@ pub(crate) async fn run() -> Outcome {
             return Outcome::OtherFailure;
         }
     };
-    println!(
+    crate::report::outln!(
         "PostgreSQL is up on 127.0.0.1:{} (binaries: {}); migrations: {}\n",
         cluster.port(),
         cluster.bin_dir().display(),
@@ -79,20 +79,20 @@ pub(crate) async fn run() -> Outcome {
         ("migrate --dry-run", true),
     ];
     for (title, dry_run) in steps {
-        println!("$ vamsa-migrate {title}");
+        crate::report::outln!("$ vamsa-migrate {title}");
         let options = RunOptions {
             dry_run,
             ..RunOptions::default()
         };
         let outcome = super::migrate::run(&settings, &env, &options, Format::Human, false).await;
-        println!();
+        crate::report::outln!();
         if outcome != Outcome::Success {
             return outcome;
         }
     }
-    println!("$ vamsa-migrate status");
+    crate::report::outln!("$ vamsa-migrate status");
     let outcome = super::status::run(&settings, &env, Format::Human).await;
-    println!("\nStopping and removing the throwaway cluster.");
+    crate::report::outln!("\nStopping and removing the throwaway cluster.");
     drop(cluster);
     outcome
 }
@@ -105,7 +105,7 @@ fn install_postgresql() -> Result<(), String> {
     use std::process::Command;
     let root = nix::unistd::geteuid().is_root();
     let sudo = if root { "" } else { "sudo " };
-    println!(
+    crate::report::outln!(
         "PostgreSQL's server is not installed: installing Debian's postgresql package ({sudo}apt-get install postgresql)..."
     );
     let run = |args: &[&str]| -> Result<(), String> {

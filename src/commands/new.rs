@@ -8,7 +8,7 @@ use crate::protocol::ErrorKind;
 pub(crate) fn run(settings: &Settings, name: &str) -> Outcome {
     match crate::newfile::create(&settings.migrations_dir, name) {
         Ok(path) => {
-            println!("Created {}", path.display());
+            crate::report::outln!("Created {}", path.display());
             Outcome::Success
         }
         Err(e) => {

@@ -131,6 +131,18 @@ async fn restore(
     let toc = backup::table_of_contents(&file, target.server_major)
         .await
         .map_err(corrupt)?;
+    // The name can be renamed; the dump's own header cannot: refuse another database's dump
+    // whatever its file is called (an explicit FILE too, --force only concerns sessions).
+    match backup::toc_database(&toc) {
+        Some(of) if of == database => {}
+        of => {
+            return Err(RestoreError::OtherDatabase {
+                path: dump.path.clone(),
+                dump: of.unwrap_or("(none named in its header)").to_string(),
+                database,
+            })
+        }
+    }
     let engine = Engine::new(settings, &pg);
     let lock_wait = settings.lock_wait;
     db::acquire_lock(&client, &engine.tracking, lock_wait, |pid| {
@@ -195,9 +207,9 @@ async fn restore_locked(
         if !left.is_empty() {
             return Err(RestoreError::NotTerminated(left));
         }
-        println!("Terminated {} other session(s) (--force):", sessions.len());
+        crate::report::outln!("Terminated {} other session(s) (--force):", sessions.len());
         for s in &sessions {
-            println!("{}", describe(s));
+            crate::report::outln!("{}", describe(s));
         }
     }
     let dropped = dbr::drop_objects_not_in(client, &dbr::objects_in(toc))
@@ -209,7 +221,7 @@ async fn restore_locked(
         } else {
             format!("{schema}.")
         };
-        println!(
+        crate::report::outln!(
             "Dropped {} {schema}{name} (not in the dump)",
             kind.to_lowercase()
         );
@@ -217,7 +229,7 @@ async fn restore_locked(
     backup::restore(pg, target, file)
         .await
         .map_err(RestoreError::Restore)?;
-    println!("Restored {} into {database}.", dump.path.display());
+    crate::report::outln!("Restored {} into {database}.", dump.path.display());
     Ok(())
 }
 
@@ -266,11 +278,15 @@ async fn report_state(
         .and_then(|t| t.rows.last())
         .map(crate::plan::describe_row);
     match last {
-        Some(row) => println!("Last applied migration: {row}; deploy the code of that release."),
-        None => println!("No migration is applied (the tracking table is empty or absent)."),
+        Some(row) => {
+            crate::report::outln!("Last applied migration: {row}; deploy the code of that release.")
+        }
+        None => crate::report::outln!(
+            "No migration is applied (the tracking table is empty or absent)."
+        ),
     }
     let Ok(set) = crate::source::MigrationSet::load(&settings.migrations_dir) else {
-        println!(
+        crate::report::outln!(
             "(The migrations folder {} cannot be read: pending migrations not shown.)",
             settings.migrations_dir.display()
         );
@@ -288,11 +304,11 @@ async fn report_state(
         .map(|i| i.migration.file_name.as_str())
         .collect();
     match pending.len() {
-        0 => println!(
+        0 => crate::report::outln!(
             "Pending for the code in {}: none.",
             settings.migrations_dir.display()
         ),
-        n => println!(
+        n => crate::report::outln!(
             "Pending for the code in {} ({n}): {}",
             settings.migrations_dir.display(),
             pending.join(", ")

@@ -45,7 +45,17 @@ pub(crate) async fn run(
     status.last_run = crate::db::history::last(&client).await;
     match engine.schema_drift(&client).await {
         Ok(drift) => report::add_schema_drift(&mut status, drift),
-        Err(e) => return show_error(&e.into(), format),
+        Err(e) => {
+            let e = EngineError::from(e);
+            if e.sqlstate() != Some("42501") {
+                return show_error(&e, format);
+            }
+            // As `migrate` does: a check it may not read does not stop the report.
+            status.warnings.push(format!(
+                "the live schema was not compared with the recorded one: {e}; an admin runs: GRANT USAGE ON SCHEMA vamsa_migrate TO {};",
+                crate::db::quote_ident(&current_user(&client).await)
+            ));
+        }
     }
     let mut out = io::BufWriter::new(io::stdout().lock());
     let _ = report::write_status(&mut out, &status, format);
@@ -56,5 +66,13 @@ pub(crate) async fn run(
         Outcome::Pending
     } else {
         Outcome::Success
+    }
+}
+
+/// The role of the session (`current_user`), for a GRANT to print; `<role>` when unreadable.
+async fn current_user(client: &tokio_postgres::Client) -> String {
+    match client.query_one("SELECT current_user::text", &[]).await {
+        Ok(row) => row.try_get(0).unwrap_or_else(|_| "<role>".into()),
+        Err(_) => "<role>".into(),
     }
 }

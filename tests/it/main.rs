@@ -27,6 +27,7 @@ mod neighbours;
 mod poolers;
 mod rehearsal;
 mod restore;
+mod review_fixes;
 mod roles;
 mod stop_phases;
 mod support;

@@ -314,9 +314,8 @@ pub(crate) async fn take_temporary(
 }
 
 /// Restores `dump` (read from its start on pg_restore's standard input) into the new, empty
-/// database `dbname` with `pg_restore --exit-on-error --no-owner --no-privileges` (the one of
-/// the server's major version, see `client_program`)
-/// (PostgreSQL 15): every object ends up owned by our role, which created the database, so
+/// database `dbname` with `pg_restore --exit-on-error --no-owner --no-privileges` (PostgreSQL 15;
+/// the server's major version's, see [`client_program`]): every object ends up owned by our role, which created the database, so
 /// no other role's membership is needed. pg_restore's stderr on failure, in
 /// [`BackupError::Restore`].
 pub(crate) async fn restore_into_new(
@@ -325,29 +324,8 @@ pub(crate) async fn restore_into_new(
     dbname: &str,
     dump: &fs::File,
 ) -> Result<(), BackupError> {
-    let mut stdin = dump.try_clone().map_err(BackupError::Spawn)?;
-    stdin
-        .seek(io::SeekFrom::Start(0))
-        .map_err(BackupError::Spawn)?;
-    let mut cmd = Command::new(client_program("pg_restore", server_major));
-    cmd.args(["--exit-on-error", "--no-owner", "--no-privileges"])
-        .args(["--no-password", "--dbname", dbname])
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let pass = PassFile::new(pg.driver.get_password()).map_err(BackupError::PassFile)?;
-    libpq_env(&mut cmd, pg, dbname, &pass.path());
-    let child = cmd.spawn().map_err(BackupError::Spawn)?;
-    drop(pass);
-    let output = child.wait_with_output().await.map_err(BackupError::Spawn)?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(BackupError::Restore {
-        status: output.status.to_string(),
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-    })
+    let options = ["--exit-on-error", "--no-owner", "--no-privileges"];
+    run_pg_restore(pg, server_major, dbname, dump, &options).await
 }
 
 fn dir_error(dir: &Path) -> impl Fn(io::Error) -> BackupError + '_ {
@@ -720,23 +698,36 @@ pub(crate) async fn restore(
     db: &crate::db::Database,
     dump: &fs::File,
 ) -> Result<(), BackupError> {
-    let dbname = db.name.as_str();
-    let mut stdin = dump.try_clone().map_err(BackupError::Spawn)?;
-    stdin
-        .seek(io::SeekFrom::Start(0))
-        .map_err(BackupError::Spawn)?;
-    let mut cmd = Command::new(client_program("pg_restore", db.server_major));
-    cmd.args([
+    let options = [
         "--clean",
         "--if-exists",
         "--single-transaction",
         "--exit-on-error",
-    ])
-    .args(["--no-password", "--dbname", dbname])
-    .stdin(Stdio::from(stdin))
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
+    ];
+    run_pg_restore(pg, db.server_major, &db.name, dump, &options).await
+}
+
+/// Runs the server's major version's `pg_restore OPTIONS --dbname DBNAME` with `dump` (from its
+/// start) on its standard input and the password in a [`PassFile`]; its stderr on failure, in
+/// [`BackupError::Restore`].
+async fn run_pg_restore(
+    pg: &ConnParams,
+    server_major: u32,
+    dbname: &str,
+    dump: &fs::File,
+    options: &[&str],
+) -> Result<(), BackupError> {
+    let mut stdin = dump.try_clone().map_err(BackupError::Spawn)?;
+    stdin
+        .seek(io::SeekFrom::Start(0))
+        .map_err(BackupError::Spawn)?;
+    let mut cmd = Command::new(client_program("pg_restore", server_major));
+    cmd.args(options)
+        .args(["--no-password", "--dbname", dbname])
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
     let pass = PassFile::new(pg.driver.get_password()).map_err(BackupError::PassFile)?;
     libpq_env(&mut cmd, pg, dbname, &pass.path());
     let child = cmd.spawn().map_err(BackupError::Spawn)?;
@@ -887,14 +878,15 @@ mod tests {
     fn names_round_trip_and_foreign_files_are_not_ours() {
         let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_452_401);
         let name = file_name("vamsa-prod", when, "before-0004_media_tags");
+        // '-' separates the parts, so the name's own '-' is percent-encoded (and read back).
         assert_eq!(
             name,
-            "vamsa_prod-20251129T214001.000Z-before-0004_media_tags.dump"
+            "vamsa%2Dprod-20251129T214001.000Z-before-0004_media_tags.dump"
         );
         assert_eq!(
             parse_name(&name),
             Some((
-                "vamsa_prod".into(),
+                "vamsa-prod".into(),
                 "20251129T214001.000Z".into(),
                 "before-0004_media_tags".into()
             ))

@@ -85,6 +85,9 @@ pub(crate) struct Runner {
     stopping: bool,
     /// Pending file names last reported, to log only changes.
     last_pending: Option<Vec<String>>,
+    /// The STATUS of the last run when its release failed in rehearsal: kept at the head of
+    /// STATUS until the next run, so a folder change does not hide it.
+    release_failed: Option<String>,
     /// The folder as last read, without the files' texts: unchanged files are not read again
     /// (see `load_reusing`); the engine reads again those it must show or apply.
     last_set: Option<Arc<MigrationSet>>,
@@ -109,6 +112,7 @@ impl Runner {
             starting: true,
             stopping: false,
             last_pending: None,
+            release_failed: None,
             last_set: None,
             status,
         };
@@ -379,11 +383,12 @@ impl Runner {
         if let Err(e) = &result {
             self.forget_broken_connection(e);
         }
-        let text = match result {
+        let (text, failed) = match result {
             // Until the next run: the release is known to fail on this database.
-            Err(EngineError::Rehearsal(caught)) => rehearsal_status(&caught),
-            _ => self.status_text(engine, client, set).await,
+            Err(EngineError::Rehearsal(caught)) => (rehearsal_status(&caught), true),
+            _ => (self.status_text(engine, client, set).await, false),
         };
+        self.release_failed = failed.then(|| text.clone());
         self.set_status(text);
     }
 
@@ -468,7 +473,11 @@ impl Runner {
             );
         }
         self.last_pending = Some(pending);
-        self.set_status(status_line_for(&status.plan, engine.settings.daemon.apply));
+        let line = status_line_for(&status.plan, engine.settings.daemon.apply);
+        self.set_status(match &self.release_failed {
+            Some(failed) => format!("{failed}; now {line}"),
+            None => line,
+        });
         Ok(())
     }
 

@@ -53,6 +53,11 @@ pub enum Command {
     /// (when, who started it, from which git commit, what it applied, how it ended).
     #[command(after_help = exit::help_text(exit::Program::History))]
     History(HistoryArgs),
+    /// Check, read-only: the folder against the tracking table (as status), the live schema
+    /// against the recorded one, and that the newest backup reads back (with --deep: restores
+    /// into a scratch database, dropped afterwards). One line per check; for a timer.
+    #[command(after_help = exit::help_text(exit::Program::Verify))]
+    Verify(VerifyArgs),
     /// Create the next numbered migration file and its journal entry.
     #[command(after_help = exit::help_text(exit::Program::New))]
     New(NewArgs),
@@ -156,6 +161,26 @@ pub struct HistoryArgs {
     pub config: ConfigFlag,
     #[command(flatten)]
     pub database: DatabaseFlag,
+    #[command(flatten)]
+    pub verbose: VerboseFlag,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    /// Also restore the newest backup into a scratch database (needs CREATEDB) and check its
+    /// tracking table; the scratch database is dropped afterwards.
+    #[arg(long)]
+    pub deep: bool,
+    #[command(flatten)]
+    pub format: FormatFlag,
+    #[command(flatten)]
+    pub config: ConfigFlag,
+    #[command(flatten)]
+    pub database: DatabaseFlag,
+    #[command(flatten)]
+    pub folder: FolderFlag,
+    #[command(flatten)]
+    pub backup_dir: BackupDirFlag,
     #[command(flatten)]
     pub verbose: VerboseFlag,
 }
@@ -327,6 +352,13 @@ pub fn main() -> ExitCode {
             let settings = flags::settings(&args.config, &[&args.database], &env)?;
             let (limit, format) = (args.limit.limit, args.format.format);
             Ok(commands::history::run(&settings, &env, limit, format).await)
+        }),
+        Command::Verify(args) => run(Program::Verify, args.verbose, async {
+            let flags: [&dyn flags::Flags; 3] = [&args.database, &args.folder, &args.backup_dir];
+            let settings = flags::settings(&args.config, &flags, &env)?;
+            args.folder.check(&settings, &args.config, &env)?;
+            let (deep, format) = (args.deep, args.format.format);
+            Ok(commands::verify::run(&settings, &env, deep, format).await)
         }),
         Command::New(args) => run(Program::New, args.verbose, async {
             let settings = flags::settings(&args.config, &[&args.folder], &env)?;

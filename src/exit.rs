@@ -48,15 +48,15 @@ pub(crate) mod daemon {
     pub(crate) const REHEARSAL_FAILED: u8 = super::REHEARSAL_FAILED;
 }
 
-/// How a command (`migrate`, `status`, `new`, `backup`, `backups`, `demo`, `trigger`) ended,
+/// How a command (`migrate`, `status`, `verify`, `new`, `backup`, `backups`, `demo`, `trigger`) ended,
 /// after it showed whatever it had to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
-    /// Done; `status`: up to date.
+    /// Done; `status`: up to date; `verify`: every check passed.
     Success,
-    /// `status`: migrations are pending, no drift.
+    /// `status`, `verify`: migrations are pending, no drift.
     Pending,
-    /// `status`: drift found.
+    /// `status`, `verify`: drift found.
     Drift,
     /// This process failed with an error of this kind.
     Failed(ErrorKind),
@@ -126,6 +126,7 @@ pub(crate) enum Program {
     Migrate,
     Status,
     History,
+    Verify,
     New,
     Convert,
     Backup,
@@ -161,6 +162,13 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (OK, "listed (also: no history yet)"),
             (FAILED, "a database error (cannot connect, no SELECT privilege on vamsa_migrate.runs)"),
             USAGE,
+        ],
+        Program::Verify => vec![
+            (OK, "every check passed (a skipped one, e.g. backups off, did not fail)"),
+            (FAILED, "the newest backup is missing, does not read back or (--deep) does not restore, or a check could not read what it checks (cannot connect: the error block)"),
+            (BAD_INPUT, "invalid configuration, migrations folder or usage"),
+            (PENDING, "migrations pending, and no check found drift"),
+            (DRIFT, "drift: an edited file, an out-of-order migration, a row matching no file, or the schema changed outside migrations"),
         ],
         Program::New => vec![
             (OK, "created"),
@@ -239,6 +247,9 @@ pub(crate) fn stopped_note(program: Program) -> &'static str {
         Program::Demo => "the throwaway PostgreSQL is stopped and its directory removed.",
         Program::Status | Program::Backups | Program::History => {
             "nothing was changed (it only reads)."
+        }
+        Program::Verify => {
+            "nothing was changed (it only reads); a scratch database of --deep was dropped."
         }
         Program::Any | Program::Daemon | Program::New | Program::Convert => "",
     }

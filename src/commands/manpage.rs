@@ -47,6 +47,7 @@ fn program(name: &str) -> Program {
         "migrate" => Program::Migrate,
         "status" => Program::Status,
         "history" => Program::History,
+        "verify" => Program::Verify,
         "new" => Program::New,
         "convert" => Program::Convert,
         "backup" => Program::Backup,
@@ -174,6 +175,10 @@ fn examples(roff: &mut Roff, program: Program) {
         Program::History => &[(
             "vamsa-migrate history --limit 5",
             "The last five runs: when, who started them, from which commit, what they applied.",
+        )],
+        Program::Verify => &[(
+            "vamsa-migrate verify --deep",
+            "Check the migrations, the schema and the newest backup, restoring it into a scratch database.",
         )],
         Program::New => &[(
             "vamsa-migrate new add_media_tags",

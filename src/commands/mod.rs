@@ -13,6 +13,7 @@ pub(crate) mod new;
 pub(crate) mod restore;
 pub(crate) mod status;
 pub(crate) mod trigger;
+pub(crate) mod verify;
 
 use std::io;
 

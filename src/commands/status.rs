@@ -7,6 +7,7 @@ use crate::config::Settings;
 use crate::engine::{Engine, EngineError};
 use crate::exit::Outcome;
 use crate::plan::PlanOptions;
+use crate::protocol::StatusReport;
 use crate::report::{self, Format};
 use crate::source::MigrationSet;
 
@@ -29,19 +30,14 @@ pub(crate) async fn run(
     let engine = Engine::new(settings, &pg);
     let result = async {
         let client = engine.connect().await?;
-        let status = engine
-            .status(&client, &set, &PlanOptions::default())
-            .await?;
+        let status = folder_report(&engine, &client, &set).await?;
         Ok::<_, EngineError>((client, status))
     }
     .await;
-    let (client, status) = match result {
+    let (client, mut status) = match result {
         Ok(s) => s,
         Err(e) => return show_error(&e, format),
     };
-    let mut warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
-    warnings.extend(status.notes.iter().cloned());
-    let mut status = report::status_report(&status, &warnings);
     status.last_run = crate::db::history::last(&client).await;
     match engine.schema_drift(&client).await {
         Ok(drift) => report::add_schema_drift(&mut status, drift),
@@ -69,8 +65,22 @@ pub(crate) async fn run(
     }
 }
 
+/// The folder against the tracking table (without the live schema): each migration's state,
+/// the rows matching no file, the folder's warnings and the plan's notes. Read-only; also
+/// `verify`'s first check.
+pub(crate) async fn folder_report(
+    engine: &Engine<'_>,
+    client: &tokio_postgres::Client,
+    set: &MigrationSet,
+) -> Result<StatusReport, EngineError> {
+    let status = engine.status(client, set, &PlanOptions::default()).await?;
+    let mut warnings: Vec<String> = set.warnings.iter().map(|w| w.to_string()).collect();
+    warnings.extend(status.notes.iter().cloned());
+    Ok(report::status_report(&status, &warnings))
+}
+
 /// The role of the session (`current_user`), for a GRANT to print; `<role>` when unreadable.
-async fn current_user(client: &tokio_postgres::Client) -> String {
+pub(crate) async fn current_user(client: &tokio_postgres::Client) -> String {
     match client.query_one("SELECT current_user::text", &[]).await {
         Ok(row) => row.try_get(0).unwrap_or_else(|_| "<role>".into()),
         Err(_) => "<role>".into(),

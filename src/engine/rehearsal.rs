@@ -6,7 +6,7 @@
 //! refuses, the third migration of three) changes nothing at all.
 //!
 //! The scratch database is dropped on every path: explicitly when the rehearsal ends, and by
-//! [`ScratchGuard`] when the run is dropped half-way (the CLI on SIGINT/SIGTERM). One left by
+//! [`scratch::Guard`] when the run is dropped half-way (the CLI on SIGINT/SIGTERM). One left by
 //! a SIGKILL is dropped by the next run of the same database (see [`crate::db::scratch`]).
 
 use std::fs;
@@ -19,7 +19,6 @@ use super::{Engine, EngineError, Prepared, RunOptions};
 use crate::backup::human_bytes;
 use crate::config::Rehearse;
 use crate::db::{self, scratch};
-use crate::libpq::ConnParams;
 use crate::protocol::Event;
 use crate::source::{Migration, MigrationSet};
 
@@ -160,11 +159,11 @@ impl Engine<'_> {
             Ok(dump) => dump,
             Err(reason) => return Ok(Err(reason)),
         };
-        let name = match scratch::create(client, source).await {
+        let name = match scratch::create(client, source, scratch::Purpose::Rehearsal).await {
             Ok(name) => name,
             Err(e) => return Ok(Err(e.to_string())),
         };
-        let guard = ScratchGuard::new(self.pg, &name);
+        let guard = scratch::Guard::new(self.pg, &name);
         emit(Event::Rehearsing {
             database: name.clone(),
             migrations,
@@ -226,7 +225,7 @@ impl Engine<'_> {
 /// Drops the scratch databases a killed run left (this run holds the database's run lock, so
 /// no other run of it is rehearsing), saying so; a failure to drop one is only a warning.
 async fn drop_leftovers(client: &Client, oid: u32, emit: &mut dyn FnMut(Event)) {
-    let names = match scratch::leftovers(client, oid).await {
+    let names = match scratch::leftovers(client, scratch::Purpose::Rehearsal, oid).await {
         Ok(names) => names,
         Err(e) => return tracing::warn!("{e}"),
     };
@@ -236,53 +235,5 @@ async fn drop_leftovers(client: &Client, oid: u32, emit: &mut dyn FnMut(Event)) 
             Err(e) => format!("{e} ({name}, left by an earlier run); drop it by hand: DROP DATABASE {} WITH (FORCE)", db::quote_ident(&name)),
         };
         emit(Event::Warning { message });
-    }
-}
-
-/// Drops the scratch database when the rehearsal is dropped before it could (the CLI drops
-/// a run on SIGINT/SIGTERM): from a thread of its own with its own connection, as a `Drop`
-/// cannot await. Blocking the dropping thread that long is the price of never leaving a
-/// copy of the data behind; the normal path drops it itself and disarms the guard.
-struct ScratchGuard {
-    pg: ConnParams,
-    name: Option<String>,
-}
-
-impl ScratchGuard {
-    fn new(pg: &ConnParams, name: &str) -> ScratchGuard {
-        ScratchGuard {
-            pg: pg.clone(),
-            name: Some(name.to_string()),
-        }
-    }
-
-    fn disarm(mut self) {
-        self.name = None;
-    }
-}
-
-impl Drop for ScratchGuard {
-    fn drop(&mut self) {
-        let Some(name) = self.name.take() else {
-            return;
-        };
-        let pg = self.pg.clone();
-        let dropper = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let client = db::connect(&pg).await.map_err(|e| e.to_string())?;
-                scratch::drop(&client, &name)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        });
-        match dropper.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("{e}; the next run drops it"),
-            Err(_) => tracing::warn!("dropping the scratch database failed; the next run drops it"),
-        }
     }
 }

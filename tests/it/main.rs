@@ -35,4 +35,5 @@ mod support;
 mod tls;
 mod tracking_rows;
 mod unknown_rows;
+mod verify;
 mod versions;

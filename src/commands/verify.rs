@@ -1,0 +1,492 @@
+//! `verify`: read-only checks, for a person or the daily `vamsa-migrate-verify.timer`:
+//!
+//! 1. `migrations`: the folder against the tracking table, as `status` reads them
+//!    ([`super::status::folder_report`]): nothing pending, no edited file, hole or row
+//!    matching no file;
+//! 2. `schema`: the live schema against the one recorded after the last run
+//!    ([`Engine::schema_drift`]);
+//! 3. `backup`: the newest of this database's dumps in `backup_dir` (as `backups` lists them)
+//!    reads back (`pg_restore --list`, PostgreSQL 15: its table of contents is not empty); with
+//!    `--deep` it is restored into a scratch database ([`scratch::Purpose::Verify`]), whose
+//!    tracking table is checked, and which is dropped (also when the command is stopped: a
+//!    [`scratch::Guard`]).
+//!
+//! It writes nothing to the database: no lock (the scratch database's advisory lock is not
+//! the run lock and writes nothing), no history row, no schema record.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::backup::{human_bytes, BackupError, Listed};
+use crate::config::Settings;
+use crate::db::{self, scratch, Tracking};
+use crate::engine::{Engine, EngineError};
+use crate::exit::Outcome;
+use crate::libpq::ConnParams;
+use crate::protocol::{ErrorKind, MigrationState};
+use crate::report::{self, outln, Format};
+use crate::source::MigrationSet;
+
+use super::show_error;
+
+/// One check's result, as a line (`schema: FAILED: ...`) or a JSON object.
+#[derive(Debug, Serialize)]
+pub(crate) struct Check {
+    /// `migrations`, `schema` or `backup`.
+    check: &'static str,
+    #[serde(flatten)]
+    verdict: Verdict,
+    /// Lines under the check: the migrations at fault, the schema's changes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    details: Vec<String>,
+}
+
+/// `result`: `ok`, `skipped` or `failed`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+enum Verdict {
+    Ok {
+        summary: String,
+    },
+    Skipped {
+        reason: String,
+    },
+    Failed {
+        why: String,
+        next_step: String,
+        #[serde(skip)]
+        fault: Fault,
+    },
+}
+
+/// What a failed check means for the exit code; the most serious decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fault {
+    /// Migrations pending (exit 3, as `status`).
+    Pending,
+    /// The backup is missing or does not restore, or a check could not read what it checks
+    /// (exit 1).
+    Failed,
+    /// An edited file, a hole, a row matching no file, or the schema changed by hand (exit 4).
+    Drift,
+}
+
+/// Why a check failed, and what to do.
+struct Fail {
+    why: String,
+    next_step: String,
+}
+
+impl From<EngineError> for Fail {
+    fn from(e: EngineError) -> Fail {
+        let report = crate::diagnosis::report(&e);
+        Fail {
+            why: report.message,
+            next_step: report.hint,
+        }
+    }
+}
+
+impl From<db::DbError> for Fail {
+    fn from(e: db::DbError) -> Fail {
+        Fail::from(EngineError::from(e))
+    }
+}
+
+/// The whole report of `--format json`: one line.
+#[derive(Serialize)]
+struct VerifyReport<'a> {
+    ok: bool,
+    checks: &'a [Check],
+}
+
+/// Runs the three checks and shows them; exit 0 when none failed (a skipped one did not).
+pub(crate) async fn run(
+    settings: &Settings,
+    env: &HashMap<String, String>,
+    deep: bool,
+    format: Format,
+) -> Outcome {
+    let set = match MigrationSet::load(&settings.migrations_dir) {
+        Ok(set) => set,
+        Err(e) => return show_error(&e.into(), format),
+    };
+    let pg = match settings.pg_config(env) {
+        Ok(pg) => pg,
+        Err(e) => return show_error(&e.into(), format),
+    };
+    let engine = Engine::new(settings, &pg);
+    let client = match engine.connect().await {
+        Ok(client) => client,
+        Err(e) => return show_error(&e.into(), format),
+    };
+    let backups = Backups {
+        settings,
+        pg: &pg,
+        tracking: &engine.tracking,
+        set: &set,
+    };
+    let checks = [
+        folder_check(&engine, &client, &set).await,
+        schema_check(&engine, &client).await,
+        backup_check(&backups, &client, deep).await,
+    ];
+    show(&checks, format);
+    outcome(&checks)
+}
+
+fn outcome(checks: &[Check]) -> Outcome {
+    let worst = checks
+        .iter()
+        .filter_map(|c| match c.verdict {
+            Verdict::Failed { fault, .. } => Some(fault),
+            _ => None,
+        })
+        .max();
+    match worst {
+        None => Outcome::Success,
+        Some(Fault::Pending) => Outcome::Pending,
+        Some(Fault::Failed) => Outcome::Failed(ErrorKind::Backup),
+        Some(Fault::Drift) => Outcome::Drift,
+    }
+}
+
+/// Human: a line per check (failed ones and their details on stderr, so the journal has them
+/// at priority "err"), then a summary. JSON: one [`VerifyReport`] line.
+fn show(checks: &[Check], format: Format) {
+    let failed = checks
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Failed { .. }))
+        .count();
+    if format == Format::Json {
+        let ok = failed == 0;
+        let _ = report::write_json_line(&mut io::stdout(), &VerifyReport { ok, checks });
+        return;
+    }
+    for c in checks {
+        match &c.verdict {
+            Verdict::Ok { summary } => outln!("{}: ok ({summary})", c.check),
+            Verdict::Skipped { reason } => outln!("{}: skipped: {reason}", c.check),
+            Verdict::Failed { why, next_step, .. } => {
+                eprintln!("{}: FAILED: {why}; next step: {next_step}", c.check);
+                for d in &c.details {
+                    eprintln!("  {d}");
+                }
+            }
+        }
+    }
+    match failed {
+        0 => outln!("Verified: all checks passed."),
+        n => eprintln!("Verify: {n} of {} checks failed.", checks.len()),
+    }
+}
+
+fn ok(check: &'static str, summary: String) -> Check {
+    Check {
+        check,
+        verdict: Verdict::Ok { summary },
+        details: Vec::new(),
+    }
+}
+
+fn failed(check: &'static str, fault: Fault, fail: Fail, details: Vec<String>) -> Check {
+    let verdict = Verdict::Failed {
+        why: fail.why,
+        next_step: fail.next_step,
+        fault,
+    };
+    Check {
+        check,
+        verdict,
+        details,
+    }
+}
+
+/// The folder against the tracking table, as `status` reads them.
+async fn folder_check(engine: &Engine<'_>, client: &Client, set: &MigrationSet) -> Check {
+    const CHECK: &str = "migrations";
+    let report = match super::status::folder_report(engine, client, set).await {
+        Ok(report) => report,
+        Err(e) => return failed(CHECK, Fault::Failed, e.into(), Vec::new()),
+    };
+    let mut at_fault: Vec<String> = report
+        .migrations
+        .iter()
+        .filter(|r| !matches!(r.state, MigrationState::Applied | MigrationState::Pending))
+        .map(|r| {
+            let note = r
+                .note
+                .as_deref()
+                .map_or(String::new(), |n| format!(" ({n})"));
+            format!("{} {}{note}", r.state.name(), r.migration)
+        })
+        .collect();
+    at_fault.extend(
+        report
+            .missing_on_disk
+            .iter()
+            .map(|r| format!("missing: row {} matches no migration on disk", r.id)),
+    );
+    if report.drift {
+        let fail = Fail {
+            why: format!(
+                "the folder and the tracking table disagree ({} at fault)",
+                at_fault.len()
+            ),
+            next_step: "`vamsa-migrate status` shows each with what to do".into(),
+        };
+        return failed(CHECK, Fault::Drift, fail, at_fault);
+    }
+    if report.pending > 0 {
+        let pending: Vec<&str> = report
+            .migrations
+            .iter()
+            .filter(|r| r.state == MigrationState::Pending)
+            .map(|r| r.migration.as_str())
+            .collect();
+        let fail = Fail {
+            why: format!("{} pending: {}", pending.len(), pending.join(", ")),
+            next_step:
+                "apply them: `vamsa-migrate migrate` (or `vamsa-migrate trigger` with the daemon)"
+                    .into(),
+        };
+        return failed(CHECK, Fault::Pending, fail, Vec::new());
+    }
+    ok(CHECK, format!("{} applied, none pending", report.applied))
+}
+
+/// The live schema against the one recorded after the last run.
+async fn schema_check(engine: &Engine<'_>, client: &Client) -> Check {
+    const CHECK: &str = "schema";
+    match engine.schema_drift(client).await {
+        Ok(None) => ok(
+            CHECK,
+            "no change outside migrations since the last run recorded it".into(),
+        ),
+        Ok(Some(drift)) => {
+            let fail = Fail {
+                why: format!(
+                    "the schema was changed outside migrations since the last run (recorded {} UTC): {} changes",
+                    drift.recorded_at,
+                    drift.changes.len()
+                ),
+                next_step: "put the hand change into a migration (the next run records it), or undo it".into(),
+            };
+            let details = drift.changes.iter().map(ToString::to_string).collect();
+            failed(CHECK, Fault::Drift, fail, details)
+        }
+        Err(e) => {
+            let e = EngineError::from(e);
+            let denied = e.sqlstate() == Some("42501");
+            let mut fail = Fail::from(e);
+            fail.why = format!(
+                "the live schema was not compared with the recorded one: {}",
+                fail.why
+            );
+            if denied {
+                // As `status` says it: the role may not read our schema.
+                fail.next_step = format!(
+                    "an admin runs: GRANT USAGE ON SCHEMA vamsa_migrate TO {};",
+                    db::quote_ident(&super::status::current_user(client).await)
+                );
+            }
+            failed(CHECK, Fault::Failed, fail, Vec::new())
+        }
+    }
+}
+
+/// What the backup check reads besides the connection.
+struct Backups<'a> {
+    settings: &'a Settings,
+    pg: &'a ConnParams,
+    tracking: &'a Tracking,
+    set: &'a MigrationSet,
+}
+
+/// The newest backup of this database: reads back, and with `deep` restores.
+async fn backup_check(b: &Backups<'_>, client: &Client, deep: bool) -> Check {
+    const CHECK: &str = "backup";
+    if !b.settings.backup.enabled {
+        return Check {
+            check: CHECK,
+            verdict: Verdict::Skipped {
+                reason: "backups off (backup_enabled = false)".into(),
+            },
+            details: Vec::new(),
+        };
+    }
+    match newest_backup(b, client, deep).await {
+        Ok(summary) => ok(CHECK, summary),
+        Err(fail) => failed(CHECK, Fault::Failed, fail, Vec::new()),
+    }
+}
+
+fn take_a_new_one(why: String) -> Fail {
+    Fail {
+        why,
+        next_step:
+            "take a new backup: `vamsa-migrate backup` (keep this file to find out what damaged it)"
+                .into(),
+    }
+}
+
+async fn newest_backup(b: &Backups<'_>, client: &Client, deep: bool) -> Result<String, Fail> {
+    let db = db::database(client).await?;
+    let dir = &b.settings.backup.dir;
+    let listed = crate::backup::list(dir).map_err(|e| Fail {
+        why: format!("backup_dir {} cannot be read: {e}", dir.display()),
+        next_step: "let this user read backup_dir (the units run as vamsa-migrate)".into(),
+    })?;
+    let newest = listed
+        .into_iter()
+        .rfind(|l| crate::backup::is_of(l, &db.name));
+    let Some(newest) = newest else {
+        return Err(Fail {
+            why: format!("no backup of the database {} in {}", db.name, dir.display()),
+            next_step: "take one: `vamsa-migrate backup`".into(),
+        });
+    };
+    let path = newest.path.display();
+    let file = fs::File::open(&newest.path)
+        .map_err(|e| take_a_new_one(format!("{path} cannot be opened: {e}")))?;
+    let toc = match crate::backup::table_of_contents(&file, db.server_major).await {
+        Ok(toc) => toc,
+        Err(BackupError::Verify { stderr }) => {
+            let why = format!("{path} does not read back: pg_restore --list failed: {stderr}");
+            return Err(take_a_new_one(why));
+        }
+        Err(e) => return Err(take_a_new_one(format!("{path}: {e}"))),
+    };
+    let entries = toc
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .count();
+    if entries == 0 {
+        let why = format!("{path} holds nothing: its table of contents is empty");
+        return Err(take_a_new_one(why));
+    }
+    let mut summary = format!("{path}, {}, {entries} entries", human_bytes(newest.bytes));
+    if deep {
+        let restored = restore_check(b, client, db.server_major, &newest, &file, &toc).await?;
+        summary.push_str(&format!("; {restored}"));
+    }
+    Ok(summary)
+}
+
+/// Restores the dump into a new scratch database, reads its tracking table, drops it.
+async fn restore_check(
+    b: &Backups<'_>,
+    client: &Client,
+    server_major: u32,
+    newest: &Listed,
+    file: &fs::File,
+    toc: &str,
+) -> Result<String, Fail> {
+    let source = scratch::source(client).await?;
+    if !source.may_create {
+        return Err(Fail {
+            why: format!(
+                "--deep restores into a scratch database, and the role {} may not create databases",
+                source.role
+            ),
+            next_step: format!(
+                "ALTER ROLE {} CREATEDB, or verify without --deep",
+                db::quote_ident(&source.role)
+            ),
+        });
+    }
+    if !scratch::try_lock(client, scratch::Purpose::Verify, b.tracking).await? {
+        return Err(Fail {
+            why: "another `verify --deep` of this database is restoring its backup now".into(),
+            next_step: "run it again once that one is done".into(),
+        });
+    }
+    drop_leftovers(client, source.oid).await;
+    let name = scratch::create(client, &source, scratch::Purpose::Verify).await?;
+    let guard = scratch::Guard::new(b.pg, &name);
+    let rows = restore_and_count(b, server_major, &name, file).await;
+    match scratch::drop(client, &name).await {
+        Ok(()) => guard.disarm(),
+        Err(e) => tracing::warn!("{e}; trying once more from a new connection"),
+    }
+    expected_rows(b, newest, toc, rows?)
+}
+
+/// Drops the scratch databases a killed `verify --deep` left (this session holds the lock of
+/// `verify`'s scratch databases); a failure to drop one is only a warning.
+async fn drop_leftovers(client: &Client, oid: u32) {
+    let names = match scratch::leftovers(client, scratch::Purpose::Verify, oid).await {
+        Ok(names) => names,
+        Err(e) => return tracing::warn!("{e}"),
+    };
+    for name in names {
+        match scratch::drop(client, &name).await {
+            Ok(()) => {
+                tracing::info!("dropped the scratch database {name}, left by a killed verify")
+            }
+            Err(e) => tracing::warn!("{e} ({name}, left by a killed verify)"),
+        }
+    }
+}
+
+/// Restores `file` into the scratch database `name`: the number of rows of its tracking
+/// table, or `None` when it has none.
+async fn restore_and_count(
+    b: &Backups<'_>,
+    server_major: u32,
+    name: &str,
+    file: &fs::File,
+) -> Result<Option<i64>, Fail> {
+    if let Err(e) = crate::backup::restore_into_new(b.pg, server_major, name, file).await {
+        let why = match e {
+            BackupError::Restore { status, stderr } => {
+                format!("pg_restore failed ({status}): {stderr}")
+            }
+            e => e.to_string(),
+        };
+        let why = format!("the newest backup does not restore into a scratch database: {why}");
+        return Err(take_a_new_one(why));
+    }
+    let mut pg = b.pg.clone();
+    pg.driver.dbname(name);
+    let copy = db::connect(&pg).await?;
+    Ok(scratch::tracking_rows(&copy, b.tracking).await?)
+}
+
+/// Whether the restored copy's tracking table is what the dump says: present when its table
+/// of contents lists it, with rows when the dump was taken before a migration other than the
+/// folder's first (so after earlier ones).
+fn expected_rows(
+    b: &Backups<'_>,
+    newest: &Listed,
+    toc: &str,
+    rows: Option<i64>,
+) -> Result<String, Fail> {
+    let table = format!(" TABLE {} {} ", b.tracking.schema, b.tracking.table);
+    let listed = toc.lines().any(|l| l.contains(&table));
+    let later = newest.label.strip_prefix("before-").filter(|tag| {
+        b.set
+            .migrations
+            .first()
+            .is_some_and(|first| first.tag != *tag)
+    });
+    let tracking = b.tracking.qualified();
+    let wrong = |what: String| {
+        Err(take_a_new_one(format!(
+            "the newest backup restored, but {what}"
+        )))
+    };
+    match rows {
+        None if listed || later.is_some() => wrong(format!("the copy has no tracking table {tracking}")),
+        Some(0) if later.is_some() => wrong(format!(
+            "its tracking table {tracking} is empty, though it was taken before {}, after earlier migrations",
+            later.unwrap_or_default()
+        )),
+        None => Ok("restored into a scratch database (dropped since): no tracking table, taken before the first migration".into()),
+        Some(n) => Ok(format!("restored into a scratch database (dropped since): {n} tracking rows")),
+    }
+}

@@ -1,0 +1,259 @@
+//! `verify`: the folder against the tracking table, the live schema against the recorded one,
+//! and the newest backup (`pg_restore --list`; `--deep`: restored into a scratch database that
+//! is dropped), one line per check, read-only; exit 0, 1 (backup), 3 (pending), 4 (drift).
+
+use std::path::{Path, PathBuf};
+
+use crate::support::*;
+
+const PERSONS: &str =
+    "CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY, \"name\" text NOT NULL);\n";
+const MEDIA: &str = "CREATE TABLE \"media\" (\"id\" serial PRIMARY KEY);\n";
+const TAGS: &str = "CREATE TABLE \"tags\" (\"id\" serial PRIMARY KEY);\n";
+
+/// A database with two migrations applied in two runs, so that its newest backup (taken before
+/// the second) holds the tracking table with the first one's row.
+fn migrated() -> (Db, Folder) {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_persons", 1000, PERSONS)]);
+    db.run(f.path(), &["migrate"]).ok();
+    f.write(&[("0000_persons", 1000, PERSONS), ("0001_media", 2000, MEDIA)]);
+    db.run(f.path(), &["migrate"]).ok();
+    (db, f)
+}
+
+fn verify(db: &Db, dir: &Path, extra: &[&str]) -> Run {
+    let mut args = vec!["verify"];
+    args.extend_from_slice(extra);
+    db.run(dir, &args)
+}
+
+fn newest_dump(db: &Db) -> PathBuf {
+    let mut dumps: Vec<PathBuf> = std::fs::read_dir(db.backups.path())
+        .expect("read the backup folder")
+        .map(|e| e.expect("an entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dump"))
+        .collect();
+    dumps.sort();
+    dumps.pop().expect("a backup was taken")
+}
+
+/// Everything `verify` could write: the catalog, the tracking rows, our history and schema
+/// record, and the scratch databases of the cluster.
+fn written(db: &Db) -> String {
+    let ours = db.psql(
+        "SELECT (SELECT count(*) FROM vamsa_migrate.runs) || ' ' || \
+         (SELECT md5(string_agg(t::text, ',')) FROM vamsa_migrate.schema_record t)",
+    );
+    let scratch = db.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'vamsa\\_%'");
+    format!(
+        "{} {:?} {ours} {scratch}",
+        db.catalog_fingerprint(),
+        db.rows()
+    )
+}
+
+#[test]
+fn all_checks_pass_on_a_migrated_database_in_a_read_only_session_and_nothing_is_written() {
+    let (db, f) = migrated();
+    let before = written(&db);
+    // A role that may only read: any write of verify's would fail (SQLSTATE 42501).
+    let role = format!("{}_reader", db.name);
+    db.psql(&format!(
+        "CREATE ROLE \"{role}\" LOGIN; \
+         GRANT USAGE ON SCHEMA public, drizzle, vamsa_migrate TO \"{role}\"; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public, drizzle, vamsa_migrate TO \"{role}\""
+    ));
+    let url = db.url().replace("user=postgres", &format!("user={role}"));
+    let mut c = db.cli(f.path());
+    c.database_url(&url).arg("verify");
+    let run = c.run();
+    run.ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{}", run.stdout);
+    assert_eq!(lines[0], "migrations: ok (2 applied, none pending)");
+    assert_eq!(
+        lines[1],
+        "schema: ok (no change outside migrations since the last run recorded it)"
+    );
+    let dump = newest_dump(&db);
+    assert!(
+        lines[2].starts_with(&format!("backup: ok ({}, ", dump.display())),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(lines[3], "Verified: all checks passed.");
+    assert_eq!(run.stderr, "");
+    assert_eq!(written(&db), before);
+}
+
+#[test]
+fn a_hand_change_fails_the_schema_check_with_its_diff_line() {
+    let (db, f) = migrated();
+    db.psql("ALTER TABLE persons ADD COLUMN nickname text");
+    let run = verify(&db, f.path(), &[]);
+    run.code(4);
+    assert!(
+        run.stderr.contains(
+            "schema: FAILED: the schema was changed outside migrations since the last run (recorded "
+        ) && run.stderr.contains("  + column public.persons.nickname text\n"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.starts_with("migrations: ok ("), "{}", run.stdout);
+    assert!(
+        run.stderr.ends_with("Verify: 1 of 3 checks failed.\n"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_pending_migration_fails_with_exit_3_and_an_edited_file_with_exit_4() {
+    let (db, f) = migrated();
+    f.write(&[
+        ("0000_persons", 1000, PERSONS),
+        ("0001_media", 2000, MEDIA),
+        ("0002_tags", 3000, TAGS),
+    ]);
+    let run = verify(&db, f.path(), &[]);
+    run.code(3);
+    assert!(
+        run.stderr.contains(
+            "migrations: FAILED: 1 pending: 0002_tags.sql; next step: apply them: `vamsa-migrate migrate`"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    f.write(&[
+        ("0000_persons", 1000, "-- edited\n"),
+        ("0001_media", 2000, MEDIA),
+    ]);
+    let run = verify(&db, f.path(), &[]);
+    run.code(4);
+    assert!(
+        run.stderr.contains(
+            "migrations: FAILED: the folder and the tracking table disagree (1 at fault); next step: `vamsa-migrate status`"
+        ) && run.stderr.contains("\n  edited 0000_persons.sql ("),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn no_backup_fails_with_the_backup_command_as_next_step_unless_backups_are_off() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_persons", 1000, PERSONS)]);
+    db.run(f.path(), &["migrate", "--no-backup"]).ok();
+    let run = verify(&db, f.path(), &[]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "backup: FAILED: no backup of the database {} in {}; next step: take one: `vamsa-migrate backup`",
+            db.name,
+            db.backups.path().display()
+        )),
+        "{}",
+        run.stderr
+    );
+
+    let mut c = db.cli(f.path());
+    c.env("VAMSA_MIGRATE_BACKUP_ENABLED", "false").arg("verify");
+    let run = c.run();
+    run.ok();
+    assert!(
+        run.stdout
+            .contains("backup: skipped: backups off (backup_enabled = false)\n"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[test]
+fn a_truncated_backup_fails_naming_pg_restore_list() {
+    let (db, f) = migrated();
+    let dump = newest_dump(&db);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&dump)
+        .expect("open the dump");
+    file.set_len(100).expect("truncate the dump");
+    let run = verify(&db, f.path(), &[]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "backup: FAILED: {} does not read back: pg_restore --list failed: pg_restore: error: ",
+            dump.display()
+        )) && run
+            .stderr
+            .contains("next step: take a new backup: `vamsa-migrate backup`"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn deep_restores_the_newest_backup_into_a_scratch_database_and_drops_it() {
+    let (db, f) = migrated();
+    let run = verify(&db, f.path(), &["--deep"]);
+    run.ok();
+    assert!(
+        run.stdout
+            .contains("; restored into a scratch database (dropped since): 1 tracking rows)\n"),
+        "{}",
+        run.stdout
+    );
+    let left = db.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'vamsa\\_verify\\_%'");
+    assert_eq!(left, "0");
+
+    // A dump named as taken before 0001_media (so after 0000_persons) whose tracking table is
+    // empty does not hold what its name says: the restored copy is checked, not only the file.
+    db.psql("DELETE FROM drizzle.__drizzle_migrations");
+    cli()
+        .arg("backup")
+        .database_url(&db.url())
+        .backup_dir(db.backups.path())
+        .run()
+        .ok();
+    let manual = newest_dump(&db);
+    let name = manual
+        .to_string_lossy()
+        .replace("-manual.dump", "-before-0001_media.dump");
+    std::fs::rename(&manual, &name).expect("rename the dump");
+    let run = verify(&db, f.path(), &["--deep"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(
+            "backup: FAILED: the newest backup restored, but its tracking table \"drizzle\".\"__drizzle_migrations\" is empty, though it was taken before 0001_media"
+        ),
+        "{}",
+        run.stderr
+    );
+    let left = db.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'vamsa\\_verify\\_%'");
+    assert_eq!(left, "0");
+}
+
+#[test]
+fn json_is_one_object_with_each_checks_result() {
+    let (db, f) = migrated();
+    db.psql("ALTER TABLE persons ADD COLUMN nickname text");
+    let run = verify(&db, f.path(), &["--format", "json"]);
+    run.code(4);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    assert_eq!(json["ok"], false);
+    let checks = json["checks"].as_array().expect("checks");
+    let names: Vec<&str> = checks.iter().filter_map(|c| c["check"].as_str()).collect();
+    assert_eq!(names, ["migrations", "schema", "backup"]);
+    assert_eq!(checks[0]["result"], "ok");
+    assert_eq!(checks[1]["result"], "failed");
+    assert!(checks[1]["next_step"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    assert_eq!(
+        checks[1]["details"][0],
+        "+ column public.persons.nickname text"
+    );
+    assert_eq!(checks[2]["result"], "ok");
+    assert!(checks[2]["summary"].as_str().is_some());
+}

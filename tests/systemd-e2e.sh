@@ -283,6 +283,9 @@ if [ "$enabled" = "enabled enabled " ] && [ "$active" = "active inactive " ]; th
 else
     fail "after install: enabled: $enabled; active: $active"
 fi
+timer="$(in_ systemctl is-enabled vamsa-migrate-verify.timer) $(in_ systemctl is-active vamsa-migrate-verify.timer)"
+[ "$timer" = "disabled inactive" ] && pass "the verify timer is installed, neither enabled nor started" ||
+    fail "the verify timer after install: $timer"
 sock="$(in_ stat -c '%U:%G %a %F' /run/vamsa-migrate/trigger.sock)"
 [ "$sock" = "root:vamsa-migrate 660 socket" ] && pass "trigger socket is 0660 root:vamsa-migrate" ||
     fail "trigger socket: $sock"
@@ -312,7 +315,8 @@ else
     details "$keys_out"
 fi
 
-verify_out="$(in_ systemd-analyze verify /lib/systemd/system/vamsa-migrate.service /lib/systemd/system/vamsa-migrate.socket 2>&1)"
+verify_out="$(in_ systemd-analyze verify /lib/systemd/system/vamsa-migrate.service /lib/systemd/system/vamsa-migrate.socket \
+    /lib/systemd/system/vamsa-migrate-verify.service /lib/systemd/system/vamsa-migrate-verify.timer 2>&1)"
 if [ $? -eq 0 ] && [ -z "$verify_out" ]; then
     pass "systemd-analyze verify: clean (no output)"
 else
@@ -723,7 +727,55 @@ else
     details "$pull_out"
 fi
 
-section 13 "Package upgrade (reinstall) restarts the service; the socket keeps working"
+section 13 "The verify timer's service: ok, then a hand change fails it with the drift in the journal"
+security_out="$(in_ systemd-analyze security --no-pager vamsa-migrate-verify.service 2>&1)"
+exposure="$(sed -n 's/.*Overall exposure level for vamsa-migrate-verify.service: \([0-9.]*\).*/\1/p' <<<"$security_out")"
+if [ -n "$exposure" ] && python3 -c "import sys; sys.exit(0 if float('$exposure') <= 2.0 else 1)"; then
+    pass "systemd-analyze security vamsa-migrate-verify.service: overall exposure $exposure <= 2.0"
+else
+    fail "systemd-analyze security vamsa-migrate-verify.service: overall exposure '${exposure}' (must be <= 2.0)"
+    details "$security_out" 60
+fi
+# journal_has UNIT REGEX: whether the unit's journal has a line matching REGEX, waiting up to
+# 10 s for journald to take in the unit's last output (read from its stream asynchronously).
+journal_has() {
+    for _ in $(seq 1 40); do
+        in_ journalctl -u "$1" --no-pager -o cat | grep -q -- "$2" && return 0
+        sleep 0.25
+    done
+    return 1
+}
+history_rows() { DB=vamsa sql "SELECT count(*) FROM vamsa_migrate.runs" 2>/dev/null || echo none; }
+runs_before="$(history_rows)"
+verify_out="$(in_ systemctl start vamsa-migrate-verify.service 2>&1)"
+verify_status=$?
+if [ $verify_status -eq 0 ] && [ "$(show vamsa-migrate-verify.service Result)" = "success" ] &&
+    journal_has vamsa-migrate-verify "^Verified: all checks passed.$" &&
+    [ "$(history_rows)" = "$runs_before" ]; then
+    pass "systemctl start vamsa-migrate-verify: all checks passed (as user vamsa-migrate, sandboxed); no history row written"
+else
+    fail "verify on a migrated database: exit $verify_status, Result=$(show vamsa-migrate-verify.service Result)"
+    details "$verify_out
+$(in_ journalctl -u vamsa-migrate-verify --no-pager -n 20)"
+fi
+DB=vamsa sql 'ALTER TABLE "persons" ADD COLUMN "nickname" text' || fail "the hand ALTER TABLE"
+in_ systemctl start vamsa-migrate-verify.service >/dev/null 2>&1
+verify_status=$?
+result="$(show vamsa-migrate-verify.service Result) $(show vamsa-migrate-verify.service ExecMainStatus)"
+if [ $verify_status -ne 0 ] && in_ systemctl is-failed --quiet vamsa-migrate-verify.service &&
+    [ "$result" = "exit-code 4" ] &&
+    journal_has vamsa-migrate-verify "^schema: FAILED: the schema was changed outside migrations since the last run" &&
+    journal_has vamsa-migrate-verify "^  + column public.persons.nickname text$"; then
+    pass "after a hand ALTER TABLE the verify service fails (Result=exit-code, status 4) with the drift line in its journal"
+else
+    fail "verify after a hand ALTER TABLE: systemctl exit $verify_status, Result/status $result"
+    details "$(in_ journalctl -u vamsa-migrate-verify --no-pager -o cat -n 20)"
+fi
+# Undo the hand change, so that the later sections start from the recorded schema.
+DB=vamsa sql 'ALTER TABLE "persons" DROP COLUMN "nickname"' || fail "undoing the hand ALTER TABLE"
+in_ systemctl reset-failed vamsa-migrate-verify.service 2>/dev/null
+
+section 14 "Package upgrade (reinstall) restarts the service; the socket keeps working"
 pid_before="$(show vamsa-migrate.service MainPID)"
 upgrade_out="$(in_ dpkg -i /e2e/vamsa-migrate.deb 2>&1)"
 upgrade_status=$?
@@ -740,7 +792,7 @@ else
 $trigger_out"
 fi
 
-section 14 "Clean stop"
+section 15 "Clean stop"
 in_ systemctl stop vamsa-app
 stop_out="$(in_ systemctl stop vamsa-migrate 2>&1)"
 stop_status=$?
@@ -753,7 +805,7 @@ else
     details "$stop_out"
 fi
 
-section 15 "The packaged demo uses the packaged migrations"
+section 16 "The packaged demo uses the packaged migrations"
 demo_out="$(in_ sh -c 'cd / && vamsa-migrate demo 2>&1')"
 if [ $? -eq 0 ] && grep -q "migrations: /usr/share/vamsa-migrate/demo-migrations" <<<"$demo_out" &&
     grep -q "Migration complete." <<<"$demo_out"; then
@@ -766,14 +818,14 @@ fi
 in_ journalctl -u vamsa-migrate --no-pager >"$out/journal.txt" 2>&1
 in_ journalctl -u vamsa-migrate -o json --no-pager >"$out/journal.json" 2>&1
 
-section 16 "Purge"
+section 17 "Purge"
 purge_out="$(in_ dpkg --purge vamsa-migrate 2>&1)"
 purge_status=$?
 leftovers=""
 in_ getent passwd vamsa-migrate >/dev/null && leftovers+=" user"
 in_ getent group vamsa-migrate >/dev/null && leftovers+=" group"
 for p in /etc/vamsa-migrate /var/lib/vamsa-migrate /run/vamsa-migrate /etc/credstore/vamsa-migrate.database_password \
-    /lib/systemd/system/vamsa-migrate.service /usr/bin/vamsa-migrate; do
+    /lib/systemd/system/vamsa-migrate.service /lib/systemd/system/vamsa-migrate-verify.timer /usr/bin/vamsa-migrate; do
     in_ test -e "$p" && leftovers+=" $p"
 done
 [ "$(in_ systemctl is-active vamsa-migrate.socket)" = "active" ] && leftovers+=" active-socket"

@@ -270,9 +270,9 @@ async fn schema_check(engine: &Engine<'_>, client: &Client) -> Check {
         Ok(Some(drift)) => {
             let fail = Fail {
                 why: format!(
-                    "the schema was changed outside migrations since the last run (recorded {} UTC): {} changes",
+                    "the schema was changed outside migrations since the last run (recorded {} UTC): {}",
                     drift.recorded_at,
-                    drift.changes.len()
+                    counted(drift.changes.len(), "change")
                 ),
                 next_step: "put the hand change into a migration (the next run records it), or undo it".into(),
             };
@@ -296,6 +296,15 @@ async fn schema_check(engine: &Engine<'_>, client: &Client) -> Check {
             }
             failed(CHECK, Fault::Failed, fail, Vec::new())
         }
+    }
+}
+
+/// `1 change`, `2 changes`.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 
@@ -487,6 +496,9 @@ fn expected_rows(
             later.unwrap_or_default()
         )),
         None => Ok("restored into a scratch database (dropped since): no tracking table, taken before the first migration".into()),
-        Some(n) => Ok(format!("restored into a scratch database (dropped since): {n} tracking rows")),
+        Some(n) => Ok(format!(
+            "restored into a scratch database (dropped since): {}",
+            counted(usize::try_from(n).unwrap_or(0), "tracking row")
+        )),
     }
 }

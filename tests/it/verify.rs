@@ -200,7 +200,7 @@ fn deep_restores_the_newest_backup_into_a_scratch_database_and_drops_it() {
     run.ok();
     assert!(
         run.stdout
-            .contains("; restored into a scratch database (dropped since): 1 tracking rows)\n"),
+            .contains("; restored into a scratch database (dropped since): 1 tracking row)\n"),
         "{}",
         run.stdout
     );

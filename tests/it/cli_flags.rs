@@ -45,6 +45,18 @@ const FLAGS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "verify",
+        &[
+            "--deep",
+            "--format",
+            "--config",
+            "--database-url",
+            "--migrations-dir",
+            "--backup-dir",
+            "--verbose",
+        ],
+    ),
+    (
         "new",
         &["--init", "--config", "--migrations-dir", "--verbose"],
     ),
@@ -321,7 +333,7 @@ fn the_manual_pages_render_without_warnings_and_leak_no_environment() {
         .collect();
     let expected: Vec<String> = [
         "backup", "backups", "convert", "daemon", "demo", "history", "migrate", "new", "restore",
-        "status", "trigger",
+        "status", "trigger", "verify",
     ]
     .iter()
     .map(|c| format!("vamsa-migrate-{c}.1"))

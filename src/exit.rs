@@ -249,7 +249,7 @@ pub(crate) fn stopped_note(program: Program) -> &'static str {
             "nothing was changed (it only reads)."
         }
         Program::Verify => {
-            "nothing was changed (it only reads); a scratch database of --deep was dropped."
+            "nothing was changed (it only reads; the scratch database of --deep is dropped)."
         }
         Program::Any | Program::Daemon | Program::New | Program::Convert => "",
     }

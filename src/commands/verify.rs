@@ -502,3 +502,35 @@ fn expected_rows(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failing(fault: Fault) -> Check {
+        let fail = Fail {
+            why: "why".into(),
+            next_step: "next".into(),
+        };
+        failed("x", fault, fail, Vec::new())
+    }
+
+    #[test]
+    fn the_most_serious_failure_decides_the_exit_code() {
+        let code = |checks: Vec<Check>| outcome(&checks).code();
+        assert_eq!(code(vec![ok("a", String::new())]), 0);
+        assert_eq!(code(vec![failing(Fault::Pending)]), 3);
+        assert_eq!(
+            code(vec![failing(Fault::Pending), failing(Fault::Failed)]),
+            1
+        );
+        assert_eq!(
+            code(vec![
+                failing(Fault::Failed),
+                failing(Fault::Drift),
+                failing(Fault::Pending)
+            ]),
+            4
+        );
+    }
+}

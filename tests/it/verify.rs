@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
 use crate::support::*;
 
 const PERSONS: &str =
@@ -38,6 +41,14 @@ fn newest_dump(db: &Db) -> PathBuf {
     dumps.pop().expect("a backup was taken")
 }
 
+/// The scratch databases of `verify --deep` for this test's database, by name.
+fn own_scratch_databases(db: &Db) -> String {
+    db.psql(
+        "SELECT coalesce(string_agg(datname, ','), '') FROM pg_database WHERE starts_with(datname, \
+         'vamsa_verify_' || (SELECT oid FROM pg_database WHERE datname = current_database()) || '_')",
+    )
+}
+
 /// Everything `verify` could write: the catalog, the tracking rows, our history and schema
 /// record, and the scratch databases of the cluster.
 fn written(db: &Db) -> String {
@@ -45,7 +56,7 @@ fn written(db: &Db) -> String {
         "SELECT (SELECT count(*) FROM vamsa_migrate.runs) || ' ' || \
          (SELECT md5(string_agg(t::text, ',')) FROM vamsa_migrate.schema_record t)",
     );
-    let scratch = db.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'vamsa\\_%'");
+    let scratch = own_scratch_databases(db);
     format!(
         "{} {:?} {ours} {scratch}",
         db.catalog_fingerprint(),
@@ -204,8 +215,7 @@ fn deep_restores_the_newest_backup_into_a_scratch_database_and_drops_it() {
         "{}",
         run.stdout
     );
-    let left = db.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'vamsa\\_verify\\_%'");
-    assert_eq!(left, "0");
+    assert_eq!(own_scratch_databases(&db), "");
 
     // A dump named as taken before 0001_media (so after 0000_persons) whose tracking table is
     // empty does not hold what its name says: the restored copy is checked, not only the file.
@@ -230,8 +240,62 @@ fn deep_restores_the_newest_backup_into_a_scratch_database_and_drops_it() {
         "{}",
         run.stderr
     );
-    let left = db.psql("SELECT count(*) FROM pg_database WHERE datname LIKE 'vamsa\\_verify\\_%'");
-    assert_eq!(left, "0");
+    assert_eq!(own_scratch_databases(&db), "");
+}
+
+/// A table whose CHECK waits for ever in `verify`'s scratch copies (and passes elsewhere): the
+/// restore's COPY of its row holds there until the scratch database is dropped.
+const HELD: &str = "CREATE FUNCTION \"hold_in_copies\"(x integer) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN \
+    WHILE starts_with(current_database(), 'vamsa_verify_') LOOP PERFORM pg_sleep(0.02); END LOOP; RETURN true; END $$;\n\
+    --> statement-breakpoint\n\
+    CREATE TABLE \"held\" (\"x\" integer CHECK (\"hold_in_copies\"(\"x\")));\n\
+    --> statement-breakpoint\n\
+    INSERT INTO \"held\" VALUES (1);\n";
+
+#[test]
+fn sigterm_during_the_deep_restore_drops_the_scratch_database() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_persons", 1000, PERSONS), ("0001_held", 2000, HELD)]);
+    db.run(f.path(), &["migrate"]).ok();
+    cli()
+        .arg("backup")
+        .database_url(&db.url())
+        .backup_dir(db.backups.path())
+        .run()
+        .ok();
+    let c = {
+        let mut c = db.cli(f.path());
+        c.args(["verify", "--deep"]);
+        c
+    };
+    let mut child = c
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start vamsa-migrate");
+    let oid = db.psql("SELECT oid FROM pg_database WHERE datname = current_database()");
+    eventually("the restore's COPY held in the scratch database", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("verify ended first ({status})");
+        }
+        db.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, 'vamsa_verify_{oid}_') \
+             AND query LIKE 'COPY public.held%'"
+        )) != "0"
+    });
+    assert_ne!(own_scratch_databases(&db), "");
+    let pid = i32::try_from(child.id()).expect("a pid fits in pid_t");
+    kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM).expect("signal our child");
+    let run = Run::from(child.wait_with_output().expect("wait for verify"));
+    run.code(143);
+    assert!(
+        run.stderr
+            .contains("Error: stopped by SIGTERM; nothing was changed"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(own_scratch_databases(&db), "", "{}", run.stderr);
 }
 
 #[test]

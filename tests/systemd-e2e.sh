@@ -758,21 +758,21 @@ else
     details "$verify_out
 $(in_ journalctl -u vamsa-migrate-verify --no-pager -n 20)"
 fi
-DB=vamsa sql 'ALTER TABLE "persons" ADD COLUMN "nickname" text' || fail "the hand ALTER TABLE"
+DB=vamsa sql 'ALTER TABLE "persons" ADD COLUMN "birth_place" text' || fail "the hand ALTER TABLE"
 in_ systemctl start vamsa-migrate-verify.service >/dev/null 2>&1
 verify_status=$?
 result="$(show vamsa-migrate-verify.service Result) $(show vamsa-migrate-verify.service ExecMainStatus)"
 if [ $verify_status -ne 0 ] && in_ systemctl is-failed --quiet vamsa-migrate-verify.service &&
     [ "$result" = "exit-code 4" ] &&
     journal_has vamsa-migrate-verify "^schema: FAILED: the schema was changed outside migrations since the last run" &&
-    journal_has vamsa-migrate-verify "^  + column public.persons.nickname text$"; then
+    journal_has vamsa-migrate-verify "^  + column public.persons.birth_place text$"; then
     pass "after a hand ALTER TABLE the verify service fails (Result=exit-code, status 4) with the drift line in its journal"
 else
     fail "verify after a hand ALTER TABLE: systemctl exit $verify_status, Result/status $result"
     details "$(in_ journalctl -u vamsa-migrate-verify --no-pager -o cat -n 20)"
 fi
 # Undo the hand change, so that the later sections start from the recorded schema.
-DB=vamsa sql 'ALTER TABLE "persons" DROP COLUMN "nickname"' || fail "undoing the hand ALTER TABLE"
+DB=vamsa sql 'ALTER TABLE "persons" DROP COLUMN "birth_place"' || fail "undoing the hand ALTER TABLE"
 in_ systemctl reset-failed vamsa-migrate-verify.service 2>/dev/null
 
 section 14 "Package upgrade (reinstall) restarts the service; the socket keeps working"

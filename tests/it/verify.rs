@@ -65,7 +65,7 @@ fn written(db: &Db) -> String {
 }
 
 #[test]
-fn all_checks_pass_on_a_migrated_database_in_a_read_only_session_and_nothing_is_written() {
+fn all_checks_pass_for_a_role_that_may_only_read_and_nothing_is_written() {
     let (db, f) = migrated();
     let before = written(&db);
     // A role that may only read: any write of verify's would fail (SQLSTATE 42501).

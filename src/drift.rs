@@ -1,9 +1,23 @@
 //! Live-schema drift: the difference between the schema description recorded after the last
-//! successful run (`db::schema`) and the live one. Pure.
+//! successful run (`db::schema`) and the live one, and which of its changes migrations applied
+//! by another tool since (Drizzle's own migrator) account for. Pure.
+//!
+//! The attribution rule: tracking rows whose identity was not there when the schema was
+//! recorded are migrations another tool applied. A change is theirs when one of the changed
+//! object's names (its relation, its own name, a sequence's owning table, a type, function,
+//! extension or schema name; see `db::schema::DESCRIBE`) is an identifier of their SQL, as
+//! PostgreSQL stores it (`sqlscan::identifiers`). Every other change is a hand change. The
+//! limit: a hand change to an object that such a migration also names is taken for the
+//! migration's.
 
+use std::collections::HashSet;
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 use crate::db::schema::Description;
+use crate::plan::{describe_row, AppliedRow, PlanOptions, State};
+use crate::source::MigrationSet;
 
 /// One object added, removed or changed since the description was recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,27 +52,27 @@ impl fmt::Display for Change {
 }
 
 /// What changed from `recorded` to `live`, in object order (both are sorted maps).
-pub fn diff(recorded: &Description, live: &Description) -> Vec<Change> {
+pub(crate) fn diff(recorded: &Description, live: &Description) -> Vec<Change> {
     let mut changes = Vec::new();
     for (object, was) in recorded {
         match live.get(object) {
             None => changes.push(Change::Removed {
                 object: object.clone(),
-                definition: was.clone(),
+                definition: was.definition.clone(),
             }),
-            Some(now) if now != was => changes.push(Change::Changed {
+            Some(now) if now.definition != was.definition => changes.push(Change::Changed {
                 object: object.clone(),
-                was: was.clone(),
-                now: now.clone(),
+                was: was.definition.clone(),
+                now: now.definition.clone(),
             }),
             Some(_) => {}
         }
     }
-    for (object, definition) in live {
+    for (object, now) in live {
         if !recorded.contains_key(object) {
             changes.push(Change::Added {
                 object: object.clone(),
-                definition: definition.clone(),
+                definition: now.definition.clone(),
             });
         }
     }
@@ -74,12 +88,143 @@ fn key(c: &Change) -> &str {
     }
 }
 
+/// What identifies a tracking row from one run to the next: the `name` when both rows have one
+/// (Drizzle 1.0's table, drizzle-orm 1.0.0-rc.5), else `hash` + `created_at` (what drizzle-orm
+/// 0.45 writes; a 0.x table upgraded to 1.0 keeps them, so its rows stay the same rows).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RowIdentity {
+    pub hash: String,
+    pub created_at: Option<i64>,
+    pub name: Option<String>,
+}
+
+impl RowIdentity {
+    pub(crate) fn of(row: &AppliedRow) -> RowIdentity {
+        RowIdentity {
+            hash: row.hash.clone(),
+            created_at: row.created_at,
+            name: row.name.clone(),
+        }
+    }
+
+    fn is(&self, row: &AppliedRow) -> bool {
+        match (&self.name, &row.name) {
+            (Some(recorded), Some(now)) => recorded == now,
+            _ => self.hash == row.hash && self.created_at == row.created_at,
+        }
+    }
+}
+
+/// The tracking rows of `now` that none of `recorded` identifies: written since the record, by
+/// a tool other than vamsa-migrate (which records again after each of its runs).
+pub(crate) fn rows_since(recorded: &[RowIdentity], now: &[AppliedRow]) -> Vec<AppliedRow> {
+    now.iter()
+        .filter(|row| !recorded.iter().any(|r| r.is(row)))
+        .cloned()
+        .collect()
+}
+
+/// The migrations another tool applied since the record, as the folder has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct OtherTool {
+    /// Their tags, in folder order.
+    pub migrations: Vec<String>,
+    /// Every identifier their SQL holds ([`crate::sqlscan::identifiers`]).
+    pub named: HashSet<String>,
+    /// The new rows whose changes cannot be told from hand changes, each with why.
+    pub unattributable: Vec<String>,
+}
+
+/// Finds the files of the new `rows` in `set` as planning matches rows (journal: `created_at`
+/// then hash; folders: name) and collects the identifiers of their SQL. A row with no file, or
+/// whose file changed since it was applied, is unattributable.
+pub(crate) fn other_tool(set: &MigrationSet, rows: &[AppliedRow]) -> OtherTool {
+    let plan = crate::plan::plan(set, rows, &PlanOptions::default());
+    let mut found = OtherTool::default();
+    for item in &plan.items {
+        match &item.state {
+            State::Applied(_) => {
+                found.migrations.push(item.migration.tag.clone());
+                for statement in &item.migration.statements {
+                    found
+                        .named
+                        .extend(crate::sqlscan::identifiers(statement.sql));
+                }
+            }
+            State::Edited { row, .. } => found.unattributable.push(format!(
+                "{} was written by another tool, and {} changed since",
+                describe_row(row),
+                item.migration.file_name
+            )),
+            _ => {}
+        }
+    }
+    for row in &plan.missing {
+        found.unattributable.push(format!(
+            "{} was written by another tool, and its migration is not in the folder",
+            describe_row(row)
+        ));
+    }
+    found
+}
+
+/// `changes` split by the rule of this module: those no new migration names (hand changes),
+/// and how many others it does.
+pub(crate) fn attribute(
+    changes: Vec<Change>,
+    recorded: &Description,
+    live: &Description,
+    named: &HashSet<String>,
+) -> (Vec<Change>, usize) {
+    let before = changes.len();
+    let by_hand: Vec<Change> = changes
+        .into_iter()
+        .filter(|c| {
+            let object = key(c);
+            let names = [recorded.get(object), live.get(object)];
+            !names
+                .into_iter()
+                .flatten()
+                .flat_map(|o| &o.names)
+                .any(|n| named.contains(n))
+        })
+        .collect();
+    let theirs = before - by_hand.len();
+    (by_hand, theirs)
+}
+
 /// The schema was changed outside migrations: the changes, and when the description they
 /// are against was recorded (`YYYY-MM-DD HH:MM:SS` UTC).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaDrift {
     pub changes: Vec<Change>,
     pub recorded_at: String,
+    /// About migrations another tool applied since the record (empty when none did): how
+    /// many, which, the changes they account for, and rows whose changes cannot be
+    /// attributed (`row 3 (...) was written by another tool, and its migration is not in the
+    /// folder`).
+    pub notes: Vec<String>,
+}
+
+impl SchemaDrift {
+    /// The notes for `other`, whose SQL accounts for `theirs` of the changes.
+    pub(crate) fn notes(other: &OtherTool, rows: usize, theirs: usize) -> Vec<String> {
+        let mut notes = vec![format!(
+            "{rows} migration(s) were applied by another tool since the record{}; the changes above are not named in their SQL, {theirs} other change(s) are and are not drift",
+            if other.migrations.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", other.migrations.join(", "))
+            }
+        )];
+        notes.extend(
+            other
+                .unattributable
+                .iter()
+                .map(|u| format!("{u}: the changes it made cannot be told from hand changes")),
+        );
+        notes
+    }
 }
 
 impl fmt::Display for SchemaDrift {
@@ -92,6 +237,9 @@ impl fmt::Display for SchemaDrift {
         for c in &self.changes {
             write!(f, "\n  {c}")?;
         }
+        for n in &self.notes {
+            write!(f, "\nnote: {n}")?;
+        }
         Ok(())
     }
 }
@@ -99,6 +247,63 @@ impl fmt::Display for SchemaDrift {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::schema::Object;
+
+    fn object(definition: &str, names: &[&str]) -> Object {
+        Object {
+            definition: definition.into(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    fn row(hash: &str, created_at: i64, name: Option<&str>) -> AppliedRow {
+        AppliedRow {
+            id: created_at,
+            hash: hash.into(),
+            created_at: Some(created_at),
+            applied_at: None,
+            name: name.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn rows_since_are_those_no_recorded_identity_names() {
+        let recorded =
+            [row("a", 1, None), row("b", 2, Some("0002_b"))].map(|r| RowIdentity::of(&r));
+        let now = [
+            // The 0.x row, upgraded to 1.0 (named) since: the same row.
+            row("a", 1, Some("0001_a")),
+            // The same name with another hash: the same row (1.0 identifies by name).
+            row("b2", 2, Some("0002_b")),
+            row("c", 3, None),
+            row("a", 4, None),
+        ];
+        let since: Vec<i64> = rows_since(&recorded, &now).iter().map(|r| r.id).collect();
+        assert_eq!(since, [3, 4]);
+    }
+
+    #[test]
+    fn a_change_is_attributed_when_one_of_its_names_is_named() {
+        let recorded: Description = [("table public.persons", object("", &["persons"]))]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut live = recorded.clone();
+        live.insert(
+            "column public.persons.nickname".into(),
+            object("text", &["persons"]),
+        );
+        live.insert("table public.tags".into(), object("", &["tags"]));
+        live.insert(
+            "sequence public.tags_id_seq".into(),
+            object("integer increment 1", &["tags_id_seq", "tags"]),
+        );
+        let named = crate::sqlscan::identifiers("CREATE TABLE \"tags\" (\"id\" serial)");
+        let (by_hand, theirs) = attribute(diff(&recorded, &live), &recorded, &live, &named);
+        let by_hand: Vec<String> = by_hand.iter().map(|c| c.to_string()).collect();
+        assert_eq!(by_hand, ["+ column public.persons.nickname text"]);
+        assert_eq!(theirs, 2);
+    }
 
     #[test]
     fn additions_removals_and_changes_are_told_apart_in_object_order() {
@@ -108,12 +313,18 @@ mod tests {
             ("table public.persons", ""),
         ]
         .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), object(v, &["persons"])))
         .collect();
         let mut live = recorded.clone();
         live.remove("index public.persons_name_idx");
-        live.insert("column public.persons.name".into(), "text".into());
-        live.insert("column public.persons.nickname".into(), "text".into());
+        live.insert(
+            "column public.persons.name".into(),
+            object("text", &["persons"]),
+        );
+        live.insert(
+            "column public.persons.nickname".into(),
+            object("text", &["persons"]),
+        );
         let lines: Vec<String> = diff(&recorded, &live)
             .iter()
             .map(|c| c.to_string())

@@ -20,6 +20,10 @@ pub(crate) struct RunLog {
     /// The run got as far as the tracking table (a non-dry `pending` event comes after
     /// `db::ensure_table`): the database is one this tool migrates.
     reached_table: bool,
+    /// Rows named by the tracking table's upgrade to Drizzle 1.0's shape.
+    upgraded_rows: usize,
+    /// A `restore`: it replaced the database (with the dump in `backup`).
+    restored: bool,
 }
 
 impl RunLog {
@@ -32,7 +36,24 @@ impl RunLog {
             accepted_edits: 0,
             rehearsal: None,
             reached_table: false,
+            upgraded_rows: 0,
+            restored: false,
         }
+    }
+
+    /// A `restore` of `dump`, started now: origin `restore`, the dump as the row's backup.
+    pub(crate) fn restore(dump: PathBuf) -> RunLog {
+        RunLog {
+            backup: Some(dump),
+            restored: true,
+            reached_table: true,
+            ..RunLog::start(Origin::Restore)
+        }
+    }
+
+    /// The run upgraded the tracking table to Drizzle 1.0's shape, naming `rows` rows.
+    pub(crate) fn upgraded_table(&mut self, rows: usize) {
+        self.upgraded_rows += rows;
     }
 
     /// Takes note of one event of the run.
@@ -51,9 +72,14 @@ impl RunLog {
         }
     }
 
-    /// Whether the run gets a row: it changed something, or it failed.
+    /// Whether the run gets a row: it changed something (applied, accepted an edit, upgraded
+    /// the tracking table, restored), or it failed.
     pub(crate) fn worth_recording(&self, failed: bool) -> bool {
-        failed || !self.migrations.is_empty() || self.accepted_edits > 0
+        failed
+            || !self.migrations.is_empty()
+            || self.accepted_edits > 0
+            || self.upgraded_rows > 0
+            || self.restored
     }
 
     /// Whether the run may create the history table: it reached the tracking table (a run

@@ -341,6 +341,10 @@ pub struct StatusReport {
     /// When the schema the changes are against was recorded (`YYYY-MM-DD HH:MM:SS` UTC).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema_recorded_at: Option<String>,
+    /// About migrations another tool (Drizzle's migrator) applied since the record: which,
+    /// how many changes they account for, rows whose changes cannot be attributed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub schema_notes: Vec<String>,
     /// The newest run of the run history, when it has one and can be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_run: Option<Box<RunRecord>>,

@@ -285,6 +285,7 @@ pub fn add_schema_drift(report: &mut StatusReport, drift: Option<crate::drift::S
     if let Some(drift) = drift {
         report.schema_changes = drift.changes.iter().map(|c| c.to_string()).collect();
         report.schema_recorded_at = Some(drift.recorded_at);
+        report.schema_notes = drift.notes;
     }
 }
 
@@ -308,6 +309,7 @@ pub fn status_report(status: &Status<'_>, warnings: &[String]) -> StatusReport {
         warnings: warnings.to_vec(),
         schema_changes: Vec::new(),
         schema_recorded_at: None,
+        schema_notes: Vec::new(),
         last_run: None,
     }
 }
@@ -397,6 +399,9 @@ pub fn write_status(out: &mut impl Write, report: &StatusReport, format: Format)
         )?;
         for change in &report.schema_changes {
             writeln!(out, "  {change}")?;
+        }
+        for note in &report.schema_notes {
+            writeln!(out, "note: {note}")?;
         }
     }
     let mut summary = format!(

@@ -252,6 +252,20 @@ pub(crate) fn outside_the_database(sql: &str) -> Option<(usize, String)> {
         })
 }
 
+/// Every identifier of `sql` (keywords too: the lexer cannot tell them apart), as PostgreSQL
+/// 15 stores it (`scan.l`, `downcase_identifier`): unquoted words folded to lower case (ASCII
+/// only, as in a UTF-8 database), `"quoted"` ones as written with `""` undoubled. Comments,
+/// string literals and dollar-quoted bodies are not read.
+pub(crate) fn identifiers(sql: &str) -> std::collections::HashSet<String> {
+    tokens(sql)
+        .filter_map(|(_, t)| match t {
+            Token::Word(w) => Some(w.to_ascii_lowercase()),
+            Token::Quoted(q) => Some(q.replace("\"\"", "\"")),
+            Token::Literal | Token::Punct(_) => None,
+        })
+        .collect()
+}
+
 /// An index a `CREATE INDEX` statement builds: its name and the table as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BuiltIndex {
@@ -322,6 +336,20 @@ mod tests {
 
     fn control(sql: &str) -> Option<String> {
         transaction_control(sql).map(|(_, w)| w)
+    }
+
+    #[test]
+    fn identifiers_are_folded_as_postgresql_stores_them() {
+        let ids = identifiers(
+            "ALTER TABLE \"Persons\" ADD \"say \"\"hi\"\"\" text; -- nickname\n\
+             CREATE INDEX Idx ON persons (lower(Name)); SELECT 'media', $b$ tags $b$;",
+        );
+        for id in ["Persons", "say \"hi\"", "idx", "persons", "name", "alter"] {
+            assert!(ids.contains(id), "{id}: {ids:?}");
+        }
+        for absent in ["persons\"", "nickname", "media", "tags", "Idx"] {
+            assert!(!ids.contains(absent), "{absent}: {ids:?}");
+        }
     }
 
     #[test]

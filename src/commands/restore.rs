@@ -83,6 +83,32 @@ impl RestoreError {
         }
     }
 
+    /// A refusal before anything was dropped or restored (no run history row).
+    fn changed_nothing(&self) -> bool {
+        matches!(
+            self,
+            RestoreError::Sessions(_)
+                | RestoreError::NotTerminated(_)
+                | RestoreError::NotConfirmed
+                | RestoreError::NoTerminal
+        )
+    }
+
+    /// For the run history.
+    fn report(&self) -> crate::protocol::ErrorReport {
+        crate::protocol::ErrorReport {
+            kind: self.kind(),
+            message: self.to_string(),
+            migration: None,
+            sqlstate: match self {
+                RestoreError::Engine(e) => e.sqlstate().map(str::to_string),
+                _ => None,
+            },
+            cause: None,
+            hint: self.next_step(),
+        }
+    }
+
     fn next_step(&self) -> String {
         match self {
             RestoreError::Engine(e) => crate::diagnosis::next_step(e),
@@ -150,7 +176,14 @@ async fn restore(
     })
     .await
     .map_err(boxed)?;
+    let log = crate::history::RunLog::restore(dump.path.clone());
     let result = restore_locked(&client, &pg, args, (&dump, &file), &toc, &target).await;
+    if !result.as_ref().is_err_and(RestoreError::changed_nothing) {
+        let error = result.as_ref().err().map(RestoreError::report);
+        for w in engine.record_restore(&client, log, error.as_ref()).await {
+            eprintln!("warning: {w}");
+        }
+    }
     let _ = db::release_lock(&client, &engine.tracking).await;
     result?;
     report_state(&engine, &client, settings).await

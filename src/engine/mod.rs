@@ -60,6 +60,8 @@ pub struct Engine<'a> {
 pub struct RunSummary {
     pub applied: Vec<String>,
     pub pending_before: usize,
+    /// Rows named by upgrading the tracking table to Drizzle 1.0's shape (0: no upgrade).
+    pub upgraded_rows: usize,
 }
 
 /// What `status` reports.
@@ -279,6 +281,9 @@ impl<'a> Engine<'a> {
             }
         };
         let error = result.as_ref().err().map(crate::diagnosis::report);
+        if let Ok(summary) = &result {
+            log.upgraded_table(summary.upgraded_rows);
+        }
         if !options.dry_run && log.worth_recording(error.is_some()) {
             self.record(client, log, error.as_ref(), emit).await;
         }
@@ -293,10 +298,12 @@ impl<'a> Engine<'a> {
     }
 
     /// The live schema against the one recorded after the last successful run: `None` when
-    /// none was recorded, nothing differs, or the tracking table has rows written since (then
-    /// Drizzle's own migrator changed the schema; the next run records it again).
+    /// none was recorded or every difference is accounted for by migrations another tool
+    /// (Drizzle's own migrator) applied since, by the rule of [`crate::drift`]; the next run
+    /// records the schema again. Otherwise the hand changes, with notes on those migrations.
     ///
-    /// Errors: [`DbError::Query`] when the catalogs or the record cannot be read.
+    /// Errors: [`DbError::Query`] when the catalogs, the record or the tracking table cannot
+    /// be read.
     pub(crate) async fn schema_drift(
         &self,
         client: &Client,
@@ -307,14 +314,28 @@ impl<'a> Engine<'a> {
         };
         let live = db::schema::describe(client, &self.tracking.schema).await?;
         let changes = crate::drift::diff(&recorded.description, &live);
-        if changes.is_empty()
-            || db::schema::tracking_rows(client, &tracking).await? > recorded.tracking_rows
-        {
+        if changes.is_empty() {
+            return Ok(None);
+        }
+        let rows = db::read_rows(client, &self.tracking).await?;
+        let since =
+            crate::drift::rows_since(&recorded.rows, rows.as_ref().map_or(&[], |t| &t.rows));
+        let (changes, notes) = if since.is_empty() {
+            (changes, Vec::new())
+        } else {
+            let other = self.other_tool(&since).await;
+            let (by_hand, theirs) =
+                crate::drift::attribute(changes, &recorded.description, &live, &other.named);
+            let notes = crate::drift::SchemaDrift::notes(&other, since.len(), theirs);
+            (by_hand, notes)
+        };
+        if changes.is_empty() {
             return Ok(None);
         }
         Ok(Some(crate::drift::SchemaDrift {
             changes,
             recorded_at: recorded.recorded_at,
+            notes,
         }))
     }
 
@@ -346,10 +367,40 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Records the live schema as the one this run left.
+    /// The migrations of the tracking `rows` another tool wrote, read from the folder (on the
+    /// blocking pool); when it cannot be read, every row is unattributable.
+    async fn other_tool(&self, rows: &[crate::plan::AppliedRow]) -> crate::drift::OtherTool {
+        let dir = self.settings.migrations_dir.clone();
+        let set = tokio::task::spawn_blocking(move || MigrationSet::load(&dir)).await;
+        let why = match set {
+            Ok(Ok(set)) => return crate::drift::other_tool(&set, rows),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        crate::drift::OtherTool {
+            unattributable: rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{} was written by another tool, and the migrations folder cannot be read ({why})",
+                        crate::plan::describe_row(r)
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Records the live schema as the one this run left, with the tracking rows it left.
     async fn record_schema(&self, client: &Client) -> Result<(), DbError> {
         let live = db::schema::describe(client, &self.tracking.schema).await?;
-        db::schema::record(client, &self.tracking.qualified(), &live).await
+        let rows = db::read_rows(client, &self.tracking).await?;
+        let ids: Vec<_> = rows
+            .iter()
+            .flat_map(|t| &t.rows)
+            .map(crate::drift::RowIdentity::of)
+            .collect();
+        db::schema::record(client, &self.tracking.qualified(), &live, &ids).await
     }
 
     /// Writes the run's row in the run history, after the run (its own transaction), or warns
@@ -373,13 +424,38 @@ impl<'a> Engine<'a> {
                 Ok(()) => return,
                 Err(e) => format!("the schema after this run was not recorded: {e}"),
             },
-            Ok(Recorded::Written | Recorded::NoTable) => return,
-            Ok(Recorded::Off { reason, fix }) => {
-                format!("run history is off: {reason}; to keep it, an admin runs: {fix}")
-            }
-            Err(e) => format!("run history: this run was not recorded: {e}"),
+            other => match history_warning(other) {
+                Some(message) => message,
+                None => return,
+            },
         };
         emit(Event::Warning { message });
+    }
+
+    /// After `restore` from `dump` (`error`: how it failed): its row in the run history
+    /// (origin `restore`), and on success the restored schema recorded as the one to compare
+    /// with (or, when it cannot be, the record forgotten), so the restore is not reported as
+    /// drift. The warnings, for the caller to show.
+    pub(crate) async fn record_restore(
+        &self,
+        client: &Client,
+        log: RunLog,
+        error: Option<&crate::protocol::ErrorReport>,
+    ) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if error.is_none() {
+            if let Err(e) = self.record_schema(client).await {
+                let forgot = db::schema::forget(client, &self.tracking.qualified()).await;
+                warnings.push(match forgot {
+                    Ok(()) => format!("the restored schema was not recorded ({e}); the next run records it"),
+                    Err(f) => format!("the restored schema was not recorded ({e}) nor the old record removed ({f}): status may report the restore as drift until the next run"),
+                });
+            }
+        }
+        let run = log.finish(error, self.tracking.qualified(), None);
+        let written = db::history::record(client, &run, true).await;
+        warnings.extend(history_warning(written));
+        warnings
     }
 
     async fn dry_run(
@@ -415,6 +491,7 @@ impl<'a> Engine<'a> {
         Ok(RunSummary {
             applied: Vec::new(),
             pending_before: count,
+            upgraded_rows: 0,
         })
     }
 
@@ -514,6 +591,7 @@ impl<'a> Engine<'a> {
         Ok(RunSummary {
             applied,
             pending_before: prepared.to_apply.len(),
+            upgraded_rows: prepared.table.upgrade.len(),
         })
     }
 
@@ -916,6 +994,17 @@ impl<'a> Engine<'a> {
 /// `None` when every migration `plan` would apply has its text; else the folder read again with
 /// the texts (the daemon keeps only hashes and stamps between runs: `MigrationSet::without_texts`),
 /// to plan again: a file may have changed since.
+/// What to tell about a run history row that was not written (`None`: nothing to tell).
+fn history_warning(written: Result<Recorded, DbError>) -> Option<String> {
+    match written {
+        Ok(Recorded::Written | Recorded::NoTable) => None,
+        Ok(Recorded::Off { reason, fix }) => Some(format!(
+            "run history is off: {reason}; to keep it, an admin runs: {fix}"
+        )),
+        Err(e) => Some(format!("run history: this run was not recorded: {e}")),
+    }
+}
+
 fn texts_to_apply(set: &MigrationSet, plan: &Plan) -> Result<Option<MigrationSet>, SourceError> {
     if !MigrationSet::lacks_texts(plan.to_apply()) {
         return Ok(None);

@@ -8,6 +8,7 @@ mod connect;
 mod daemon;
 mod daemon_state;
 mod drift;
+mod drift_attr;
 mod drift_policy;
 mod drizzle1;
 mod faults;

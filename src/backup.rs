@@ -547,13 +547,9 @@ async fn pg_dump(
     let program = client_program("pg_dump", db.server_major);
     let mut cmd = Command::new(&program);
     cmd.arg("--format=custom").arg("--no-password");
-    if db.history_unreadable {
-        tracing::warn!(
-            "the backup leaves out the run history (schema {}): this role may not read it",
-            crate::db::history::SCHEMA
-        );
-        cmd.arg(format!("--exclude-schema={}", crate::db::history::SCHEMA));
-    }
+    // The run history is not the application's: a restore keeps it as it is (and records
+    // itself in it), and a role that may not read it could not dump it.
+    cmd.arg(format!("--exclude-schema={}", crate::db::history::SCHEMA));
     cmd.stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::piped())

@@ -392,10 +392,6 @@ pub(crate) struct Database {
     pub bytes: u64,
     /// The server's major version: `server_version_num` / 10000 (PostgreSQL 10 and later).
     pub server_major: u32,
-    /// Our run-history schema exists but this role cannot read all of it (no USAGE on the
-    /// schema, or no SELECT on one of its tables or sequences; made by another role, e.g. a first
-    /// run as `postgres`): `pg_dump` would fail on it, so a backup leaves it out.
-    pub history_unreadable: bool,
 }
 
 /// Reads [`Database`] for the connection of `client`.
@@ -404,12 +400,8 @@ pub(crate) async fn database(client: &Client) -> Result<Database, DbError> {
     let row = client
         .query_one(
             "SELECT current_database()::text, pg_database_size(current_database()), \
-             current_setting('server_version_num')::int / 10000, \
-             COALESCE(NOT has_schema_privilege(to_regnamespace($1), 'USAGE') \
-               OR EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = to_regnamespace($1) \
-                          AND relkind IN ('r', 'S') AND NOT has_table_privilege(oid, 'SELECT')), \
-               false)",
-            &[&history::SCHEMA],
+             current_setting('server_version_num')::int / 10000",
+            &[],
         )
         .await
         .map_err(DbError::query(WHAT))?;
@@ -417,7 +409,6 @@ pub(crate) async fn database(client: &Client) -> Result<Database, DbError> {
         name: value(&row, 0, WHAT)?,
         bytes: u64::try_from(value::<i64>(&row, 1, WHAT)?).unwrap_or(0),
         server_major: u32::try_from(value::<i32>(&row, 2, WHAT)?).unwrap_or(0),
-        history_unreadable: value(&row, 3, WHAT)?,
     })
 }
 

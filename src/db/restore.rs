@@ -142,6 +142,14 @@ pub(crate) async fn drop_objects_not_in(
             extra.push(object);
         }
     }
+    // The run history is kept as it is when the dump leaves it out (every dump `backup` makes
+    // now does); an older dump that holds it restores it as it was.
+    let history = super::history::SCHEMA;
+    if !dump.contains(&("SCHEMA".into(), String::new(), history.into())) {
+        extra.retain(|(kind, schema, name)| {
+            schema != history && !(kind == "SCHEMA" && name == history)
+        });
+    }
     let dropped_schemas: HashSet<String> = extra
         .iter()
         .filter(|(kind, _, _)| kind == "SCHEMA")

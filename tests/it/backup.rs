@@ -22,6 +22,8 @@ fn schema(db: &Db, name: &str) -> String {
         .args([
             "--schema-only",
             "--no-owner",
+            // The run history: dumps leave it out, a restore keeps it.
+            "--exclude-schema=vamsa_migrate",
             "-h",
             "127.0.0.1",
             "-p",

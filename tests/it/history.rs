@@ -232,3 +232,58 @@ fn db_less_convert(dir: &Path) {
     c.migrations_dir(dir).args(["convert", "--write"]);
     c.run().ok();
 }
+
+/// `restore` is a run that changes the database: one row, origin `restore`, the dump restored
+/// as its backup. The schema it leaves is recorded again, so `status` does not take the
+/// restore for a hand change (the dump holds no `vamsa_migrate` schema: its record was the
+/// release's).
+#[test]
+fn a_restore_is_recorded_with_origin_restore_and_is_not_reported_as_drift() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_persons", 1000, PERSONS)]);
+    db.run(f.path(), &["migrate"]).ok();
+    f.write(&[("0000_persons", 1000, PERSONS), ("0001_media", 2000, MEDIA)]);
+    db.run(f.path(), &["migrate"]).ok();
+    let restore = db
+        .cli(f.path())
+        .args(["restore", "--before", "0001_media", "--yes"])
+        .run();
+    restore.ok();
+    assert!(!db.table_exists("media"));
+    let runs = history(&db);
+    assert_eq!(runs.len(), 3, "{runs:?}");
+    assert_eq!(runs[0]["origin"], serde_json::json!({"kind": "restore"}));
+    assert_eq!(runs[0]["ok"], true);
+    let dump = runs[0]["backup"].as_str().expect("the dump restored");
+    assert!(dump.ends_with("-before-0001_media.dump"), "{dump}");
+
+    let status = db.run(f.path(), &["status"]);
+    status.code(3);
+    assert!(
+        !status.stdout.contains("outside migrations"),
+        "{}",
+        status.stdout
+    );
+}
+
+/// A run whose only change is the tracking table's upgrade to Drizzle 1.0's shape (the folder
+/// converted, nothing pending) gets its row.
+#[test]
+fn a_run_that_only_upgrades_the_tracking_table_is_recorded() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_persons", 1000, PERSONS)]);
+    db.run(f.path(), &["migrate"]).ok();
+    db_less_convert(f.path());
+    db.run(f.path(), &["migrate"]).ok();
+    assert_eq!(
+        db.psql("SELECT count(*) FROM drizzle.__drizzle_migrations WHERE name IS NOT NULL"),
+        "1"
+    );
+    let runs = history(&db);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0]["ok"], true);
+    assert_eq!(runs[0]["migrations"], serde_json::json!([]));
+    // Nothing more to do: no row.
+    db.run(f.path(), &["migrate"]).ok();
+    assert_eq!(history(&db).len(), 2);
+}

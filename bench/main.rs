@@ -5,7 +5,7 @@
 //! `cargo test --all-targets` skips it). Environment: `BENCH_REPS` (default 5) repetitions, medians reported; `BENCH_QUICK=1` for
 //! smaller N (a smoke run, not the figures of record); `BENCH_ONLY=memory,parse` to run only
 //! those workloads (`apply` (with up to date and the daemon), `abuse`, `scans`, `parse`,
-//! `memory`, `rehearsal`); `VAMSA_MIGRATE_BIN` to measure another
+//! `memory`, `rehearsal`, `drift`); `VAMSA_MIGRATE_BIN` to measure another
 //! binary than the one Cargo builds for this bench; `PG_BIN_DIR` as for the tests.
 //!
 //! Every measured child process (vamsa-migrate, psql) is started by a small runner process
@@ -16,13 +16,15 @@
 //! `daemon` (4), `abuse` (the trigger socket's pings under abuse), `scans` (3), `new` and
 //! `parse` (one huge migration file), `memory` (a big data
 //! migration: peak and idle RSS), `rehearse` (5: the rehearsal's cost on 10 MB and 100 MB
-//! databases; `BENCH_REHEARSAL_1GB=1` adds 1 GB), with `growth` for the linearity checks, and
+//! databases; `BENCH_REHEARSAL_1GB=1` adds 1 GB), `drift` (comparing the live schema with the
+//! recorded one, on Vamsa's schema and 10x and 100x its objects), with `growth` for the linearity checks, and
 //! `table` for the result table.
 
 mod abuse;
 mod apply;
 mod ctx;
 mod daemon;
+mod drift;
 mod folders;
 mod growth;
 mod memory;
@@ -192,6 +194,11 @@ fn run_workloads(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
         let t = Instant::now();
         memory::bench_memory(ctx, table)?;
         phase("memory of a big data migration", t);
+    }
+    if ctx.p.runs("drift") {
+        let t = Instant::now();
+        drift::bench_drift(ctx, table)?;
+        phase("drift (describe + diff)", t);
     }
     if ctx.p.runs("rehearsal") && ctx.has_rehearsal {
         let t = Instant::now();

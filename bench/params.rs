@@ -15,6 +15,8 @@ pub(crate) struct Params {
     pub(crate) parse_ns: [usize; 2],
     /// `memory`: the size of the big data migration, in MiB.
     pub(crate) big_mib: usize,
+    /// `drift`: Vamsa's schema, then this many times its objects (the first is 1).
+    pub(crate) drift_scales: [usize; 3],
     pub(crate) idle: Duration,
     pub(crate) settle: Duration,
     /// `BENCH_ONLY`: the workloads to run (comma-separated names); all when unset.
@@ -49,6 +51,7 @@ impl Params {
                 scan_ns: [100, 1_000],
                 parse_ns: [20_000, 200_000],
                 big_mib: 50,
+                drift_scales: [1, 3, 10],
                 idle: Duration::from_secs(3),
                 settle: Duration::from_millis(500),
                 only,
@@ -62,6 +65,7 @@ impl Params {
                 scan_ns: [1_000, 10_000],
                 parse_ns: [20_000, 200_000],
                 big_mib: 200,
+                drift_scales: [1, 10, 100],
                 idle: Duration::from_secs(10),
                 settle: Duration::from_millis(500),
                 only,

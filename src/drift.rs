@@ -51,32 +51,49 @@ impl fmt::Display for Change {
     }
 }
 
-/// What changed from `recorded` to `live`, in object order (both are sorted maps).
+/// What changed from `recorded` to `live`, in object order: one merge walk over the two
+/// sorted maps (linear in their sizes).
 pub(crate) fn diff(recorded: &Description, live: &Description) -> Vec<Change> {
+    use std::cmp::Ordering;
     let mut changes = Vec::new();
-    for (object, was) in recorded {
-        match live.get(object) {
-            None => changes.push(Change::Removed {
-                object: object.clone(),
-                definition: was.definition.clone(),
-            }),
-            Some(now) if now.definition != was.definition => changes.push(Change::Changed {
-                object: object.clone(),
-                was: was.definition.clone(),
-                now: now.definition.clone(),
-            }),
-            Some(_) => {}
+    let (mut was, mut now) = (recorded.iter().peekable(), live.iter().peekable());
+    loop {
+        let order = match (was.peek(), now.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((a, _)), Some((b, _))) => a.cmp(b),
+        };
+        match order {
+            Ordering::Less => {
+                if let Some((object, o)) = was.next() {
+                    changes.push(Change::Removed {
+                        object: object.clone(),
+                        definition: o.definition.clone(),
+                    });
+                }
+            }
+            Ordering::Greater => {
+                if let Some((object, o)) = now.next() {
+                    changes.push(Change::Added {
+                        object: object.clone(),
+                        definition: o.definition.clone(),
+                    });
+                }
+            }
+            Ordering::Equal => {
+                if let (Some((object, a)), Some((_, b))) = (was.next(), now.next()) {
+                    if a.definition != b.definition {
+                        changes.push(Change::Changed {
+                            object: object.clone(),
+                            was: a.definition.clone(),
+                            now: b.definition.clone(),
+                        });
+                    }
+                }
+            }
         }
     }
-    for (object, now) in live {
-        if !recorded.contains_key(object) {
-            changes.push(Change::Added {
-                object: object.clone(),
-                definition: now.definition.clone(),
-            });
-        }
-    }
-    changes.sort_by(|a, b| key(a).cmp(key(b)));
     changes
 }
 
@@ -207,16 +224,23 @@ pub struct SchemaDrift {
 }
 
 impl SchemaDrift {
-    /// The notes for `other`, whose SQL accounts for `theirs` of the changes.
+    /// The notes for `other` (of `rows` new tracking rows), whose SQL accounts for `theirs`
+    /// of the changes.
     pub(crate) fn notes(other: &OtherTool, rows: usize, theirs: usize) -> Vec<String> {
-        let mut notes = vec![format!(
-            "{rows} migration(s) were applied by another tool since the record{}; the changes above are not named in their SQL, {theirs} other change(s) are and are not drift",
-            if other.migrations.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", other.migrations.join(", "))
-            }
-        )];
+        let mut first =
+            format!("{rows} migration(s) were applied by another tool since the record");
+        if !other.migrations.is_empty() {
+            first.push_str(&format!(
+                " ({}); the changes above are not named in their SQL",
+                other.migrations.join(", ")
+            ));
+        }
+        if theirs > 0 {
+            first.push_str(&format!(
+                "; {theirs} other change(s) are, and are not drift"
+            ));
+        }
+        let mut notes = vec![first];
         notes.extend(
             other
                 .unattributable

@@ -83,7 +83,7 @@ fn a_hand_change_before_drizzles_migrator_ran_an_unrelated_migration_is_drift() 
             notes[0].starts_with("1 migration(s) were applied by another tool since the record (")
                 && notes[0].contains("_media); ")
                 && notes[0].ends_with(
-                    "the changes above are not named in their SQL, 5 other change(s) are and are not drift"
+                    "the changes above are not named in their SQL; 5 other change(s) are, and are not drift"
                 ),
             "{version:?}: {}",
             notes[0]
@@ -144,6 +144,10 @@ fn changes_of_a_migration_missing_from_the_folder_are_drift_naming_its_row() {
         changes.iter().any(|c| c == "+ table public.media"),
         "{}",
         run.stdout
+    );
+    assert_eq!(
+        notes[0],
+        "1 migration(s) were applied by another tool since the record"
     );
     assert!(
         notes.iter().any(|n| n.starts_with("row 2 (created_at 2000, hash ")

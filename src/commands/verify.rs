@@ -276,7 +276,12 @@ async fn schema_check(engine: &Engine<'_>, client: &Client) -> Check {
                 ),
                 next_step: "put the hand change into a migration (the next run records it), or undo it".into(),
             };
-            let details = drift.changes.iter().map(ToString::to_string).collect();
+            let details = drift
+                .changes
+                .iter()
+                .map(ToString::to_string)
+                .chain(drift.notes.iter().map(|n| format!("note: {n}")))
+                .collect();
             failed(CHECK, Fault::Drift, fail, details)
         }
         Err(e) => {

@@ -123,20 +123,32 @@ impl RowIdentity {
             name: row.name.clone(),
         }
     }
-
-    fn is(&self, row: &AppliedRow) -> bool {
-        match (&self.name, &row.name) {
-            (Some(recorded), Some(now)) => recorded == now,
-            _ => self.hash == row.hash && self.created_at == row.created_at,
-        }
-    }
 }
 
-/// The tracking rows of `now` that none of `recorded` identifies: written since the record, by
-/// a tool other than vamsa-migrate (which records again after each of its runs).
+/// The tracking rows of `now` that none of `recorded` identifies (the rule of
+/// [`RowIdentity`]): written since the record, by a tool other than vamsa-migrate (which
+/// records again after each of its runs). Hashed: linear in the rows.
 pub(crate) fn rows_since(recorded: &[RowIdentity], now: &[AppliedRow]) -> Vec<AppliedRow> {
+    let names: HashSet<&str> = recorded.iter().filter_map(|r| r.name.as_deref()).collect();
+    let pair = |hash: &str, created_at: Option<i64>| (hash.to_string(), created_at);
+    let all: HashSet<_> = recorded
+        .iter()
+        .map(|r| pair(&r.hash, r.created_at))
+        .collect();
+    let unnamed: HashSet<_> = recorded
+        .iter()
+        .filter(|r| r.name.is_none())
+        .map(|r| pair(&r.hash, r.created_at))
+        .collect();
     now.iter()
-        .filter(|row| !recorded.iter().any(|r| r.is(row)))
+        .filter(|row| {
+            let key = pair(&row.hash, row.created_at);
+            let known = match row.name.as_deref() {
+                Some(name) => names.contains(name) || unnamed.contains(&key),
+                None => all.contains(&key),
+            };
+            !known
+        })
         .cloned()
         .collect()
 }

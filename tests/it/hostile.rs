@@ -225,7 +225,7 @@ impl Interrupted {
             .spawn()
             .unwrap();
         eventually("pg_dump waiting for the lock", || {
-            self.db.psql("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'vamsa-migrate backup' AND wait_event_type = 'Lock'") == "1"
+            self.db.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'vamsa-migrate backup' AND wait_event_type = 'Lock'") == "1"
         });
         child
     }

@@ -103,12 +103,59 @@ pub(crate) async fn describe(client: &Client, skip: &str) -> Result<Description,
     Ok(description)
 }
 
+/// The catalogs a description is built from (and `pg_rewrite`, `pg_depend`, which views and
+/// extension membership live in).
+const FINGERPRINTED: [&str; 14] = [
+    "pg_namespace",
+    "pg_class",
+    "pg_attribute",
+    "pg_attrdef",
+    "pg_constraint",
+    "pg_index",
+    "pg_type",
+    "pg_enum",
+    "pg_sequence",
+    "pg_proc",
+    "pg_trigger",
+    "pg_extension",
+    "pg_rewrite",
+    "pg_depend",
+];
+
+/// A cheap fingerprint of this database's catalogs: per catalog of [`FINGERPRINTED`], its row
+/// count and the sum of its rows' `xmin` (`"<count>:<sum>/..."`). Any DDL since adds, deletes
+/// or replaces catalog rows, and a row it writes carries a transaction id newer than every
+/// row it could replace (PostgreSQL 15 keeps the raw `xmin` when freezing; the statistics
+/// that VACUUM and ANALYZE write in place do not change it): with the count equal, the sum
+/// then grows. So an equal fingerprint means no schema change, and the costly description
+/// (about 30 µs per object, spent deparsing) is skipped; a different one (also a temporary
+/// table, a GRANT, a TRUNCATE) only means "describe and compare". Not proof across a
+/// transaction-id wraparound (2^32 transactions), which a family tree's database does not see.
+///
+/// Errors: [`DbError::Query`] when the catalogs cannot be read.
+pub(crate) async fn fingerprint(client: &Client) -> Result<String, DbError> {
+    const WHAT: &str = "fingerprinting the catalogs";
+    let parts: Vec<String> = FINGERPRINTED
+        .iter()
+        .map(|c| format!("(SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_catalog.{c})"))
+        .collect();
+    let query = format!("SELECT concat_ws('/', {})", parts.join(", "));
+    let row = client
+        .query_one(&query, &[])
+        .await
+        .map_err(DbError::query(WHAT))?;
+    Ok(value::<Option<String>>(&row, 0, WHAT)?.unwrap_or_default())
+}
+
 /// The description recorded after the last successful run, and which tracking rows existed
 /// then (rows not among them now: another tool applied migrations since).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Recorded {
     pub description: Description,
     pub rows: Vec<RowIdentity>,
+    /// The catalogs' [`fingerprint`] just before the description was built; `None` in a
+    /// record written before fingerprints were kept.
+    pub fingerprint: Option<String>,
     /// `YYYY-MM-DD HH:MM:SS` in UTC.
     pub recorded_at: String,
 }
@@ -139,7 +186,8 @@ pub(crate) async fn recorded(client: &Client, tracking: &str) -> Result<Option<R
         .query_opt(
             &format!(
                 "SELECT description::text, (to_jsonb(r) -> 'tracking_row_ids')::text, \
-                 to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM {} r WHERE tracking_table = $1",
+                 to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+                 to_jsonb(r) ->> 'catalog_fingerprint' FROM {} r WHERE tracking_table = $1",
                 record_table()
             ),
             &[&tracking],
@@ -158,47 +206,57 @@ pub(crate) async fn recorded(client: &Client, tracking: &str) -> Result<Option<R
     Ok(Some(Recorded {
         description,
         rows,
+        fingerprint: value::<Option<String>>(&row, 3, WHAT)?,
         recorded_at: value::<Option<String>>(&row, 2, WHAT)?.unwrap_or_default(),
     }))
 }
 
-/// Records `description` (replacing the previous one) with the identities of the tracking
-/// table's `rows`, creating the table (or the identities' column) when missing. The schema
-/// `vamsa_migrate` exists (the run history made it) and the session is not in a transaction.
+/// Creates the record's table (or its later columns) when missing, so that recording changes
+/// no catalog after the fingerprint is taken. The schema `vamsa_migrate` exists (the run
+/// history made it).
 ///
 /// Errors: [`DbError::Query`] when a statement fails.
-pub(crate) async fn record(
-    client: &Client,
-    tracking: &str,
-    description: &Description,
-    rows: &[RowIdentity],
-) -> Result<(), DbError> {
-    const WHAT: &str = "recording the schema";
-    // Maps with string keys of strings and integers: serde_json cannot fail on them.
-    let json = serde_json::to_string(description).unwrap_or_else(|_| "{}".into());
-    let ids = serde_json::to_string(rows).unwrap_or_else(|_| "[]".into());
+pub(crate) async fn prepare_record(client: &Client) -> Result<(), DbError> {
     let table = record_table();
     client
         .batch_execute(&format!(
             "CREATE TABLE IF NOT EXISTS {table} (tracking_table text PRIMARY KEY, \
              recorded_at timestamptz NOT NULL DEFAULT now(), tracking_rows bigint NOT NULL, description jsonb NOT NULL); \
-             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS tracking_row_ids jsonb"
+             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS tracking_row_ids jsonb; \
+             ALTER TABLE {table} ADD COLUMN IF NOT EXISTS catalog_fingerprint text"
         ))
         .await
-        .map_err(DbError::query(WHAT))?;
+        .map_err(DbError::query("preparing the schema record"))
+}
+
+/// Records `description` and the catalogs' `fingerprint` taken just before it (replacing the
+/// previous record) with the identities of the tracking table's `rows`. [`prepare_record`]
+/// ran; the session is not in a transaction.
+///
+/// Errors: [`DbError::Query`] when the statement fails.
+pub(crate) async fn record(
+    client: &Client,
+    tracking: &str,
+    (fingerprint, description): (&str, &Description),
+    rows: &[RowIdentity],
+) -> Result<(), DbError> {
+    // Maps with string keys of strings and integers: serde_json cannot fail on them.
+    let json = serde_json::to_string(description).unwrap_or_else(|_| "{}".into());
+    let ids = serde_json::to_string(rows).unwrap_or_else(|_| "[]".into());
     client
         .execute(
             &format!(
-                "INSERT INTO {table} (tracking_table, tracking_rows, description, tracking_row_ids) \
-                 VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb) \
+                "INSERT INTO {} (tracking_table, tracking_rows, description, tracking_row_ids, catalog_fingerprint) \
+                 VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, $5) \
                  ON CONFLICT (tracking_table) DO UPDATE SET recorded_at = now(), \
                  tracking_rows = excluded.tracking_rows, description = excluded.description, \
-                 tracking_row_ids = excluded.tracking_row_ids"
+                 tracking_row_ids = excluded.tracking_row_ids, catalog_fingerprint = excluded.catalog_fingerprint",
+                record_table()
             ),
-            &[&tracking, &(rows.len() as i64), &json, &ids],
+            &[&tracking, &(rows.len() as i64), &json, &ids, &fingerprint],
         )
         .await
-        .map_err(DbError::query(WHAT))?;
+        .map_err(DbError::query("recording the schema"))?;
     Ok(())
 }
 

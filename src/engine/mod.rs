@@ -312,6 +312,12 @@ impl<'a> Engine<'a> {
         let Some(recorded) = db::schema::recorded(client, &tracking).await? else {
             return Ok(None);
         };
+        // Nothing in the catalogs changed since the record: nothing to describe.
+        if recorded.fingerprint.is_some()
+            && recorded.fingerprint == Some(db::schema::fingerprint(client).await?)
+        {
+            return Ok(None);
+        }
         let live = db::schema::describe(client, &self.tracking.schema).await?;
         let changes = crate::drift::diff(&recorded.description, &live);
         if changes.is_empty() {
@@ -393,6 +399,10 @@ impl<'a> Engine<'a> {
 
     /// Records the live schema as the one this run left, with the tracking rows it left.
     async fn record_schema(&self, client: &Client) -> Result<(), DbError> {
+        // The fingerprint before the description: a change made in between is then described
+        // and makes the next fingerprint differ, never the other way round.
+        db::schema::prepare_record(client).await?;
+        let fingerprint = db::schema::fingerprint(client).await?;
         let live = db::schema::describe(client, &self.tracking.schema).await?;
         let rows = db::read_rows(client, &self.tracking).await?;
         let ids: Vec<_> = rows
@@ -400,7 +410,13 @@ impl<'a> Engine<'a> {
             .flat_map(|t| &t.rows)
             .map(crate::drift::RowIdentity::of)
             .collect();
-        db::schema::record(client, &self.tracking.qualified(), &live, &ids).await
+        db::schema::record(
+            client,
+            &self.tracking.qualified(),
+            (&fingerprint, &live),
+            &ids,
+        )
+        .await
     }
 
     /// Writes the run's row in the run history, after the run (its own transaction), or warns

@@ -66,3 +66,60 @@ fn the_daemons_start_up_with_nothing_to_apply_warns_of_a_hand_change_and_is_read
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), 0);
 }
+
+/// The catalogs' fingerprint lets `status` skip describing an unchanged schema; it must never
+/// hide a change. Each kind of hand change alone, right after a run recorded the schema (so the
+/// fingerprint is current), is reported: additions, updates in place and drops alike.
+#[test]
+fn every_single_hand_change_after_a_record_is_reported() {
+    const BASE: &str = "CREATE TYPE \"mood\" AS ENUM ('happy');\n--> statement-breakpoint\n\
+        CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY, \"name\" text NOT NULL, \"mood\" \"mood\");\n--> statement-breakpoint\n\
+        CREATE INDEX \"persons_name_idx\" ON \"persons\" (\"name\");\n--> statement-breakpoint\n\
+        CREATE VIEW \"named\" AS SELECT \"id\" FROM \"persons\";\n--> statement-breakpoint\n\
+        CREATE FUNCTION \"touch\"() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;\n--> statement-breakpoint\n\
+        CREATE TRIGGER \"persons_touch\" BEFORE INSERT ON \"persons\" FOR EACH ROW EXECUTE FUNCTION \"touch\"();\n";
+    let cases = [
+        ("ALTER TABLE persons ADD COLUMN nickname text", "+ column public.persons.nickname text"),
+        ("ALTER TABLE persons ALTER COLUMN name DROP NOT NULL", "~ column public.persons.name: text NOT NULL -> text"),
+        ("ALTER TABLE persons ALTER COLUMN name SET DEFAULT 'x'", "~ column public.persons.name: text -> text DEFAULT 'x'::text"),
+        ("ALTER TABLE persons ALTER COLUMN name DROP DEFAULT", "~ column public.persons.name: text DEFAULT 'x'::text -> text"),
+        ("DROP INDEX persons_name_idx", "- index public.persons_name_idx"),
+        ("ALTER TYPE mood ADD VALUE 'sad'", "~ type public.mood: enum ('happy') -> enum ('happy', 'sad')"),
+        ("CREATE OR REPLACE VIEW named AS SELECT id AS id FROM persons WHERE id > 0", "~ view public.named:"),
+        ("CREATE OR REPLACE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$", "~ function public.touch()"),
+        ("DROP TRIGGER persons_touch ON persons", "- trigger public.persons persons_touch"),
+        ("DROP VIEW named", "- view public.named"),
+        ("ALTER TABLE persons ADD CONSTRAINT name_set CHECK (name <> '')", "+ constraint public.persons name_set"),
+        ("ALTER TABLE persons DROP CONSTRAINT name_set", "- constraint public.persons name_set"),
+        ("ALTER TABLE persons RENAME COLUMN name TO full_name", "+ column public.persons.full_name"),
+        ("ALTER TABLE persons ALTER COLUMN full_name TYPE varchar(200)", "~ column public.persons.full_name: text"),
+        ("DROP TABLE persons CASCADE", "- table public.persons"),
+    ];
+    let db = Db::new();
+    let mut files = vec![("0000_base".to_string(), 1000, BASE.to_string())];
+    let f = Folder::new(&[("0000_base", 1000, BASE)]);
+    for (i, (change, line)) in cases.iter().enumerate() {
+        // A run that applies something records the schema (and its fingerprint) as it is.
+        let step = i + 1;
+        files.push((
+            format!("{step:04}_step"),
+            1000 + step as i64 * 1000,
+            format!("CREATE TABLE \"step{step}\" (\"id\" integer);\n"),
+        ));
+        let refs: Vec<(&str, i64, &str)> = files
+            .iter()
+            .map(|(n, w, t)| (n.as_str(), *w, t.as_str()))
+            .collect();
+        f.write(&refs);
+        db.run(f.path(), &["migrate", "--no-backup"]).ok();
+        db.run(f.path(), &["status"]).ok();
+        db.psql(change);
+        let run = db.run(f.path(), &["status"]);
+        run.code(4);
+        assert!(
+            run.stdout.lines().any(|l| l.trim_start().starts_with(line)),
+            "after `{change}`, expected a line starting with `{line}`:\n{}",
+            run.stdout
+        );
+    }
+}

@@ -115,11 +115,24 @@ fn npm_install(dir: &Path, packages: &[&str]) -> Result<(), String> {
         return Ok(());
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let reason = stderr
+    Err(format!("npm unreachable: {}", npm_reason(&stderr)))
+}
+
+/// The telling line of npm's error output (npm 7+ writes `npm error <text>`, older `npm ERR!`):
+/// the first that is not one of the `code` / `errno` / `syscall` fields, e.g. `FetchError:
+/// request to ... failed, reason: getaddrinfo ENOTFOUND registry.npmjs.org`.
+fn npm_reason(stderr: &str) -> &str {
+    let fields = ["code ", "errno ", "syscall "];
+    stderr
         .lines()
-        .find(|l| l.contains("ERR!") && !l.trim_end().ends_with("ERR!"))
-        .unwrap_or_else(|| stderr.lines().last().unwrap_or("no output"));
-    Err(format!("npm unreachable: {}", reason.trim()))
+        .filter_map(|l| {
+            l.strip_prefix("npm error ")
+                .or_else(|| l.strip_prefix("npm ERR! "))
+        })
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !fields.iter().any(|f| l.starts_with(f)))
+        .or_else(|| stderr.lines().last())
+        .unwrap_or("no output")
 }
 
 fn node() -> Result<PathBuf, String> {

@@ -183,16 +183,7 @@ pub(crate) fn bench_uptodate(
 fn report_uptodate(table: &mut Table, n: usize, runs: &[Vec<RunResult>]) {
     let n = fmt_n(n);
     let w = walls(runs);
-    let x_ours: Vec<String> = w
-        .iter()
-        .map(|t| {
-            if t.is_empty() {
-                "-".into()
-            } else {
-                spread(&per_rep(t, &w[OURS]))
-            }
-        })
-        .collect();
+    let x_ours: Vec<String> = w.iter().map(|t| spread(&per_rep(t, &w[OURS]))).collect();
     let rss: Vec<Vec<f64>> = runs
         .iter()
         .map(|rs| rs.iter().map(RunResult::rss_mib).collect())

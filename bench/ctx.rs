@@ -72,11 +72,22 @@ impl Ctx {
 
     /// Runs `argv` through a runner; its figures and its stdout (then stderr, marked).
     pub(crate) fn run(&mut self, argv: Vec<String>) -> Res<(RunResult, String)> {
+        self.run_env(argv, Vec::new())
+    }
+
+    /// `run` with `extra` added to the child's environment.
+    pub(crate) fn run_env(
+        &mut self,
+        argv: Vec<String>,
+        extra: Vec<(String, String)>,
+    ) -> Res<(RunResult, String)> {
         let stdout = self.path("child.out");
         let stderr = self.path("child.err");
+        let mut env = self.child_env();
+        env.extend(extra);
         let req = RunRequest {
             argv,
-            env: self.child_env(),
+            env,
             stdout: stdout.clone(),
             stderr: stderr.clone(),
         };

@@ -6,13 +6,22 @@
 //! smaller N (a smoke run, not the figures of record); `BENCH_ONLY=memory,parse` to run only
 //! those workloads (`apply` (with up to date and the daemon), `abuse`, `scans`, `parse`,
 //! `memory`, `rehearsal`, `drift`); `VAMSA_MIGRATE_BIN` to measure another
-//! binary than the one Cargo builds for this bench; `PG_BIN_DIR` as for the tests.
+//! binary than the one Cargo builds for this bench; `PG_BIN_DIR` as for the tests;
+//! `BENCH_PEERS=0` to leave the peers out of workloads 1 and 2.
 //!
-//! Every measured child process (vamsa-migrate, psql) is started by a small runner process
+//! Workloads 1 and 2 are side by side with the peers an admin would run instead (Drizzle's own
+//! migrator 0.45.4 and 1.0 rc, dbmate 2.36.0), installed by this program from pinned npm
+//! packages into `target/bench-peers/` (reused across runs; a peer that cannot be installed is a
+//! "not measured" column saying why).
+//!
+//! Every measured child process (vamsa-migrate, psql, the peers) is started by a small runner process
 //! (this program re-executed) that reports its rusage: see `spawn`.
 //!
 //! Modules, in the order of a run: `params`, `spawn` (the runner), `ctx` (the cluster and the
-//! binary), `folders` (generated Drizzle folders), the workloads `apply` (1), `uptodate` (2),
+//! binary), `folders` (generated Drizzle folders), `peers` (installing and running each peer),
+//! `corpus` (each folder in Drizzle 1.0's and dbmate's formats), `tools` (one run of the floor,
+//! ours or a peer), the workloads `apply` (1) and `sidebyside` (its figures, and 2 side by side),
+//! `uptodate` (2, ours with and without TLS),
 //! `daemon` (4), `abuse` (the trigger socket's pings under abuse), `scans` (3), `new` and
 //! `parse` (one huge migration file), `memory` (a big data
 //! migration: peak and idle RSS), `rehearse` (5: the rehearsal's cost on 10 MB and 100 MB
@@ -22,6 +31,7 @@
 
 mod abuse;
 mod apply;
+mod corpus;
 mod ctx;
 mod daemon;
 mod drift;
@@ -31,11 +41,14 @@ mod memory;
 mod new;
 mod params;
 mod parse;
+mod peers;
 mod procfs;
 mod rehearse;
 mod scans;
+mod sidebyside;
 mod spawn;
 mod table;
+mod tools;
 mod uptodate;
 
 use std::fs;
@@ -208,16 +221,54 @@ fn run_workloads(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
     Ok(())
 }
 
-/// Workload 1 (apply), then 2 (up to date) and 4 (the daemon) on its largest result.
+/// Workload 1 (apply, side by side with the peers), then 2 (up to date, side by side, then ours
+/// alone with and without TLS) and 4 (the daemon) on its largest result.
 fn run_apply_chain(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
-    let apply_folders = generate_folders(ctx, &ctx.p.apply_ns.clone(), "apply")?;
-    let uptodate_db = apply::bench_apply(ctx, &apply_folders, table)?;
-    let big = apply_folders
+    let peers = install_peers(ctx, table);
+    let tools = tools::all(&peers);
+    table.side.tools = tools.iter().map(|t| t.name().to_string()).collect();
+    let mut corpora = Vec::new();
+    for folder in generate_folders(ctx, &ctx.p.apply_ns.clone(), "apply")? {
+        corpora.push(corpus::build(ctx, folder)?);
+    }
+    let kept = apply::bench_apply(ctx, &corpora, &tools, table)?;
+    let big = corpora
         .iter()
-        .find(|f| f.n == ctx.p.uptodate_n)
+        .find(|c| c.folder.n == ctx.p.uptodate_n)
         .ok_or("the up-to-date N is not one of the apply Ns")?;
-    uptodate::bench_uptodate(ctx, big, &uptodate_db, table)?;
-    daemon::bench_daemon(ctx, big, &uptodate_db, table)
+    sidebyside::bench_uptodate(ctx, big, &tools, &kept, table)?;
+    let ours_db = kept[1]
+        .clone()
+        .ok_or("no database kept for the up-to-date workload")?;
+    uptodate::bench_uptodate(ctx, &big.folder, &ours_db, table)?;
+    daemon::bench_daemon(ctx, &big.folder, &ours_db, table)
+}
+
+/// The peers that could be installed; the others become "not measured" columns.
+fn install_peers(ctx: &Ctx, table: &mut Table) -> Vec<peers::Peer> {
+    if !ctx.p.peers {
+        table.side.skipped = peers::SPECS
+            .iter()
+            .map(|s| {
+                (
+                    s.name.to_string(),
+                    "not measured: BENCH_PEERS=0".to_string(),
+                )
+            })
+            .collect();
+        return Vec::new();
+    }
+    let mut installed = Vec::new();
+    for result in peers::install_all() {
+        match result {
+            Ok(peer) => installed.push(peer),
+            Err((name, why)) => {
+                progress(&format!("{name}: {why}"));
+                table.side.skipped.push((name.to_string(), why));
+            }
+        }
+    }
+    installed
 }
 
 fn generate_folders(ctx: &Ctx, ns: &[usize], label: &str) -> Res<Vec<Folder>> {

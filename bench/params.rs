@@ -19,6 +19,8 @@ pub(crate) struct Params {
     pub(crate) drift_scales: [usize; 3],
     pub(crate) idle: Duration,
     pub(crate) settle: Duration,
+    /// `BENCH_PEERS=0`: workloads 1 and 2 without the peers (nothing installed).
+    pub(crate) peers: bool,
     /// `BENCH_ONLY`: the workloads to run (comma-separated names); all when unset.
     only: Option<Vec<String>>,
 }
@@ -37,6 +39,7 @@ impl Params {
             .filter(|v| !v.trim().is_empty())
             .map(|v| v.split(',').map(|w| w.trim().to_string()).collect());
         let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+        let peers = std::env::var("BENCH_PEERS").map_or(true, |v| v != "0");
         let reps = std::env::var("BENCH_REPS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
@@ -54,6 +57,7 @@ impl Params {
                 drift_scales: [1, 3, 10],
                 idle: Duration::from_secs(3),
                 settle: Duration::from_millis(500),
+                peers,
                 only,
             }
         } else {
@@ -68,6 +72,7 @@ impl Params {
                 drift_scales: [1, 10, 100],
                 idle: Duration::from_secs(10),
                 settle: Duration::from_millis(500),
+                peers,
                 only,
             }
         }

@@ -153,9 +153,6 @@ pub(crate) async fn fingerprint(client: &Client) -> Result<String, DbError> {
 pub(crate) struct Recorded {
     pub description: Description,
     pub rows: Vec<RowIdentity>,
-    /// The catalogs' [`fingerprint`] just before the description was built; `None` in a
-    /// record written before fingerprints were kept.
-    pub fingerprint: Option<String>,
     /// `YYYY-MM-DD HH:MM:SS` in UTC.
     pub recorded_at: String,
 }
@@ -164,6 +161,43 @@ const RECORD: &str = "schema_record";
 
 fn record_table() -> String {
     format!("{}.{}", quote_ident(SCHEMA), quote_ident(RECORD))
+}
+
+/// The catalogs' fingerprint recorded with this tracking table's description; `None` when
+/// there is no record or it has no fingerprint (written by an earlier version). Reads one
+/// short column, not the description (megabytes for a large schema).
+///
+/// Errors: [`DbError::Query`] when it cannot be read.
+pub(crate) async fn recorded_fingerprint(
+    client: &Client,
+    tracking: &str,
+) -> Result<Option<String>, DbError> {
+    const WHAT: &str = "reading the recorded schema's fingerprint";
+    let column = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+             AND attname = 'catalog_fingerprint' AND NOT attisdropped)",
+            &[&record_table()],
+        )
+        .await
+        .map_err(DbError::query(WHAT))?;
+    if !value::<bool>(&column, 0, WHAT)? {
+        return Ok(None);
+    }
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT catalog_fingerprint FROM {} WHERE tracking_table = $1",
+                record_table()
+            ),
+            &[&tracking],
+        )
+        .await
+        .map_err(DbError::query(WHAT))?;
+    match row {
+        Some(row) => Ok(value::<Option<String>>(&row, 0, WHAT)?),
+        None => Ok(None),
+    }
 }
 
 /// The recorded description for this tracking table; `None` when none was recorded (or the
@@ -186,8 +220,8 @@ pub(crate) async fn recorded(client: &Client, tracking: &str) -> Result<Option<R
         .query_opt(
             &format!(
                 "SELECT description::text, (to_jsonb(r) -> 'tracking_row_ids')::text, \
-                 to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
-                 to_jsonb(r) ->> 'catalog_fingerprint' FROM {} r WHERE tracking_table = $1",
+                 to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
+                 FROM {} r WHERE tracking_table = $1",
                 record_table()
             ),
             &[&tracking],
@@ -206,7 +240,6 @@ pub(crate) async fn recorded(client: &Client, tracking: &str) -> Result<Option<R
     Ok(Some(Recorded {
         description,
         rows,
-        fingerprint: value::<Option<String>>(&row, 3, WHAT)?,
         recorded_at: value::<Option<String>>(&row, 2, WHAT)?.unwrap_or_default(),
     }))
 }

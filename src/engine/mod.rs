@@ -309,15 +309,15 @@ impl<'a> Engine<'a> {
         client: &Client,
     ) -> Result<Option<crate::drift::SchemaDrift>, DbError> {
         let tracking = self.tracking.qualified();
+        // Nothing in the catalogs changed since the record: nothing to read or describe.
+        if let Some(recorded) = db::schema::recorded_fingerprint(client, &tracking).await? {
+            if recorded == db::schema::fingerprint(client).await? {
+                return Ok(None);
+            }
+        }
         let Some(recorded) = db::schema::recorded(client, &tracking).await? else {
             return Ok(None);
         };
-        // Nothing in the catalogs changed since the record: nothing to describe.
-        if recorded.fingerprint.is_some()
-            && recorded.fingerprint == Some(db::schema::fingerprint(client).await?)
-        {
-            return Ok(None);
-        }
         let live = db::schema::describe(client, &self.tracking.schema).await?;
         let changes = crate::drift::diff(&recorded.description, &live);
         if changes.is_empty() {

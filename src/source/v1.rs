@@ -38,7 +38,12 @@ pub(crate) fn folder_names(dir: &Path) -> Result<Vec<String>, SourceError> {
         // that it stays inside the migrations folder. Whatever is named `migration.sql` makes
         // a migration (a FIFO, a directory, a dangling link included): reading it then refuses
         // what is not a regular file, by name, instead of skipping the migration silently.
-        if fs::symlink_metadata(path.join(MIGRATION_FILE)).is_err() {
+        // Only a directory (or a link, maybe to one) can hold it: the entry's type comes with
+        // the directory listing, so a journal folder's files cost no probe each.
+        let may_hold = entry
+            .file_type()
+            .map_or(true, |t| t.is_dir() || t.is_symlink());
+        if !may_hold || fs::symlink_metadata(path.join(MIGRATION_FILE)).is_err() {
             continue;
         }
         let Some(name) = entry.file_name().to_str().map(str::to_string) else {

@@ -262,34 +262,60 @@ pub(crate) async fn prepare_record(client: &Client) -> Result<(), DbError> {
         .map_err(DbError::query("preparing the schema record"))
 }
 
-/// Records `description` and the catalogs' `fingerprint` taken just before it (replacing the
-/// previous record) with the identities of the tracking table's `rows`. [`prepare_record`]
-/// ran; the session is not in a transaction.
+/// Records the live description of the application's schemas (leaving out `skip` and ours,
+/// as [`describe`]) with the catalogs' `fingerprint` taken just before it, replacing the
+/// previous record, with the identities of the tracking table's `rows`. The description is
+/// built and stored by the server in one statement: it never enters this process (a daemon
+/// keeps no megabytes of it after a run on a large schema). [`prepare_record`] ran; the
+/// session is not in a transaction.
 ///
-/// Errors: [`DbError::Query`] when the statement fails.
+/// Errors: [`DbError::Query`] when the statement fails, or a lock on a described relation is
+/// not granted within 500 ms (55P03).
 pub(crate) async fn record(
     client: &Client,
-    tracking: &str,
-    (fingerprint, description): (&str, &Description),
+    (tracking, skip): (&str, &str),
+    fingerprint: &str,
     rows: &[RowIdentity],
 ) -> Result<(), DbError> {
-    // Maps with string keys of strings and integers: serde_json cannot fail on them.
-    let json = serde_json::to_string(description).unwrap_or_else(|_| "{}".into());
+    const WHAT: &str = "recording the schema";
+    let left_out = vec![skip.to_string(), SCHEMA.to_string()];
+    // Identities of strings and integers: serde_json cannot fail on them.
     let ids = serde_json::to_string(rows).unwrap_or_else(|_| "[]".into());
+    // The same object as `Object`'s serde form; NULL names dropped, as `describe` does.
+    let statement = format!(
+        "INSERT INTO {} (tracking_table, tracking_rows, description, tracking_row_ids, catalog_fingerprint) \
+         SELECT $2, $3, coalesce(jsonb_object_agg(coalesce(d.key, ''), jsonb_build_object('definition', \
+             coalesce(d.definition, ''), 'names', to_jsonb(coalesce(array_remove(d.names::text[], NULL), '{{}}')))), '{{}}'), \
+           $4::text::jsonb, $5 FROM ({DESCRIBE}) AS d(key, definition, names) \
+         ON CONFLICT (tracking_table) DO UPDATE SET recorded_at = now(), \
+         tracking_rows = excluded.tracking_rows, description = excluded.description, \
+         tracking_row_ids = excluded.tracking_row_ids, catalog_fingerprint = excluded.catalog_fingerprint",
+        record_table()
+    );
     client
-        .execute(
-            &format!(
-                "INSERT INTO {} (tracking_table, tracking_rows, description, tracking_row_ids, catalog_fingerprint) \
-                 VALUES ($1, $2, $3::text::jsonb, $4::text::jsonb, $5) \
-                 ON CONFLICT (tracking_table) DO UPDATE SET recorded_at = now(), \
-                 tracking_rows = excluded.tracking_rows, description = excluded.description, \
-                 tracking_row_ids = excluded.tracking_row_ids, catalog_fingerprint = excluded.catalog_fingerprint",
-                record_table()
-            ),
-            &[&tracking, &(rows.len() as i64), &json, &ids, &fingerprint],
-        )
+        .batch_execute("BEGIN; SET LOCAL lock_timeout = '500ms'")
         .await
-        .map_err(DbError::query("recording the schema"))?;
+        .map_err(DbError::query(WHAT))?;
+    let written = client
+        .execute(
+            &statement,
+            &[
+                &left_out,
+                &tracking,
+                &(rows.len() as i64),
+                &ids,
+                &fingerprint,
+            ],
+        )
+        .await;
+    let end = if written.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    let ended = client.batch_execute(end).await;
+    written.map_err(DbError::query(WHAT))?;
+    ended.map_err(DbError::query(WHAT))?;
     Ok(())
 }
 

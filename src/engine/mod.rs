@@ -403,17 +403,17 @@ impl<'a> Engine<'a> {
         // and makes the next fingerprint differ, never the other way round.
         db::schema::prepare_record(client).await?;
         let fingerprint = db::schema::fingerprint(client).await?;
-        let live = db::schema::describe(client, &self.tracking.schema).await?;
         let rows = db::read_rows(client, &self.tracking).await?;
         let ids: Vec<_> = rows
             .iter()
             .flat_map(|t| &t.rows)
             .map(crate::drift::RowIdentity::of)
             .collect();
+        let tracking = self.tracking.qualified();
         db::schema::record(
             client,
-            &self.tracking.qualified(),
-            (&fingerprint, &live),
+            (&tracking, &self.tracking.schema),
+            &fingerprint,
             &ids,
         )
         .await

@@ -121,5 +121,12 @@ fn every_single_hand_change_after_a_record_is_reported() {
             "after `{change}`, expected a line starting with `{line}`:\n{}",
             run.stdout
         );
+        if i == 0 {
+            // The record the server wrote reads back as the live description: one change only.
+            let changes = run.stdout.lines().filter(|l| {
+                l.starts_with("  + ") || l.starts_with("  - ") || l.starts_with("  ~ ")
+            });
+            assert_eq!(changes.count(), 1, "{}", run.stdout);
+        }
     }
 }

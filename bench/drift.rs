@@ -7,7 +7,9 @@
 //! Our code path end to end, server side included: `status` on an up-to-date database with
 //! the record, minus `status` without it (its row renamed away, so `status` stops after
 //! reading the record table), interleaved on the same database; medians of each, then the
-//! difference.
+//! difference. Twice: with the catalogs unchanged since the record (the recorded fingerprint
+//! matches: nothing described), and changed (the fingerprint made stale, as any DDL, GRANT or
+//! TRUNCATE would: the schema described and diffed).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,10 +32,14 @@ const TABLES_PER_MIGRATION: usize = 400;
 struct Point {
     scale: usize,
     objects: usize,
+    /// `status` when the catalogs changed since the record (its fingerprint made stale): the
+    /// schema described and diffed.
     with: f64,
     without: f64,
     with_min: f64,
     without_min: f64,
+    /// `status` with the record and unchanged catalogs: the fingerprint only.
+    unchanged: f64,
     /// Our process's CPU (user + sys), with minus without, ms: the record's JSON and the diff.
     cpu: f64,
 }
@@ -65,7 +71,7 @@ pub(crate) fn bench_drift(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
         let objects: usize = objects.parse().map_err(err("counting the objects"))?;
         progress(&format!("drift x{scale}: {} objects", fmt_n(objects)));
         ctx.checkpoint()?;
-        let (with, without) = measure(ctx, &db, &dir)?;
+        let (with, without, unchanged) = measure(ctx, &db, &dir)?;
         let least =
             |runs: &[RunResult]| runs.iter().map(RunResult::ms).fold(f64::INFINITY, f64::min);
         let cpu_of = |runs: &[RunResult]| {
@@ -81,6 +87,7 @@ pub(crate) fn bench_drift(ctx: &mut Ctx, table: &mut Table) -> Res<()> {
             objects,
             with: median(&with.iter().map(RunResult::ms).collect::<Vec<_>>()),
             without: median(&without.iter().map(RunResult::ms).collect::<Vec<_>>()),
+            unchanged: median(&unchanged.iter().map(RunResult::ms).collect::<Vec<_>>()),
             with_min: least(&with),
             without_min: least(&without),
             cpu: cpu_of(&with) - cpu_of(&without),
@@ -139,40 +146,85 @@ fn generated_table(i: usize) -> String {
     )
 }
 
-/// `status` with the record and without it, alternating, after one warm-up of each.
-fn measure(ctx: &mut Ctx, db: &str, dir: &Path) -> Res<(Vec<RunResult>, Vec<RunResult>)> {
-    const HIDE: &str =
-        "UPDATE vamsa_migrate.schema_record SET tracking_table = '-' || tracking_table";
-    const SHOW: &str =
-        "UPDATE vamsa_migrate.schema_record SET tracking_table = substr(tracking_table, 2)";
-    let (mut with, mut without) = (Vec::new(), Vec::new());
+/// How `status` finds the record in one measured run.
+#[derive(Clone, Copy, PartialEq)]
+enum Record {
+    /// The catalogs unchanged since: the fingerprint matches, nothing described.
+    Unchanged,
+    /// The fingerprint made stale (as any DDL, GRANT or TRUNCATE since would): described, diffed.
+    Changed,
+    /// No record (its row renamed away): the baseline.
+    Hidden,
+}
+
+/// `status` in each [`Record`] state, in turn, after one warm-up round: (changed, hidden,
+/// unchanged) runs.
+type Runs = (Vec<RunResult>, Vec<RunResult>, Vec<RunResult>);
+
+fn measure(ctx: &mut Ctx, db: &str, dir: &Path) -> Res<Runs> {
+    let (mut changed, mut hidden, mut unchanged) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..=ctx.p.reps {
-        for recorded in [true, false] {
-            if !recorded {
-                ctx.psql(db, HIDE)?;
-            }
-            let (r, out) = ctx.ours(Some(db), dir, &["status"])?;
-            if !recorded {
-                ctx.psql(db, SHOW)?;
-            }
-            expect_code("vamsa-migrate status (drift)", &r, &out, &[0])?;
+        for state in [Record::Unchanged, Record::Changed, Record::Hidden] {
+            let r = status_with(ctx, db, dir, state)?;
             if rep == 0 {
                 continue;
             }
-            if recorded {
-                with.push(r);
-            } else {
-                without.push(r);
+            match state {
+                Record::Unchanged => unchanged.push(r),
+                Record::Changed => changed.push(r),
+                Record::Hidden => hidden.push(r),
             }
         }
     }
-    Ok((with, without))
+    Ok((changed, hidden, unchanged))
+}
+
+fn status_with(ctx: &mut Ctx, db: &str, dir: &Path, state: Record) -> Res<RunResult> {
+    const TABLE: &str = "UPDATE vamsa_migrate.schema_record SET ";
+    let (before, after) = match state {
+        Record::Unchanged => (None, None),
+        Record::Changed => (
+            Some("catalog_fingerprint = 'stale ' || catalog_fingerprint"),
+            Some("catalog_fingerprint = substr(catalog_fingerprint, 7)"),
+        ),
+        Record::Hidden => (
+            Some("tracking_table = '-' || tracking_table"),
+            Some("tracking_table = substr(tracking_table, 2)"),
+        ),
+    };
+    if let Some(set) = before {
+        ctx.psql(db, &format!("{TABLE}{set}"))?;
+    }
+    let (r, out) = ctx.ours(Some(db), dir, &["status"])?;
+    if let Some(set) = after {
+        ctx.psql(db, &format!("{TABLE}{set}"))?;
+    }
+    expect_code("vamsa-migrate status (drift)", &r, &out, &[0])?;
+    Ok(r)
 }
 
 fn report(table: &mut Table, points: &[Point]) {
     let Some(vamsa) = points.first() else { return };
     table.row(
-        "drift: describe + diff (status with record - without), wall",
+        "drift: catalogs unchanged, fingerprint only (status with record - without), wall",
+        &format!("Vamsa, {} objects", fmt_n(vamsa.objects)),
+        ms(vamsa.unchanged - vamsa.without),
+        "(info)",
+        String::new(),
+        None,
+    );
+    for p in &points[1..] {
+        table.row(
+            "drift: catalogs unchanged, fingerprint only (status with record - without), wall",
+            &format!("x{}, {} objects", p.scale, fmt_n(p.objects)),
+            ms(p.unchanged - p.without),
+            "",
+            String::new(),
+            None,
+        );
+    }
+    table.row(
+        "drift: catalogs changed, describe + diff (status with record - without), wall",
         &format!("Vamsa, {} objects", fmt_n(vamsa.objects)),
         ms(vamsa.cost()),
         "< 50 ms",
@@ -181,7 +233,7 @@ fn report(table: &mut Table, points: &[Point]) {
     );
     for p in &points[1..] {
         table.row(
-            "drift: describe + diff (status with record - without), wall",
+            "drift: catalogs changed, describe + diff (status with record - without), wall",
             &format!("x{}, {} objects", p.scale, fmt_n(p.objects)),
             ms(p.cost()),
             "",
@@ -210,10 +262,10 @@ fn report(table: &mut Table, points: &[Point]) {
         );
     }
     table.notes.push(format!(
-        "drift: status with / without the record, medians: {}; our process's CPU for it (record JSON + diff): {}.",
+        "drift: status with the record (catalogs changed / unchanged) / without it, medians: {}; our process's CPU for the changed case (record JSON + diff): {}.",
         points
             .iter()
-            .map(|p| format!("x{} {} / {}", p.scale, ms(p.with), ms(p.without)))
+            .map(|p| format!("x{} {} / {} / {}", p.scale, ms(p.with), ms(p.unchanged), ms(p.without)))
             .collect::<Vec<_>>()
             .join(", "),
         points

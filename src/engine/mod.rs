@@ -309,11 +309,14 @@ impl<'a> Engine<'a> {
         client: &Client,
     ) -> Result<Option<crate::drift::SchemaDrift>, DbError> {
         let tracking = self.tracking.qualified();
+        // No record, or one of an earlier format (without a fingerprint, described under the
+        // session's search_path): nothing to compare with; the next run records it again.
+        let Some(recorded) = db::schema::recorded_fingerprint(client, &tracking).await? else {
+            return Ok(None);
+        };
         // Nothing in the catalogs changed since the record: nothing to read or describe.
-        if let Some(recorded) = db::schema::recorded_fingerprint(client, &tracking).await? {
-            if recorded == db::schema::fingerprint(client).await? {
-                return Ok(None);
-            }
+        if recorded == db::schema::fingerprint(client).await? {
+            return Ok(None);
         }
         let Some(recorded) = db::schema::recorded(client, &tracking).await? else {
             return Ok(None);

@@ -57,7 +57,7 @@ fn hand_changes_of_every_kind_are_reported_by_status_and_warned_by_the_next_run_
         "- index public.persons_name_idx CREATE INDEX persons_name_idx ON public.persons USING btree (name)",
         "~ type public.mood: enum ('happy') -> enum ('happy', 'sad')",
         "+ column public.named.name text",
-        "+ trigger public.persons persons_touch CREATE TRIGGER persons_touch BEFORE INSERT ON public.persons FOR EACH ROW EXECUTE FUNCTION touch()",
+        "+ trigger public.persons persons_touch CREATE TRIGGER persons_touch BEFORE INSERT ON public.persons FOR EACH ROW EXECUTE FUNCTION public.touch()",
         "+ sequence public.counter bigint increment 1",
         "+ constraint public.persons name_set CHECK ((name <> ''::text))",
         "+ extension pgcrypto",

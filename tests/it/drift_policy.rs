@@ -77,7 +77,9 @@ fn every_single_hand_change_after_a_record_is_reported() {
         CREATE INDEX \"persons_name_idx\" ON \"persons\" (\"name\");\n--> statement-breakpoint\n\
         CREATE VIEW \"named\" AS SELECT \"id\" FROM \"persons\";\n--> statement-breakpoint\n\
         CREATE FUNCTION \"touch\"() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;\n--> statement-breakpoint\n\
-        CREATE TRIGGER \"persons_touch\" BEFORE INSERT ON \"persons\" FOR EACH ROW EXECUTE FUNCTION \"touch\"();\n";
+        CREATE TRIGGER \"persons_touch\" BEFORE INSERT ON \"persons\" FOR EACH ROW EXECUTE FUNCTION \"touch\"();\n--> statement-breakpoint\n\
+        CREATE DOMAIN \"posint\" AS integer CHECK (VALUE > 0);\n--> statement-breakpoint\n\
+        CREATE SEQUENCE \"counter\";\n";
     let cases = [
         ("ALTER TABLE persons ADD COLUMN nickname text", "+ column public.persons.nickname text"),
         ("ALTER TABLE persons ALTER COLUMN name DROP NOT NULL", "~ column public.persons.name: text NOT NULL -> text"),
@@ -87,12 +89,23 @@ fn every_single_hand_change_after_a_record_is_reported() {
         ("ALTER TYPE mood ADD VALUE 'sad'", "~ type public.mood: enum ('happy') -> enum ('happy', 'sad')"),
         ("CREATE OR REPLACE VIEW named AS SELECT id AS id FROM persons WHERE id > 0", "~ view public.named:"),
         ("CREATE OR REPLACE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$", "~ function public.touch()"),
+        ("ALTER TABLE persons DISABLE TRIGGER persons_touch", "~ trigger public.persons persons_touch"),
         ("DROP TRIGGER persons_touch ON persons", "- trigger public.persons persons_touch"),
         ("DROP VIEW named", "- view public.named"),
         ("ALTER TABLE persons ADD CONSTRAINT name_set CHECK (name <> '')", "+ constraint public.persons name_set"),
         ("ALTER TABLE persons DROP CONSTRAINT name_set", "- constraint public.persons name_set"),
         ("ALTER TABLE persons RENAME COLUMN name TO full_name", "+ column public.persons.full_name"),
         ("ALTER TABLE persons ALTER COLUMN full_name TYPE varchar(200)", "~ column public.persons.full_name: text"),
+        // Changes that matter to security or behaviour, not only to shape.
+        ("ALTER FUNCTION touch() SECURITY DEFINER", "~ function public.touch()"),
+        ("ALTER FUNCTION touch() STRICT", "~ function public.touch()"),
+        ("ALTER FUNCTION touch() SET search_path = public", "~ function public.touch()"),
+        ("ALTER DOMAIN posint DROP CONSTRAINT posint_check", "~ type public.posint: domain integer CONSTRAINT posint_check CHECK ((VALUE > 0)) -> domain integer"),
+        ("ALTER TABLE persons ALTER COLUMN full_name TYPE varchar(200) COLLATE \"C\"", "~ column public.persons.full_name: character varying(200) -> character varying(200) COLLATE pg_catalog.\"C\""),
+        ("ALTER SEQUENCE counter MAXVALUE 10 CYCLE", "~ sequence public.counter"),
+        ("ALTER TABLE persons SET UNLOGGED", "~ table public.persons:  -> UNLOGGED"),
+        ("ALTER TABLE persons SET LOGGED; ALTER TABLE persons ENABLE ROW LEVEL SECURITY", "~ table public.persons: UNLOGGED -> ROW LEVEL SECURITY"),
+        ("CREATE POLICY own ON persons USING (true)", "+ policy public.persons own PERMISSIVE FOR ALL TO PUBLIC USING (true)"),
         ("DROP TABLE persons CASCADE", "- table public.persons"),
     ];
     let db = Db::new();
@@ -129,4 +142,61 @@ fn every_single_hand_change_after_a_record_is_reported() {
             assert_eq!(changes.count(), 1, "{}", run.stdout);
         }
     }
+}
+
+/// The description does not depend on the session's `search_path`: a migration that ends with
+/// `SET search_path`, or a role whose path differs (here `PGOPTIONS`), sees the same schema.
+#[test]
+fn the_schema_reads_the_same_under_any_search_path() {
+    const TYPED: &str = "CREATE TYPE \"mood\" AS ENUM ('happy', 'sad');\n--> statement-breakpoint\n\
+        CREATE TABLE \"persons\" (\"id\" serial PRIMARY KEY, \"mood\" \"mood\" DEFAULT 'happy' NOT NULL);\n--> statement-breakpoint\n\
+        CREATE TABLE \"media\" (\"id\" serial PRIMARY KEY, \"person_id\" integer REFERENCES \"persons\"(\"id\"));\n--> statement-breakpoint\n\
+        CREATE VIEW \"happy\" AS SELECT \"id\" FROM \"persons\" WHERE \"mood\" = 'happy';\n--> statement-breakpoint\n\
+        SET search_path TO pg_catalog;\n";
+    let db = Db::new();
+    let f = Folder::new(&[("0000_typed", 1000, TYPED)]);
+    db.run(f.path(), &["migrate"]).ok();
+    // A catalog change that is not drift: the recorded fingerprint no longer matches, so each
+    // `status` below describes the schema rather than trusting the fingerprint.
+    db.psql("GRANT SELECT ON persons TO PUBLIC");
+    let run = db.run(f.path(), &["status"]);
+    run.ok();
+    for path in ["pg_catalog", "public", "nowhere"] {
+        let mut status = db.cli(f.path());
+        status
+            .env("PGOPTIONS", format!("-c search_path={path}"))
+            .arg("status");
+        let run = status.run();
+        run.ok();
+        assert!(
+            !run.stdout.contains("outside migrations"),
+            "search_path={path}: {}",
+            run.stdout
+        );
+    }
+    // A hand change is still seen under another path.
+    db.psql("ALTER TABLE persons ADD COLUMN nickname text");
+    let mut status = db.cli(f.path());
+    status
+        .env("PGOPTIONS", "-c search_path=pg_catalog")
+        .arg("status");
+    let run = status.run();
+    run.code(4);
+    assert!(
+        run.stdout.contains("+ column public.persons.nickname text"),
+        "{}",
+        run.stdout
+    );
+}
+
+/// Privileges are not the schema: an admin's GRANT to a reporting role is not drift.
+#[test]
+fn a_grant_is_not_a_schema_change() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_persons", 1000, PERSONS)]);
+    db.run(f.path(), &["migrate"]).ok();
+    db.psql("GRANT SELECT ON persons TO PUBLIC; GRANT USAGE ON SEQUENCE persons_id_seq TO PUBLIC");
+    let run = db.run(f.path(), &["status"]);
+    run.ok();
+    assert!(!run.stdout.contains("outside migrations"), "{}", run.stdout);
 }

@@ -330,6 +330,8 @@ pub struct StatusReport {
     pub missing_on_disk: Vec<MissingRow>,
     pub applied: usize,
     pub pending: usize,
+    /// Drift of any kind: an edited file, a hole, a row matching no file, or the schema
+    /// changed outside migrations (`schema_changes`); `status` then exits 4.
     pub drift: bool,
     /// The folder's warnings, as printed on stderr.
     pub warnings: Vec<String>,

@@ -283,6 +283,8 @@ pub fn render_error(e: &ErrorReport) -> String {
 /// Adds the live schema's drift to a status report.
 pub fn add_schema_drift(report: &mut StatusReport, drift: Option<crate::drift::SchemaDrift>) {
     if let Some(drift) = drift {
+        // The same drift that makes `status` exit 4: scripts reading `drift` see it too.
+        report.drift |= !drift.changes.is_empty();
         report.schema_changes = drift.changes.iter().map(|c| c.to_string()).collect();
         report.schema_recorded_at = Some(drift.recorded_at);
         report.schema_notes = drift.notes;
@@ -410,7 +412,8 @@ pub fn write_status(out: &mut impl Write, report: &StatusReport, format: Format)
         report.applied,
         report.pending
     );
-    if report.drift {
+    // `drift` also covers the schema's changes, named just below.
+    if report.drift && report.schema_changes.is_empty() {
         summary.push_str(", drift found");
     }
     if !report.schema_changes.is_empty() {

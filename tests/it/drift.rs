@@ -90,6 +90,8 @@ fn hand_changes_of_every_kind_are_reported_by_status_and_warned_by_the_next_run_
         json["schema_changes"].as_array().map(Vec::len),
         Some(lines.len())
     );
+    // The flag scripts read says so too (exit 4).
+    assert_eq!(json["drift"], serde_json::json!(true), "{json}");
 
     // The next run warns, applies, and records the schema as it then is.
     f.write(&[("0000_schema", 1000, SCHEMA), ("0001_media", 2000, MEDIA)]);

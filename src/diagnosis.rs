@@ -160,7 +160,7 @@ pub(crate) fn next_step(e: &EngineError) -> String {
 }
 
 /// The next step for a query refused for a missing permission (SQLSTATE 42501).
-pub(crate) const PERMISSION_NEXT_STEP: &str = "Nothing was changed. As a superuser or the object's owner, grant the role in database_url the permission named above (for vamsa-migrate's own schema: GRANT USAGE ON SCHEMA vamsa_migrate TO <role>;), then run again.";
+pub(crate) const PERMISSION_NEXT_STEP: &str = "Nothing was changed. As a superuser or the object's owner, grant the role in database_url the permission named above (for vamsa-migrate's own schema: GRANT USAGE ON SCHEMA vamsa_migrate TO <role>; GRANT SELECT ON ALL TABLES IN SCHEMA vamsa_migrate TO <role>;), then run again.";
 
 /// A pooler that hands our session to other clients between transactions (`db::pooler`).
 const SESSION_NOT_KEPT_CAUSE: &str = "database_url leads to a connection pooler (PgBouncer with pool_mode = transaction or statement, or a proxy like it) that gives this connection's PostgreSQL session to other clients between transactions; the migration lock (a session-level advisory lock) and the transaction of each migration need one session for the whole run.";

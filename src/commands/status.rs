@@ -48,8 +48,10 @@ pub(crate) async fn run(
             }
             // As `migrate` does: a check it may not read does not stop the report.
             status.warnings.push(format!(
-                "the live schema was not compared with the recorded one: {e}; an admin runs: GRANT USAGE ON SCHEMA vamsa_migrate TO {};",
-                crate::db::quote_ident(&current_user(&client).await)
+                "the live schema was not compared with the recorded one: {e}; an admin runs: {}",
+                crate::db::history::read_grants(&crate::db::quote_ident(
+                    &current_user(&client).await
+                ))
             ));
         }
     }

@@ -295,8 +295,10 @@ async fn schema_check(engine: &Engine<'_>, client: &Client) -> Check {
             if denied {
                 // As `status` says it: the role may not read our schema.
                 fail.next_step = format!(
-                    "an admin runs: GRANT USAGE ON SCHEMA vamsa_migrate TO {};",
-                    db::quote_ident(&super::status::current_user(client).await)
+                    "an admin runs: {}",
+                    db::history::read_grants(&db::quote_ident(
+                        &super::status::current_user(client).await
+                    ))
                 );
             }
             failed(CHECK, Fault::Failed, fail, Vec::new())

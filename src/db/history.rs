@@ -14,6 +14,14 @@ use crate::protocol::{AppliedTiming, Origin, RunFailure, RunRecord};
 
 /// The schema of our own tables (the history, the recorded schema description).
 pub(crate) const SCHEMA: &str = "vamsa_migrate";
+
+/// What an admin runs so that `role` (quoted) may read the run history and the schema record
+/// (`status`, `history`, `verify`): USAGE on the schema alone still leaves its tables unreadable.
+pub(crate) fn read_grants(role: &str) -> String {
+    format!(
+        "GRANT USAGE ON SCHEMA {SCHEMA} TO {role}; GRANT SELECT ON ALL TABLES IN SCHEMA {SCHEMA} TO {role};"
+    )
+}
 /// The history table in [`SCHEMA`].
 pub(crate) const RUNS: &str = "runs";
 

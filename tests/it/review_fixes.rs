@@ -202,6 +202,21 @@ fn a_role_without_usage_on_vamsa_migrate_gets_status_with_a_warning_and_history_
         "{}",
         history.stderr
     );
+
+    // Following the advice word for word is enough: status compares, history reads.
+    let text = format!("{}{}", status.stdout, status.stderr);
+    let advice = text
+        .lines()
+        .find_map(|l| l.split("an admin runs: ").nth(1))
+        .expect("the advice");
+    db.psql(advice);
+    let status = as_role(&["status"]);
+    status.ok();
+    assert!(
+        !format!("{}{}", status.stdout, status.stderr).contains("not compared"),
+        "{status:?}"
+    );
+    cli().database_url(&url).arg("history").run().ok();
 }
 
 /// `cli ARGS` with standard output a pipe whose reading end is already closed (`| head -0`).

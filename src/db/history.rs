@@ -127,11 +127,16 @@ async fn ensure(client: &Client) -> Result<(), DbError> {
     const WHAT: &str = "creating the run history table";
     let row = client
         .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
-            &[&SCHEMA],
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), to_regclass($2) IS NOT NULL",
+            &[&SCHEMA, &qualified()],
         )
         .await
         .map_err(DbError::query(WHAT))?;
+    // Made already (the common case): no DDL, so no "already exists, skipping" NOTICE in the
+    // journal at every run.
+    if value::<bool>(&row, 1, WHAT)? {
+        return Ok(());
+    }
     let create_schema = if value::<bool>(&row, 0, WHAT)? {
         String::new()
     } else {

@@ -213,15 +213,7 @@ pub(crate) async fn recorded_fingerprint(
     tracking: &str,
 ) -> Result<Option<String>, DbError> {
     const WHAT: &str = "reading the recorded schema's fingerprint";
-    let column = client
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
-             AND attname = 'catalog_fingerprint' AND NOT attisdropped)",
-            &[&record_table()],
-        )
-        .await
-        .map_err(DbError::query(WHAT))?;
-    if !value::<bool>(&column, 0, WHAT)? {
+    if !has_fingerprint_column(client).await? {
         return Ok(None);
     }
     let row = client
@@ -290,6 +282,12 @@ pub(crate) async fn recorded(client: &Client, tracking: &str) -> Result<Option<R
 ///
 /// Errors: [`DbError::Query`] when a statement fails.
 pub(crate) async fn prepare_record(client: &Client) -> Result<(), DbError> {
+    const WHAT: &str = "preparing the schema record";
+    // Made already (the common case): no DDL, so no "already exists, skipping" NOTICE in the
+    // journal and no ACCESS EXCLUSIVE lock on the table at every run.
+    if has_fingerprint_column(client).await? {
+        return Ok(());
+    }
     let table = record_table();
     client
         .batch_execute(&format!(
@@ -299,7 +297,21 @@ pub(crate) async fn prepare_record(client: &Client) -> Result<(), DbError> {
              ALTER TABLE {table} ADD COLUMN IF NOT EXISTS catalog_fingerprint text"
         ))
         .await
-        .map_err(DbError::query("preparing the schema record"))
+        .map_err(DbError::query(WHAT))
+}
+
+/// Whether the record's table exists with its latest column, `catalog_fingerprint`.
+async fn has_fingerprint_column(client: &Client) -> Result<bool, DbError> {
+    const WHAT: &str = "reading the schema record's columns";
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) \
+             AND attname = 'catalog_fingerprint' AND NOT attisdropped)",
+            &[&record_table()],
+        )
+        .await
+        .map_err(DbError::query(WHAT))?;
+    Ok(value::<bool>(&row, 0, WHAT)?)
 }
 
 /// Records the live description of the application's schemas (leaving out `skip` and ours,

@@ -109,7 +109,7 @@ pub(crate) async fn record(
                 &run.rehearsal,
                 &error.is_none(),
                 &kind,
-                &error.map(|e| e.message.as_str()),
+                &error.map(|e| kept_message(&e.message)),
                 &error.and_then(|e| e.sqlstate.as_deref()),
                 &error.and_then(|e| e.migration.as_deref()),
             ],
@@ -117,6 +117,17 @@ pub(crate) async fn record(
         .await
         .map_err(DbError::query("recording the run in the run history"))?;
     Ok(Recorded::Written)
+}
+
+/// The error message as the history keeps it: its headline's statement summary without
+/// string constants ([`crate::summary::without_literals`]), so that a failed `CREATE ROLE ...
+/// PASSWORD '...'` leaves no password in a table others may read; the journal and the
+/// terminal still show it whole.
+fn kept_message(message: &str) -> String {
+    match message.split_once('\n') {
+        Some((headline, rest)) => format!("{}\n{rest}", crate::summary::without_literals(headline)),
+        None => crate::summary::without_literals(message),
+    }
 }
 
 /// Creates the schema (when missing: `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the

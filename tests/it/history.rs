@@ -287,3 +287,26 @@ fn a_run_that_only_upgrades_the_tracking_table_is_recorded() {
     db.run(f.path(), &["migrate"]).ok();
     assert_eq!(history(&db).len(), 2);
 }
+
+/// A failed statement's summary is kept without its string constants: a `CREATE ROLE ...
+/// PASSWORD '...'` that fails leaves no password in the history table or in `history`.
+#[test]
+fn a_failed_statements_password_is_not_kept_in_the_history() {
+    let db = Db::new();
+    let f = Folder::new(&[(
+        "0000_role",
+        1000,
+        "CREATE ROLE \"leaky\" LOGIN PASSWORD 'TopSecret123' IN ROLE \"no_such_role_here\";\n",
+    )]);
+    let run = db.run(f.path(), &["migrate", "--no-backup"]);
+    run.code(1);
+    let rows = history(&db);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let message = rows[0]["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("PASSWORD '…'"), "{message}");
+    let shown = history_cli(&db, &[]);
+    let stored = db.psql("SELECT string_agg(error_message, ' ') FROM vamsa_migrate.runs");
+    for text in [&shown.stdout, &shown.stderr, &stored, &message.to_string()] {
+        assert!(!text.contains("TopSecret123"), "{text}");
+    }
+}

@@ -438,8 +438,11 @@ impl<'a> Engine<'a> {
             .flatten();
         let create = log.creates_table();
         let run = log.finish(error, self.tracking.qualified(), commit);
+        // A failed run that committed migrations first also leaves the schema at a migration
+        // boundary: recorded, its rows are not later taken for another tool's.
+        let changed = error.is_none() || !run.migrations.is_empty();
         let message = match db::history::record(client, &run, create).await {
-            Ok(Recorded::Written) if error.is_none() => match self.record_schema(client).await {
+            Ok(Recorded::Written) if changed => match self.record_schema(client).await {
                 Ok(()) => return,
                 Err(e) => format!("the schema after this run was not recorded: {e}"),
             },

@@ -200,3 +200,28 @@ fn a_grant_is_not_a_schema_change() {
     run.ok();
     assert!(!run.stdout.contains("outside migrations"), "{}", run.stdout);
 }
+
+/// A run that commits a migration and then fails leaves the schema at a migration boundary and
+/// records it: the committed migration is ours, not "applied by another tool".
+#[test]
+fn a_partly_failed_run_records_the_schema_it_left() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_persons", 1000, PERSONS)]);
+    db.run(f.path(), &["migrate"]).ok();
+    f.write(&[
+        ("0000_persons", 1000, PERSONS),
+        ("0001_media", 2000, MEDIA),
+        ("0002_broken", 3000, "SELECT * FROM \"nope\";\n"),
+    ]);
+    db.run(f.path(), &["migrate", "--no-backup"]).code(1);
+    assert_eq!(db.rows().len(), 2, "0001 committed, 0002 not");
+    db.psql(HAND);
+    let run = db.run(f.path(), &["status"]);
+    run.code(4);
+    assert!(
+        run.stdout.contains("+ column public.persons.nickname text")
+            && !run.stdout.contains("another tool"),
+        "{}",
+        run.stdout
+    );
+}

@@ -36,17 +36,26 @@ pub enum Change {
 
 impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names and definitions come from the catalogs, which anyone who may create an
+        // object writes to: control characters escaped, so they cannot drive the terminal.
+        let p = crate::plan::printable;
         let with = |d: &str| {
             if d.is_empty() {
                 String::new()
             } else {
-                format!(" {d}")
+                format!(" {}", p(d))
             }
         };
         match self {
-            Change::Added { object, definition } => write!(f, "+ {object}{}", with(definition)),
-            Change::Removed { object, definition } => write!(f, "- {object}{}", with(definition)),
-            Change::Changed { object, was, now } => write!(f, "~ {object}: {was} -> {now}"),
+            Change::Added { object, definition } => {
+                write!(f, "+ {}{}", p(object), with(definition))
+            }
+            Change::Removed { object, definition } => {
+                write!(f, "- {}{}", p(object), with(definition))
+            }
+            Change::Changed { object, was, now } => {
+                write!(f, "~ {}: {} -> {}", p(object), p(was), p(now))
+            }
         }
     }
 }
@@ -283,6 +292,18 @@ impl fmt::Display for SchemaDrift {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_in_names_are_escaped() {
+        let c = Change::Added {
+            object: "table public.\"ok\u{1b}[1A\u{1b}[2K\"".into(),
+            definition: "\u{7}".into(),
+        };
+        assert_eq!(
+            c.to_string(),
+            "+ table public.\"ok\\u{1b}[1A\\u{1b}[2K\" \\u{7}"
+        );
+    }
     use crate::db::schema::Object;
 
     fn object(definition: &str, names: &[&str]) -> Object {

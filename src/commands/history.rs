@@ -41,7 +41,13 @@ pub(crate) async fn run(
             out,
             "No runs recorded (the history starts with the first run that changes the database)."
         ),
-        Format::Human => runs.iter().try_for_each(|r| write!(out, "{}", render(r))),
+        // Text from the table may come from anyone (a role's or a migration's name): each
+        // line with its control characters escaped.
+        Format::Human => runs.iter().try_for_each(|r| {
+            render(r)
+                .lines()
+                .try_for_each(|l| writeln!(out, "{}", crate::plan::printable(l)))
+        }),
     };
     match written.and_then(|()| out.flush()) {
         Ok(()) => Outcome::Success,

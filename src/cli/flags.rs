@@ -252,8 +252,9 @@ impl Flags for RehearseFlags {
 /// `--limit`: how many of the newest entries a listing shows.
 #[derive(Args, Debug, Clone, Copy)]
 pub struct LimitFlag {
-    /// Show the newest N runs. Default: 20.
-    #[arg(long, value_name = "N", default_value_t = 20)]
+    /// Show the newest N runs (N >= 1). Default: 20.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub limit: u32,
 }
 

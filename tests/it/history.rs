@@ -310,3 +310,20 @@ fn a_failed_statements_password_is_not_kept_in_the_history() {
         assert!(!text.contains("TopSecret123"), "{text}");
     }
 }
+
+#[test]
+fn a_limit_of_0_is_refused_as_usage_before_connecting() {
+    // No database: the argument is refused at parse time (exit 2), before any connection,
+    // rather than answered "No runs recorded", which would be untrue.
+    let mut c = cli();
+    c.args(["history", "--limit", "0"]);
+    let run = c.run();
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("invalid value '0' for '--limit <N>': 0 is not in 1..=4294967295"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stdout, "");
+}

@@ -73,8 +73,11 @@ pub enum BackupError {
     VersionMismatch { detail: String },
     #[error("pg_dump failed ({status}): {stderr}")]
     Dump { status: String, stderr: String },
-    #[error("the dump does not read back (pg_restore --list failed: {stderr}); it was removed")]
-    Verify { stderr: String },
+    #[error("the dump does not read back (pg_restore --list failed: {reason}); it was removed")]
+    Verify {
+        /// pg_restore's stderr, or how it ended when it printed nothing (killed by a signal).
+        reason: String,
+    },
     #[error(transparent)]
     Query(Box<crate::db::DbError>),
     #[error("pg_restore failed ({status}); its transaction was rolled back: {stderr}")]
@@ -648,7 +651,7 @@ pub(crate) async fn table_of_contents(
     dump: &fs::File,
     server_major: u32,
 ) -> Result<String, BackupError> {
-    let failed = |stderr: String| BackupError::Verify { stderr };
+    let failed = |reason: String| BackupError::Verify { reason };
     let mut stdin = dump.try_clone().map_err(|e| failed(e.to_string()))?;
     stdin
         .seek(io::SeekFrom::Start(0))
@@ -665,10 +668,30 @@ pub(crate) async fn table_of_contents(
         .await;
     match verify {
         Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
-        Ok(o) => Err(failed(
-            String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        )),
+        Ok(o) => Err(failed(failure_reason("pg_restore", o.status, &o.stderr))),
         Err(e) => Err(failed(e.to_string())),
+    }
+}
+
+/// Why `program` failed, as a person reads it: its stderr, after "killed by signal 11
+/// (SIGSEGV)" when a signal ended it (a crash prints nothing), or its exit status when it
+/// printed nothing.
+fn failure_reason(program: &str, status: std::process::ExitStatus, stderr: &[u8]) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let stderr = String::from_utf8_lossy(stderr).trim().to_string();
+    let ended = match (status.signal(), status.code()) {
+        (Some(n), _) => {
+            let name = nix::sys::signal::Signal::try_from(n).map_or("unknown", |s| s.as_str());
+            format!("{program} was killed by signal {n} ({name})")
+        }
+        (None, _) if !stderr.is_empty() => return stderr,
+        (None, Some(code)) => format!("{program} exited with status {code} and printed nothing"),
+        (None, None) => format!("{program} ended ({status}) and printed nothing"),
+    };
+    if stderr.is_empty() {
+        ended
+    } else {
+        format!("{ended}: {stderr}")
     }
 }
 
@@ -869,6 +892,31 @@ pub fn human_bytes(n: u64) -> String {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_program_killed_by_a_signal_is_told_by_the_signals_number_and_name() {
+        use std::os::unix::process::ExitStatusExt;
+        use std::process::ExitStatus;
+        // Raw wait statuses: a signal in the low 7 bits, an exit code in the next byte.
+        let segv = ExitStatus::from_raw(11);
+        assert_eq!(
+            failure_reason("pg_restore", segv, b""),
+            "pg_restore was killed by signal 11 (SIGSEGV)"
+        );
+        assert_eq!(
+            failure_reason("pg_restore", segv, b"pg_restore: partial\n"),
+            "pg_restore was killed by signal 11 (SIGSEGV): pg_restore: partial"
+        );
+        let exit1 = ExitStatus::from_raw(1 << 8);
+        assert_eq!(
+            failure_reason("pg_restore", exit1, b"pg_restore: error: x\n"),
+            "pg_restore: error: x"
+        );
+        assert_eq!(
+            failure_reason("pg_restore", exit1, b""),
+            "pg_restore exited with status 1 and printed nothing"
+        );
+    }
 
     #[test]
     fn names_round_trip_and_foreign_files_are_not_ours() {

@@ -371,8 +371,8 @@ async fn newest_backup(b: &Backups<'_>, client: &Client, deep: bool) -> Result<S
         .map_err(|e| take_a_new_one(format!("{path} cannot be opened: {e}")))?;
     let toc = match crate::backup::table_of_contents(&file, db.server_major).await {
         Ok(toc) => toc,
-        Err(BackupError::Verify { stderr }) => {
-            let why = format!("{path} does not read back: pg_restore --list failed: {stderr}");
+        Err(BackupError::Verify { reason }) => {
+            let why = format!("{path} does not read back: pg_restore --list failed: {reason}");
             return Err(take_a_new_one(why));
         }
         Err(e) => return Err(take_a_new_one(format!("{path}: {e}"))),

@@ -321,3 +321,33 @@ fn json_is_one_object_with_each_checks_result() {
     assert_eq!(checks[2]["result"], "ok");
     assert!(checks[2]["summary"].as_str().is_some());
 }
+
+/// A folder to use as PG_BIN_DIR whose `pg_restore` dies of SIGSEGV, as pg_restore 15 did on a
+/// corrupted dump, printing nothing.
+fn crashing_pg_restore() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("a folder for the shim");
+    let shim = dir.path().join("pg_restore");
+    std::fs::write(&shim, "#!/bin/sh\nulimit -c 0\nkill -SEGV $$\n").expect("write the shim");
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755))
+        .expect("make the shim executable");
+    dir
+}
+
+#[test]
+fn pg_restore_killed_by_a_signal_is_named_with_the_signal() {
+    let (db, f) = migrated();
+    let shim = crashing_pg_restore();
+    let mut c = db.cli(f.path());
+    c.env("PG_BIN_DIR", shim.path()).arg("verify");
+    let run = c.run();
+    run.code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "backup: FAILED: {} does not read back: pg_restore --list failed: pg_restore was killed by signal 11 (SIGSEGV); next step: take a new backup",
+            newest_dump(&db).display()
+        )),
+        "{}",
+        run.stderr
+    );
+}

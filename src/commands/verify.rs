@@ -352,20 +352,7 @@ fn take_a_new_one(why: String) -> Fail {
 
 async fn newest_backup(b: &Backups<'_>, client: &Client, deep: bool) -> Result<String, Fail> {
     let db = db::database(client).await?;
-    let dir = &b.settings.backup.dir;
-    let listed = crate::backup::list(dir).map_err(|e| Fail {
-        why: format!("backup_dir {} cannot be read: {e}", dir.display()),
-        next_step: "let this user read backup_dir (the units run as vamsa-migrate)".into(),
-    })?;
-    let newest = listed
-        .into_iter()
-        .rfind(|l| crate::backup::is_of(l, &db.name));
-    let Some(newest) = newest else {
-        return Err(Fail {
-            why: format!("no backup of the database {} in {}", db.name, dir.display()),
-            next_step: "take one: `vamsa-migrate backup`".into(),
-        });
-    };
+    let newest = find_newest(b, &db.name)?;
     let path = newest.path.display();
     let file = fs::File::open(&newest.path)
         .map_err(|e| take_a_new_one(format!("{path} cannot be opened: {e}")))?;
@@ -377,20 +364,86 @@ async fn newest_backup(b: &Backups<'_>, client: &Client, deep: bool) -> Result<S
         }
         Err(e) => return Err(take_a_new_one(format!("{path}: {e}"))),
     };
-    let entries = toc
-        .lines()
-        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
-        .count();
-    if entries == 0 {
-        let why = format!("{path} holds nothing: its table of contents is empty");
-        return Err(take_a_new_one(why));
-    }
+    let entries = check_toc(&path.to_string(), &toc, &db.name, b.tracking)?;
     let mut summary = format!("{path}, {}, {entries} entries", human_bytes(newest.bytes));
     if deep {
         let restored = restore_check(b, client, db.server_major, &newest, &file, &toc).await?;
         summary.push_str(&format!("; {restored}"));
     }
     Ok(summary)
+}
+
+/// The newest of `database`'s dumps in backup_dir, as `backups` lists them.
+fn find_newest(b: &Backups<'_>, database: &str) -> Result<Listed, Fail> {
+    let dir = &b.settings.backup.dir;
+    let listed = crate::backup::list(dir).map_err(|e| Fail {
+        why: format!("backup_dir {} cannot be read: {e}", dir.display()),
+        next_step: "let this user read backup_dir (the units run as vamsa-migrate)".into(),
+    })?;
+    listed
+        .into_iter()
+        .rfind(|l| crate::backup::is_of(l, database))
+        .ok_or_else(|| Fail {
+            why: format!("no backup of the database {database} in {}", dir.display()),
+            next_step: "take one: `vamsa-migrate backup`".into(),
+        })
+}
+
+/// The entries of a table of contents (`215; 1259 16386 TABLE public persons postgres`), each
+/// from its description on (`TABLE public persons postgres`); comments left out.
+fn toc_entries(toc: &str) -> Vec<&str> {
+    toc.lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(l))
+        .collect()
+}
+
+/// What the dump's table of contents must show for `restore` to take it and for it to hold
+/// the data: taken of `database` (its header, the check `restore` makes), not empty, and with
+/// data (`TABLE DATA`) for its tables and for the tracking table when it lists them (a
+/// `pg_dump --schema-only` lists none, PostgreSQL 15). The number of entries.
+fn check_toc(path: &str, toc: &str, database: &str, tracking: &Tracking) -> Result<usize, Fail> {
+    match crate::backup::toc_database(toc) {
+        Some(of) if of == database => {}
+        of => {
+            return Err(Fail {
+                why: format!(
+                    "{path} is a dump of the database {}, not of {database} (its header says so, whatever its file is called): `vamsa-migrate restore` refuses it",
+                    of.unwrap_or("(none named in its header)")
+                ),
+                next_step: "move it out of backup_dir, and take a backup of this database: `vamsa-migrate backup`".into(),
+            })
+        }
+    }
+    let entries = toc_entries(toc);
+    if entries.is_empty() {
+        let why = format!("{path} holds nothing: its table of contents is empty");
+        return Err(take_a_new_one(why));
+    }
+    let has = |prefix: &str| entries.iter().any(|e| e.starts_with(prefix));
+    let (schema, table) = (&tracking.schema, &tracking.table);
+    let no_data = if has(&format!("TABLE {schema} {table} "))
+        && !has(&format!("TABLE DATA {schema} {table} "))
+    {
+        Some(format!(
+            "it lists the tracking table {} but not its data",
+            tracking.qualified()
+        ))
+    } else if entries
+        .iter()
+        .any(|e| e.starts_with("TABLE ") && !e.starts_with("TABLE DATA "))
+        && !has("TABLE DATA ")
+    {
+        Some("it lists tables but no TABLE DATA".to_string())
+    } else {
+        None
+    };
+    match no_data {
+        Some(what) => Err(take_a_new_one(format!(
+            "{path} holds no data (taken with --schema-only?): {what}"
+        ))),
+        None => Ok(entries.len()),
+    }
 }
 
 /// Restores the dump into a new scratch database, reads its tracking table, drops it.
@@ -429,7 +482,18 @@ async fn restore_check(
         Ok(()) => guard.disarm(),
         Err(e) => tracing::warn!("{e}; trying once more from a new connection"),
     }
-    expected_rows(b, newest, toc, rows?)
+    let rows = rows?;
+    let live = db::read_rows(client, b.tracking)
+        .await?
+        .map_or(0, |t| t.rows.len());
+    expected_rows(b, newest, toc, RowCounts { rows, live })
+}
+
+/// The tracking rows of the restored copy (`None`: no tracking table) and of the live
+/// database.
+struct RowCounts {
+    rows: Option<i64>,
+    live: usize,
 }
 
 /// Drops the scratch databases a killed `verify --deep` left (this session holds the lock of
@@ -475,16 +539,18 @@ async fn restore_and_count(
 
 /// Whether the restored copy's tracking table is what the dump says: present when its table
 /// of contents lists it, with rows when the dump was taken before a migration other than the
-/// folder's first (so after earlier ones).
+/// folder's first (so after earlier ones), and with rows when the live table has some, unless
+/// the dump was taken before the first migration (restoring it would undo every migration).
 fn expected_rows(
     b: &Backups<'_>,
     newest: &Listed,
     toc: &str,
-    rows: Option<i64>,
+    copy: RowCounts,
 ) -> Result<String, Fail> {
     let table = format!(" TABLE {} {} ", b.tracking.schema, b.tracking.table);
     let listed = toc.lines().any(|l| l.contains(&table));
-    let later = newest.label.strip_prefix("before-").filter(|tag| {
+    let before = newest.label.strip_prefix("before-");
+    let later = before.filter(|tag| {
         b.set
             .migrations
             .first()
@@ -496,15 +562,22 @@ fn expected_rows(
             "the newest backup restored, but {what}"
         )))
     };
-    match rows {
+    let dropped = "restored into a scratch database (dropped since)";
+    match copy.rows {
         None if listed || later.is_some() => wrong(format!("the copy has no tracking table {tracking}")),
         Some(0) if later.is_some() => wrong(format!(
             "its tracking table {tracking} is empty, though it was taken before {}, after earlier migrations",
             later.unwrap_or_default()
         )),
-        None => Ok("restored into a scratch database (dropped since): no tracking table, taken before the first migration".into()),
+        None | Some(0) if copy.live > 0 && before.is_none() => wrong(format!(
+            "it has no tracking rows while the live table {tracking} has {}: restoring it would undo every applied migration",
+            copy.live
+        )),
+        None => Ok(format!("{dropped}: no tracking table, taken before the first migration")),
+        Some(0) if before.is_some() => Ok(format!("{dropped}: 0 tracking rows, taken before the first migration")),
+        Some(0) => Ok(format!("{dropped}: 0 tracking rows, as the live table")),
         Some(n) => Ok(format!(
-            "restored into a scratch database (dropped since): {}",
+            "{dropped}: {}",
             counted(usize::try_from(n).unwrap_or(0), "tracking row")
         )),
     }

@@ -351,3 +351,115 @@ fn pg_restore_killed_by_a_signal_is_named_with_the_signal() {
         run.stderr
     );
 }
+
+/// Takes a `backup` of `db` (so its newest dump, by name), then writes in its place what
+/// `pg_dump -Fc ARGS` of the database `of` writes.
+fn replace_newest_with(db: &Db, of: &Db, args: &[&str]) -> PathBuf {
+    cli()
+        .arg("backup")
+        .database_url(&db.url())
+        .backup_dir(db.backups.path())
+        .run()
+        .ok();
+    let dump = newest_dump(db);
+    let out = std::process::Command::new(db.cluster.program("pg_dump"))
+        .arg("-Fc")
+        .arg("-f")
+        .arg(&dump)
+        .args(args)
+        .args(["-d", &of.url()])
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dump
+}
+
+#[test]
+fn a_dump_of_another_database_under_this_ones_name_fails_as_restore_refuses_it() {
+    let (db, f) = migrated();
+    let other = Db::new();
+    other.psql("CREATE TABLE elsewhere (id integer); INSERT INTO elsewhere VALUES (1)");
+    let dump = replace_newest_with(&db, &other, &[]);
+    for extra in [&[][..], &["--deep"][..]] {
+        let run = verify(&db, f.path(), extra);
+        run.code(1);
+        assert!(
+            run.stderr.contains(&format!(
+                "backup: FAILED: {} is a dump of the database {}, not of {} (its header says so, whatever its file is called): `vamsa-migrate restore` refuses it; next step: move it out of backup_dir",
+                dump.display(),
+                other.name,
+                db.name
+            )),
+            "{}",
+            run.stderr
+        );
+    }
+    assert_eq!(own_scratch_databases(&db), "");
+}
+
+#[test]
+fn a_schema_only_dump_fails_as_holding_no_data() {
+    let (db, f) = migrated();
+    let dump = replace_newest_with(&db, &db, &["--schema-only"]);
+    for extra in [&[][..], &["--deep"][..]] {
+        let run = verify(&db, f.path(), extra);
+        run.code(1);
+        assert!(
+            run.stderr.contains(&format!(
+                "backup: FAILED: {} holds no data (taken with --schema-only?): it lists the tracking table \"drizzle\".\"__drizzle_migrations\" but not its data; next step: take a new backup",
+                dump.display()
+            )),
+            "{}",
+            run.stderr
+        );
+    }
+    // Without the tracking table (only the application's schema), no data at all still fails.
+    let dump = replace_newest_with(&db, &db, &["--schema-only", "--schema", "public"]);
+    let run = verify(&db, f.path(), &[]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "backup: FAILED: {} holds no data (taken with --schema-only?): it lists tables but no TABLE DATA;",
+            dump.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(own_scratch_databases(&db), "");
+}
+
+#[test]
+fn deep_fails_a_dump_without_tracking_rows_when_the_live_table_has_them() {
+    let (db, f) = migrated();
+    // A manual dump taken while the tracking table was empty; its rows are back since.
+    db.psql(
+        "CREATE TABLE public.saved AS SELECT * FROM drizzle.__drizzle_migrations; \
+         DELETE FROM drizzle.__drizzle_migrations",
+    );
+    cli()
+        .arg("backup")
+        .database_url(&db.url())
+        .backup_dir(db.backups.path())
+        .run()
+        .ok();
+    db.psql(
+        "INSERT INTO drizzle.__drizzle_migrations SELECT * FROM public.saved; \
+         DROP TABLE public.saved",
+    );
+    // It reads back and lists the tracking table's data: only the restored copy tells.
+    verify(&db, f.path(), &[]).ok();
+    let run = verify(&db, f.path(), &["--deep"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(
+            "backup: FAILED: the newest backup restored, but it has no tracking rows while the live table \"drizzle\".\"__drizzle_migrations\" has 2: restoring it would undo every applied migration; next step: take a new backup"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(own_scratch_databases(&db), "");
+}

@@ -17,6 +17,7 @@ pub(crate) mod history;
 mod pooler;
 pub(crate) mod preflight;
 pub(crate) mod schema;
+pub(crate) mod schema_record;
 mod tls;
 pub use crate::libpq::{ConnParams, TlsParams};
 use crate::plan::AppliedRow;

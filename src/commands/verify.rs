@@ -23,6 +23,7 @@ use tokio_postgres::Client;
 
 use crate::backup::{human_bytes, BackupError, Listed};
 use crate::config::Settings;
+use crate::db::schema_record::RecordState;
 use crate::db::{self, scratch, Tracking};
 use crate::engine::{Engine, EngineError};
 use crate::exit::Outcome;
@@ -193,6 +194,14 @@ fn ok(check: &'static str, summary: String) -> Check {
     }
 }
 
+fn skipped(check: &'static str, reason: String) -> Check {
+    Check {
+        check,
+        verdict: Verdict::Skipped { reason },
+        details: Vec::new(),
+    }
+}
+
 fn failed(check: &'static str, fault: Fault, fail: Fail, details: Vec<String>) -> Check {
     let verdict = Verdict::Failed {
         why: fail.why,
@@ -259,13 +268,23 @@ async fn folder_check(engine: &Engine<'_>, client: &Client, set: &MigrationSet) 
     ok(CHECK, format!("{} applied, none pending", report.applied))
 }
 
-/// The live schema against the one recorded after the last run.
+/// The live schema against the one recorded after the last run; skipped when none is recorded
+/// (nothing to compare with: before the first run that records it, with the run history off,
+/// or on a database only Drizzle's migrator ran on).
 async fn schema_check(engine: &Engine<'_>, client: &Client) -> Check {
     const CHECK: &str = "schema";
+    let tracking = engine.tracking.qualified();
+    let recorded_at = match db::schema_record::record_state(client, &tracking).await {
+        Ok(RecordState::At(at)) => at,
+        Ok(state) => return skipped(CHECK, not_recorded(state)),
+        Err(e) => return not_compared(client, e).await,
+    };
     match engine.schema_drift(client).await {
         Ok(None) => ok(
             CHECK,
-            "no change outside migrations since the last run recorded it".into(),
+            format!(
+                "no change outside migrations since the last run recorded it, {recorded_at} UTC"
+            ),
         ),
         Ok(Some(drift)) => {
             let fail = Fail {
@@ -284,26 +303,43 @@ async fn schema_check(engine: &Engine<'_>, client: &Client) -> Check {
                 .collect();
             failed(CHECK, Fault::Drift, fail, details)
         }
-        Err(e) => {
-            let e = EngineError::from(e);
-            let denied = e.sqlstate() == Some("42501");
-            let mut fail = Fail::from(e);
-            fail.why = format!(
-                "the live schema was not compared with the recorded one: {}",
-                fail.why
-            );
-            if denied {
-                // As `status` says it: the role may not read our schema.
-                fail.next_step = format!(
-                    "an admin runs: {}",
-                    db::history::read_grants(&db::quote_ident(
-                        &super::status::current_user(client).await
-                    ))
-                );
-            }
-            failed(CHECK, Fault::Failed, fail, Vec::new())
-        }
+        Err(e) => not_compared(client, e).await,
     }
+}
+
+/// Why there is nothing to compare the live schema with, and what records it.
+fn not_recorded(state: RecordState) -> String {
+    const NOTHING: &str = "nothing was compared";
+    match state {
+        RecordState::EarlierFormat => format!(
+            "the schema was recorded by an earlier version of vamsa-migrate, so {NOTHING} (the next run that applies a migration records it again)"
+        ),
+        RecordState::None { history_off: Some((reason, fix)) } => format!(
+            "no schema recorded, so {NOTHING} (runs record it with the run history, which is off for this role: {reason}; once an admin runs {fix} the next run that applies a migration records it)"
+        ),
+        _ => format!(
+            "no schema recorded, so {NOTHING} (a run by vamsa-migrate that applies a migration, or a restore, records it; none has here yet, e.g. only Drizzle's migrator ran)"
+        ),
+    }
+}
+
+/// The schema check failed because the record or the catalogs could not be read.
+async fn not_compared(client: &Client, e: db::DbError) -> Check {
+    let e = EngineError::from(e);
+    let denied = e.sqlstate() == Some("42501");
+    let mut fail = Fail::from(e);
+    fail.why = format!(
+        "the live schema was not compared with the recorded one: {}",
+        fail.why
+    );
+    if denied {
+        // As `status` says it: the role may not read our schema.
+        fail.next_step = format!(
+            "an admin runs: {}",
+            db::history::read_grants(&db::quote_ident(&super::status::current_user(client).await))
+        );
+    }
+    failed("schema", Fault::Failed, fail, Vec::new())
 }
 
 /// `1 change`, `2 changes`.
@@ -327,13 +363,7 @@ struct Backups<'a> {
 async fn backup_check(b: &Backups<'_>, client: &Client, deep: bool) -> Check {
     const CHECK: &str = "backup";
     if !b.settings.backup.enabled {
-        return Check {
-            check: CHECK,
-            verdict: Verdict::Skipped {
-                reason: "backups off (backup_enabled = false)".into(),
-            },
-            details: Vec::new(),
-        };
+        return skipped(CHECK, "backups off (backup_enabled = false)".into());
     }
     match newest_backup(b, client, deep).await {
         Ok(summary) => ok(CHECK, summary),

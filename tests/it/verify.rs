@@ -83,9 +83,13 @@ fn all_checks_pass_for_a_role_that_may_only_read_and_nothing_is_written() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{}", run.stdout);
     assert_eq!(lines[0], "migrations: ok (2 applied, none pending)");
+    // Compared with the record this database has (its time), not skipped.
+    let recorded_at = db.psql(
+        "SELECT to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') FROM vamsa_migrate.schema_record",
+    );
     assert_eq!(
         lines[1],
-        "schema: ok (no change outside migrations since the last run recorded it)"
+        format!("schema: ok (no change outside migrations since the last run recorded it, {recorded_at} UTC)")
     );
     let dump = newest_dump(&db);
     assert!(
@@ -96,6 +100,17 @@ fn all_checks_pass_for_a_role_that_may_only_read_and_nothing_is_written() {
     assert_eq!(lines[3], "Verified: all checks passed.");
     assert_eq!(run.stderr, "");
     assert_eq!(written(&db), before);
+
+    // The same role sees a hand change: its schema check compares, with what it may read.
+    db.psql("ALTER TABLE persons ADD COLUMN nickname text");
+    let run = c.run();
+    run.code(4);
+    assert!(
+        run.stderr
+            .contains("  + column public.persons.nickname text\n"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -462,4 +477,51 @@ fn deep_fails_a_dump_without_tracking_rows_when_the_live_table_has_them() {
         run.stderr
     );
     assert_eq!(own_scratch_databases(&db), "");
+}
+
+#[test]
+fn without_a_recorded_schema_the_schema_check_is_skipped_saying_why() {
+    let (db, f) = migrated();
+    // As on a database only Drizzle's migrator ran on: no schema vamsa_migrate.
+    db.psql("DROP SCHEMA vamsa_migrate CASCADE");
+    let run = verify(&db, f.path(), &[]);
+    run.ok();
+    assert!(
+        run.stdout.contains(
+            "\nschema: skipped: no schema recorded, so nothing was compared (a run by vamsa-migrate that applies a migration, or a restore, records it; none has here yet, e.g. only Drizzle's migrator ran)\n"
+        ),
+        "{}",
+        run.stdout
+    );
+    let run = verify(&db, f.path(), &["--format", "json"]);
+    run.ok();
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["checks"][1]["check"], "schema");
+    assert_eq!(json["checks"][1]["result"], "skipped");
+    assert!(
+        json["checks"][1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("no schema recorded, so nothing was compared")),
+        "{json}"
+    );
+
+    // A role that may not create schema vamsa_migrate: its runs record nothing (history off).
+    let role = format!("{}_nocreate", db.name);
+    db.psql(&format!(
+        "CREATE ROLE \"{role}\" LOGIN; GRANT USAGE ON SCHEMA drizzle TO \"{role}\"; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA drizzle TO \"{role}\""
+    ));
+    let url = db.url().replace("user=postgres", &format!("user={role}"));
+    let mut c = db.cli(f.path());
+    c.database_url(&url).arg("verify");
+    let run = c.run();
+    run.ok();
+    assert!(
+        run.stdout.contains(&format!(
+            "\nschema: skipped: no schema recorded, so nothing was compared (runs record it with the run history, which is off for this role: the role may not create schemas in this database; once an admin runs CREATE SCHEMA \"vamsa_migrate\" AUTHORIZATION \"{role}\"; the next run that applies a migration records it)\n"
+        )),
+        "{}",
+        run.stdout
+    );
 }

@@ -28,7 +28,7 @@ use crate::db::{self, scratch, Tracking};
 use crate::engine::{Engine, EngineError};
 use crate::exit::Outcome;
 use crate::libpq::ConnParams;
-use crate::protocol::{ErrorKind, MigrationState};
+use crate::protocol::{ErrorKind, ErrorReport, MigrationState};
 use crate::report::{self, outln, Format};
 use crate::source::MigrationSet;
 
@@ -44,6 +44,10 @@ pub(crate) struct Check {
     /// Lines under the check: the migrations at fault, the schema's changes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     details: Vec<String>,
+    /// The error report (kind, message, SQLSTATE, cause, next step) of an error that kept
+    /// every check from running: the folder, the configuration, the connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorReport>,
 }
 
 /// `result`: `ok`, `skipped` or `failed`.
@@ -114,16 +118,16 @@ pub(crate) async fn run(
 ) -> Outcome {
     let set = match MigrationSet::load(&settings.migrations_dir) {
         Ok(set) => set,
-        Err(e) => return show_error(&e.into(), format),
+        Err(e) => return cannot_check("migrations", e.into(), format),
     };
     let pg = match settings.pg_config(env) {
         Ok(pg) => pg,
-        Err(e) => return show_error(&e.into(), format),
+        Err(e) => return cannot_check("connection", e.into(), format),
     };
     let engine = Engine::new(settings, &pg);
     let client = match engine.connect().await {
         Ok(client) => client,
-        Err(e) => return show_error(&e.into(), format),
+        Err(e) => return cannot_check("connection", e.into(), format),
     };
     let backups = Backups {
         settings,
@@ -138,6 +142,29 @@ pub(crate) async fn run(
     ];
     show(&checks, format);
     outcome(&checks)
+}
+
+/// An error that keeps every check from running (`check`: what it kept from being read). In
+/// JSON the documented [`VerifyReport`], with that one check failed and carrying the error
+/// report; for a person the error block. The exit code is the error's, as for other commands.
+fn cannot_check(check: &'static str, e: EngineError, format: Format) -> Outcome {
+    if format == Format::Human {
+        return show_error(&e, format);
+    }
+    let report = crate::diagnosis::report(&e);
+    let verdict = Verdict::Failed {
+        why: report.message.clone(),
+        next_step: report.hint.clone(),
+        fault: Fault::Failed,
+    };
+    let checks = [Check {
+        check,
+        verdict,
+        details: Vec::new(),
+        error: Some(report),
+    }];
+    show(&checks, format);
+    Outcome::Failed(e.kind())
 }
 
 fn outcome(checks: &[Check]) -> Outcome {
@@ -191,6 +218,7 @@ fn ok(check: &'static str, summary: String) -> Check {
         check,
         verdict: Verdict::Ok { summary },
         details: Vec::new(),
+        error: None,
     }
 }
 
@@ -199,6 +227,7 @@ fn skipped(check: &'static str, reason: String) -> Check {
         check,
         verdict: Verdict::Skipped { reason },
         details: Vec::new(),
+        error: None,
     }
 }
 
@@ -212,6 +241,7 @@ fn failed(check: &'static str, fault: Fault, fail: Fail, details: Vec<String>) -
         check,
         verdict,
         details,
+        error: None,
     }
 }
 

@@ -525,3 +525,37 @@ fn without_a_recorded_schema_the_schema_check_is_skipped_saying_why() {
         run.stdout
     );
 }
+
+#[test]
+fn json_when_it_cannot_connect_is_the_documented_object_with_the_error_report() {
+    let db = Db::new();
+    let f = Folder::new(&[("0000_persons", 1000, PERSONS)]);
+    let url = db.url().replace(
+        &format!("dbname={}", db.name),
+        &format!("dbname={}_missing", db.name),
+    );
+    let run_with = |extra: &[&str]| {
+        let mut c = db.cli(f.path());
+        c.database_url(&url).arg("verify").args(extra);
+        c.run()
+    };
+    let human = run_with(&[]);
+    assert!(human.stderr.contains("does not exist"), "{}", human.stderr);
+    let run = run_with(&["--format", "json"]);
+    assert_eq!(run.code, human.code, "{}", run.stdout);
+    assert_ne!(run.code, 0);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect("one JSON object");
+    assert_eq!(json["ok"], false, "{json}");
+    let checks = json["checks"].as_array().expect("checks");
+    assert_eq!(checks.len(), 1, "{json}");
+    assert_eq!(checks[0]["check"], "connection");
+    assert_eq!(checks[0]["result"], "failed");
+    assert!(
+        checks[0]["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("does not exist")),
+        "{json}"
+    );
+    assert_eq!(checks[0]["error"]["message"], checks[0]["why"]);
+    assert!(checks[0]["error"]["kind"].is_string(), "{json}");
+}

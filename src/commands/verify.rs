@@ -499,9 +499,10 @@ fn check_toc(path: &str, toc: &str, database: &str, tracking: &Tracking) -> Resu
         None
     };
     match no_data {
-        Some(what) => Err(take_a_new_one(format!(
-            "{path} holds no data (taken with --schema-only?): {what}"
-        ))),
+        Some(what) => Err(Fail {
+            why: format!("{path} holds no data (taken with --schema-only?): {what}"),
+            next_step: "take a backup with the data: `vamsa-migrate backup`".into(),
+        }),
         None => Ok(entries.len()),
     }
 }

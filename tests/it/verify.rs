@@ -425,7 +425,7 @@ fn a_schema_only_dump_fails_as_holding_no_data() {
         run.code(1);
         assert!(
             run.stderr.contains(&format!(
-                "backup: FAILED: {} holds no data (taken with --schema-only?): it lists the tracking table \"drizzle\".\"__drizzle_migrations\" but not its data; next step: take a new backup",
+                "backup: FAILED: {} holds no data (taken with --schema-only?): it lists the tracking table \"drizzle\".\"__drizzle_migrations\" but not its data; next step: take a backup with the data: `vamsa-migrate backup`",
                 dump.display()
             )),
             "{}",

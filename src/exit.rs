@@ -164,8 +164,8 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             USAGE,
         ],
         Program::Verify => vec![
-            (OK, "every check passed (a skipped one, e.g. backups off, did not fail)"),
-            (FAILED, "the newest backup is missing, does not read back or (--deep) does not restore, or a check could not read what it checks (cannot connect: the error block)"),
+            (OK, "every check passed (a skipped one, e.g. backups off or no schema recorded, did not fail)"),
+            (FAILED, "the newest backup is missing, does not read back, is another database's dump, holds no data or (--deep) does not restore, or a check could not read what it checks (cannot connect: the error block; in JSON a failed connection check)"),
             (BAD_INPUT, "invalid configuration, migrations folder or usage"),
             (PENDING, "migrations pending, and no check found drift"),
             (DRIFT, "drift: an edited file, an out-of-order migration, a row matching no file, or the schema changed outside migrations"),

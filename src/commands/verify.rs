@@ -4,11 +4,14 @@
 //!    ([`super::status::folder_report`]): nothing pending, no edited file, hole or row
 //!    matching no file;
 //! 2. `schema`: the live schema against the one recorded after the last run
-//!    ([`Engine::schema_drift`]);
+//!    ([`Engine::schema_drift`]); skipped when none is recorded
+//!    ([`db::schema_record::record_state`]), saying why;
 //! 3. `backup`: the newest of this database's dumps in `backup_dir` (as `backups` lists them)
-//!    reads back (`pg_restore --list`, PostgreSQL 15: its table of contents is not empty); with
-//!    `--deep` it is restored into a scratch database ([`scratch::Purpose::Verify`]), whose
-//!    tracking table is checked, and which is dropped (also when the command is stopped: a
+//!    reads back (`pg_restore --list`, PostgreSQL 15: its table of contents is not empty), its
+//!    header names this database (as `restore` checks), and it holds data (`TABLE DATA`
+//!    entries); with `--deep` it is restored into a scratch database
+//!    ([`scratch::Purpose::Verify`]), whose tracking table is checked against the dump's name
+//!    and the live table, and which is dropped (also when the command is stopped: a
 //!    [`scratch::Guard`]).
 //!
 //! It writes nothing to the database: no lock (the scratch database's advisory lock is not

@@ -11,10 +11,11 @@ use super::{quote_ident, value, DbError};
 /// What is recorded for one tracking table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum RecordState {
-    /// A record [`super::schema::recorded`] reads (with the tracking rows' identities), made at
-    /// `YYYY-MM-DD HH:MM:SS` UTC.
+    /// A record `Engine::schema_drift` compares with (with the catalogs' fingerprint and the
+    /// tracking rows' identities), made at `YYYY-MM-DD HH:MM:SS` UTC.
     At(String),
-    /// A record of an earlier version (without the rows' identities): not compared with.
+    /// A record of an earlier version (without the fingerprint or the rows' identities): not
+    /// compared with; the next run records it again.
     EarlierFormat,
     /// No record. `history_off`: why runs cannot record one with this role, and the
     /// statement an admin runs (the run history's privilege check, [`history_access`]).
@@ -23,10 +24,11 @@ pub(crate) enum RecordState {
     },
 }
 
-/// The catalogs: whether the record table exists and has the rows' identities column.
+/// The catalogs: whether the record table exists and has its latest column,
+/// `catalog_fingerprint` (added after `tracking_row_ids`).
 /// `to_regclass` raises 42501 when the role has no USAGE on schema `vamsa_migrate`.
 const FACTS: &str = "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute \
-    WHERE attrelid = to_regclass($1) AND attname = 'tracking_row_ids' AND NOT attisdropped)";
+    WHERE attrelid = to_regclass($1) AND attname = 'catalog_fingerprint' AND NOT attisdropped)";
 
 /// The state of the schema record of `tracking` (the tracking table, as
 /// [`super::Tracking::qualified`] writes it): catalog queries and at most two short columns of
@@ -50,7 +52,7 @@ pub(crate) async fn record_state(client: &Client, tracking: &str) -> Result<Reco
     let row = client
         .query_opt(
             &format!(
-                "SELECT tracking_row_ids IS NOT NULL, \
+                "SELECT tracking_row_ids IS NOT NULL AND catalog_fingerprint IS NOT NULL, \
                  to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') \
                  FROM {table} WHERE tracking_table = $1"
             ),

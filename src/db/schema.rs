@@ -43,12 +43,15 @@ const DESCRIBE: &str = "WITH ext AS MATERIALIZED (SELECT classid, objid FROM pg_
         AND nspname NOT LIKE 'pg\\_temp\\_%' AND nspname <> ALL($1::text[]) \
         AND oid NOT IN (SELECT objid FROM ext WHERE classid = 'pg_namespace'::regclass)), \
     rel AS (SELECT c.oid, c.relkind, c.relname::text, format('%I.%I', ns.nspname, c.relname) AS name, \
-        c.relpersistence, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c JOIN ns ON ns.oid = c.relnamespace \
+        c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relreplident, c.reloptions FROM pg_class c JOIN ns ON ns.oid = c.relnamespace \
       WHERE c.oid NOT IN (SELECT objid FROM ext WHERE classid = 'pg_class'::regclass)) \
   SELECT 'schema ' || format('%I', nspname), '', ARRAY[nspname::text] FROM ns \
   UNION ALL SELECT CASE relkind WHEN 'r' THEN 'table ' WHEN 'p' THEN 'table ' WHEN 'v' THEN 'view ' WHEN 'm' THEN 'materialized view ' ELSE 'relation ' END || name, \
       concat_ws(' ', CASE WHEN relkind IN ('v', 'm') THEN md5(pg_get_viewdef(oid)) END, CASE relpersistence WHEN 'u' THEN 'UNLOGGED' END, \
-        CASE WHEN relrowsecurity THEN 'ROW LEVEL SECURITY' END, CASE WHEN relforcerowsecurity THEN 'FORCE ROW LEVEL SECURITY' END), \
+        CASE WHEN relrowsecurity THEN 'ROW LEVEL SECURITY' END, CASE WHEN relforcerowsecurity THEN 'FORCE ROW LEVEL SECURITY' END, \
+        CASE WHEN relkind IN ('r', 'p') AND relreplident <> 'd' THEN 'REPLICA IDENTITY ' || relreplident::text END, \
+        'WITH (' || array_to_string(reloptions, ', ') || ')', \
+        'INHERITS (' || (SELECT string_agg(i.inhparent::regclass::text, ', ' ORDER BY i.inhseqno) FROM pg_inherits i WHERE i.inhrelid = rel.oid) || ')'), \
         ARRAY[relname] FROM rel WHERE relkind IN ('r', 'p', 'v', 'm', 'f') \
   UNION ALL SELECT 'column ' || rel.name || '.' || format('%I', a.attname), \
       format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END \
@@ -82,7 +85,7 @@ const DESCRIBE: &str = "WITH ext AS MATERIALIZED (SELECT classid, objid FROM pg_
   UNION ALL SELECT 'function ' || format('%I.%I', ns.nspname, p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')', \
       'returns ' || coalesce(pg_get_function_result(p.oid), '') \
       || CASE p.provolatile WHEN 'i' THEN ' IMMUTABLE' WHEN 's' THEN ' STABLE' ELSE ' VOLATILE' END \
-      || CASE WHEN p.proisstrict THEN ' STRICT' ELSE '' END || CASE WHEN p.prosecdef THEN ' SECURITY DEFINER' ELSE '' END \
+      || CASE WHEN p.proisstrict THEN ' STRICT' ELSE '' END || CASE WHEN p.prosecdef THEN ' SECURITY DEFINER' ELSE '' END || CASE WHEN p.proleakproof THEN ' LEAKPROOF' ELSE '' END \
       || coalesce(' SET ' || array_to_string(p.proconfig, ', '), '') \
       || ' ' || md5(coalesce(p.prosrc, '')), ARRAY[p.proname::text] \
     FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace \
@@ -98,6 +101,10 @@ const DESCRIBE: &str = "WITH ext AS MATERIALIZED (SELECT classid, objid FROM pg_
       'USING (' || pg_get_expr(pol.polqual, pol.polrelid) || ')', 'WITH CHECK (' || pg_get_expr(pol.polwithcheck, pol.polrelid) || ')'), \
       ARRAY[rel.relname, pol.polname::text] \
     FROM pg_policy pol JOIN rel ON rel.oid = pol.polrelid \
+  UNION ALL SELECT 'rule ' || rel.name || ' ' || format('%I', rw.rulename), pg_get_ruledef(rw.oid) \
+      || CASE rw.ev_enabled WHEN 'D' THEN ' (DISABLED)' WHEN 'R' THEN ' (ENABLE REPLICA)' WHEN 'A' THEN ' (ENABLE ALWAYS)' ELSE '' END, \
+      ARRAY[rel.relname, rw.rulename::text] \
+    FROM pg_rewrite rw JOIN rel ON rel.oid = rw.ev_class WHERE rw.rulename <> '_RETURN' \
   UNION ALL SELECT 'extension ' || format('%I', x.extname), x.extversion, ARRAY[x.extname::text] FROM pg_extension x WHERE x.extname <> 'plpgsql'";
 
 /// The transaction a description is built in. `search_path` is only `pg_catalog`: the
@@ -144,7 +151,7 @@ pub(crate) async fn describe(client: &Client, skip: &str) -> Result<Description,
 /// The catalogs a description is built from (and `pg_rewrite`, `pg_depend`, which views and
 /// extension membership live in). Collations themselves are not described: a column's lives in
 /// `pg_attribute`.
-const FINGERPRINTED: [&str; 15] = [
+const FINGERPRINTED: [&str; 17] = [
     "pg_namespace",
     "pg_class",
     "pg_attribute",
@@ -160,24 +167,28 @@ const FINGERPRINTED: [&str; 15] = [
     "pg_rewrite",
     "pg_depend",
     "pg_policy",
+    "pg_inherits",
+    "pg_collation",
 ];
 
 /// A cheap fingerprint of this database's catalogs: per catalog of [`FINGERPRINTED`], its row
-/// count and the sum of its rows' `xmin` (`"<count>:<sum>/..."`). Any DDL since adds, deletes
-/// or replaces catalog rows, and a row it writes carries a transaction id newer than every
-/// row it could replace (PostgreSQL 15 keeps the raw `xmin` when freezing; the statistics
-/// that VACUUM and ANALYZE write in place do not change it): with the count equal, the sum
-/// then grows. So an equal fingerprint means no schema change, and the costly description
-/// (about 30 µs per object, spent deparsing) is skipped; a different one (also a temporary
-/// table, a GRANT, a TRUNCATE) only means "describe and compare". Not proof across a
-/// transaction-id wraparound (2^32 transactions), which a family tree's database does not see.
+/// count and the sum of a 32-bit hash of each row version's place and writer (`ctid`, `xmin`)
+/// (`"<count>:<sum>/..."`). Any DDL since adds, deletes or rewrites catalog rows, and a
+/// rewritten row is a new version with a new place and writer (PostgreSQL 15 keeps the raw
+/// `xmin` when freezing; the statistics VACUUM and ANALYZE write in place change neither), so
+/// the count or the sum changes, but for a hash collision; hashes rather than the transaction
+/// ids themselves, because a transaction that began before the record could otherwise balance
+/// a sum of ids by hand. An equal fingerprint means no schema change, and the costly
+/// description (about 30 µs per object, spent deparsing) is skipped; a different one (also a
+/// temporary table, a GRANT, a TRUNCATE, a VACUUM FULL of a catalog) only means "describe and
+/// compare".
 ///
 /// Errors: [`DbError::Query`] when the catalogs cannot be read.
 pub(crate) async fn fingerprint(client: &Client) -> Result<String, DbError> {
     const WHAT: &str = "fingerprinting the catalogs";
     let parts: Vec<String> = FINGERPRINTED
         .iter()
-        .map(|c| format!("(SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0) FROM pg_catalog.{c})"))
+        .map(|c| format!("(SELECT count(*) || ':' || coalesce(sum(hashtext(ctid::text || ':' || xmin::text)::bigint), 0) FROM pg_catalog.{c})"))
         .collect();
     let query = format!("SELECT concat_ws('/', {})", parts.join(", "));
     let row = client

@@ -79,7 +79,11 @@ fn every_single_hand_change_after_a_record_is_reported() {
         CREATE FUNCTION \"touch\"() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;\n--> statement-breakpoint\n\
         CREATE TRIGGER \"persons_touch\" BEFORE INSERT ON \"persons\" FOR EACH ROW EXECUTE FUNCTION \"touch\"();\n--> statement-breakpoint\n\
         CREATE DOMAIN \"posint\" AS integer CHECK (VALUE > 0);\n--> statement-breakpoint\n\
-        CREATE SEQUENCE \"counter\";\n";
+        CREATE SEQUENCE \"counter\";\n--> statement-breakpoint\n\
+        CREATE TABLE \"par\" (\"x\" integer);\n--> statement-breakpoint\n\
+        CREATE TABLE \"kid\" (\"x\" integer);\n--> statement-breakpoint\n\
+        CREATE COLLATION \"mycoll\" (provider = libc, locale = 'C');\n--> statement-breakpoint\n\
+        CREATE TABLE \"ct\" (\"s\" text COLLATE \"mycoll\");\n";
     let cases = [
         ("ALTER TABLE persons ADD COLUMN nickname text", "+ column public.persons.nickname text"),
         ("ALTER TABLE persons ALTER COLUMN name DROP NOT NULL", "~ column public.persons.name: text NOT NULL -> text"),
@@ -106,6 +110,12 @@ fn every_single_hand_change_after_a_record_is_reported() {
         ("ALTER TABLE persons SET UNLOGGED", "~ table public.persons:  -> UNLOGGED"),
         ("ALTER TABLE persons SET LOGGED; ALTER TABLE persons ENABLE ROW LEVEL SECURITY", "~ table public.persons: UNLOGGED -> ROW LEVEL SECURITY"),
         ("CREATE POLICY own ON persons USING (true)", "+ policy public.persons own PERMISSIVE FOR ALL TO PUBLIC USING (true)"),
+        ("CREATE RULE r AS ON INSERT TO persons DO INSTEAD NOTHING", "+ rule public.persons r"),
+        ("ALTER FUNCTION touch() LEAKPROOF", "~ function public.touch()"),
+        ("ALTER TABLE persons SET (fillfactor = 70)", "~ table public.persons"),
+        ("ALTER TABLE persons REPLICA IDENTITY FULL", "~ table public.persons"),
+        ("ALTER TABLE kid INHERIT par", "~ table public.kid:  -> INHERITS (public.par)"),
+        ("ALTER COLLATION mycoll RENAME TO othercoll", "~ column public.ct.s: text COLLATE public.mycoll -> text COLLATE public.othercoll"),
         ("DROP TABLE persons CASCADE", "- table public.persons"),
     ];
     let db = Db::new();

@@ -427,7 +427,9 @@ async fn newest_backup(b: &Backups<'_>, client: &Client, deep: bool) -> Result<S
         }
         Err(e) => return Err(take_a_new_one(format!("{path}: {e}"))),
     };
-    let entries = check_toc(&path.to_string(), &toc, &db.name, b.tracking)?;
+    let first = b.set.migrations.first().map(|m| m.tag.as_str());
+    let of_empty = first.is_some_and(|tag| newest.label.strip_prefix("before-") == Some(tag));
+    let entries = check_toc(&path.to_string(), &toc, (&db.name, of_empty), b.tracking)?;
     let mut summary = format!("{path}, {}, {entries} entries", human_bytes(newest.bytes));
     if deep {
         let restored = restore_check(b, client, db.server_major, &newest, &file, &toc).await?;
@@ -464,8 +466,15 @@ fn toc_entries(toc: &str) -> Vec<&str> {
 /// What the dump's table of contents must show for `restore` to take it and for it to hold
 /// the data: taken of `database` (its header, the check `restore` makes), not empty, and with
 /// data (`TABLE DATA`) for its tables and for the tracking table when it lists them (a
-/// `pg_dump --schema-only` lists none, PostgreSQL 15). The number of entries.
-fn check_toc(path: &str, toc: &str, database: &str, tracking: &Tracking) -> Result<usize, Fail> {
+/// `pg_dump --schema-only` lists none, PostgreSQL 15). Empty is right for a dump taken before
+/// the folder's first migration (`of_empty`: the first run's backup of a new, empty database).
+/// The number of entries.
+fn check_toc(
+    path: &str,
+    toc: &str,
+    (database, of_empty): (&str, bool),
+    tracking: &Tracking,
+) -> Result<usize, Fail> {
     match crate::backup::toc_database(toc) {
         Some(of) if of == database => {}
         of => {
@@ -479,7 +488,7 @@ fn check_toc(path: &str, toc: &str, database: &str, tracking: &Tracking) -> Resu
         }
     }
     let entries = toc_entries(toc);
-    if entries.is_empty() {
+    if entries.is_empty() && !of_empty {
         let why = format!("{path} holds nothing: its table of contents is empty");
         return Err(take_a_new_one(why));
     }

@@ -109,7 +109,7 @@ pub(crate) async fn record(
                 &run.rehearsal,
                 &error.is_none(),
                 &kind,
-                &error.map(|e| kept_message(&e.message)),
+                &error.map(|e| kept_message(&e.message, e.sqlstate.as_deref())),
                 &error.and_then(|e| e.sqlstate.as_deref()),
                 &error.and_then(|e| e.migration.as_deref()),
             ],
@@ -121,12 +121,22 @@ pub(crate) async fn record(
 
 /// The error message as the history keeps it: its headline's statement summary without
 /// string constants ([`crate::summary::without_literals`]), so that a failed `CREATE ROLE ...
-/// PASSWORD '...'` leaves no password in a table others may read; the journal and the
-/// terminal still show it whole.
-fn kept_message(message: &str) -> String {
-    match message.split_once('\n') {
-        Some((headline, rest)) => format!("{}\n{rest}", crate::summary::without_literals(headline)),
-        None => crate::summary::without_literals(message),
+/// PASSWORD '...'` leaves no password in a table others may read; and, for the SQLSTATE
+/// classes whose server text echoes the statement's values (42601 syntax errors, class 22
+/// data exceptions, class 23 integrity violations with their `Key (...)=(...)` detail), the
+/// headline alone. The journal and the terminal still show it whole.
+fn kept_message(message: &str, sqlstate: Option<&str>) -> String {
+    let (headline, rest) = message.split_once('\n').unwrap_or((message, ""));
+    let headline = crate::summary::without_literals(headline);
+    let echoes =
+        sqlstate.is_some_and(|s| s == "42601" || s.starts_with("22") || s.starts_with("23"));
+    match (rest.is_empty(), echoes) {
+        (true, _) => headline,
+        (false, true) => format!(
+            "{headline}\n  (SQLSTATE {}: the server's text, which may echo the statement's values, is in the journal)",
+            sqlstate.unwrap_or_default()
+        ),
+        (false, false) => format!("{headline}\n{rest}"),
     }
 }
 

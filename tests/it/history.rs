@@ -304,10 +304,21 @@ fn a_failed_statements_password_is_not_kept_in_the_history() {
     assert_eq!(rows.len(), 1, "{rows:?}");
     let message = rows[0]["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("PASSWORD '…'"), "{message}");
+    // A typo leaves the literal outside any PASSWORD: the server's syntax error echoes it.
+    f.write(&[(
+        "0000_role",
+        1000,
+        "CREATE ROLE \"leaky\" LOGIN ENCRYPTED 'TopSecret456';\n",
+    )]);
+    db.run(f.path(), &["migrate", "--no-backup"]).code(1);
     let shown = history_cli(&db, &[]);
     let stored = db.psql("SELECT string_agg(error_message, ' ') FROM vamsa_migrate.runs");
+    assert!(stored.contains("SQLSTATE 42601"), "{stored}");
     for text in [&shown.stdout, &shown.stderr, &stored, &message.to_string()] {
-        assert!(!text.contains("TopSecret123"), "{text}");
+        assert!(
+            !text.contains("TopSecret123") && !text.contains("TopSecret456"),
+            "{text}"
+        );
     }
 }
 

@@ -582,6 +582,10 @@ fn the_first_runs_backup_of_an_empty_database_passes() {
     for extra in [&[][..], &["--deep"][..]] {
         let run = verify(&db, f.path(), extra);
         run.ok();
-        assert!(run.stdout.contains("backup: ok ("), "{extra:?}: {}", run.stdout);
+        assert!(
+            run.stdout.contains("backup: ok ("),
+            "{extra:?}: {}",
+            run.stdout
+        );
     }
 }

@@ -141,8 +141,16 @@ const USAGE: (u8, &str) = (BAD_INPUT, "invalid configuration or usage");
 
 /// The exit codes `program` can end with, and what each means (the README's "Exit codes").
 pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
+    let mut codes = own_codes(program);
+    codes.extend(signal_codes(program));
+    codes.sort_by_key(|(code, _)| *code);
+    codes
+}
+
+/// The codes of `program`'s own outcomes, before the signals'.
+fn own_codes(program: Program) -> Vec<(u8, &'static str)> {
     let db_failed = (FAILED, "a migration or the database failed (cannot connect, read-only server, migration lock not obtained within lock_wait, backup failed)");
-    let mut codes = match program {
+    match program {
         Program::Any => vec![(OK, "success"), USAGE],
         Program::Migrate => vec![
             (OK, "applied, or nothing pending; --dry-run: shown"),
@@ -208,23 +216,22 @@ pub(crate) fn documented(program: Program) -> Vec<(u8, &'static str)> {
             (UNTRUSTED_SERVER, "the socket is served by a user other than root, daemon_user or this user: not the daemon; nothing was sent"),
             (REFUSED, "this user may not apply"),
         ],
-    };
+    }
+}
+
+/// The codes `program` ends with on SIGINT/SIGTERM.
+fn signal_codes(program: Program) -> Vec<(u8, &'static str)> {
     match program {
         // The daemon exits 0 on SIGTERM/SIGINT; `Any` lists the codes of the binary itself.
-        Program::Any | Program::Daemon => {}
+        Program::Any | Program::Daemon => Vec::new(),
         // Their file work runs to its end in one go: the signal's default action ends them,
         // and a shell reports 128 + the signal's number.
-        Program::New | Program::Convert => {
-            codes.push((130, "killed by SIGINT (as a shell reports it)"));
-            codes.push((143, "killed by SIGTERM (as a shell reports it)"));
-        }
-        _ => {
-            codes.push((130, "stopped by SIGINT"));
-            codes.push((143, "stopped by SIGTERM"));
-        }
+        Program::New | Program::Convert => vec![
+            (130, "killed by SIGINT (as a shell reports it)"),
+            (143, "killed by SIGTERM (as a shell reports it)"),
+        ],
+        _ => vec![(130, "stopped by SIGINT"), (143, "stopped by SIGTERM")],
     }
-    codes.sort_by_key(|(code, _)| *code);
-    codes
 }
 
 /// Whether `program` stops itself on SIGINT/SIGTERM (exit 128 + the signal's number) and says

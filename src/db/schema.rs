@@ -210,7 +210,7 @@ pub(crate) struct Recorded {
 
 const RECORD: &str = "schema_record";
 
-fn record_table() -> String {
+pub(crate) fn record_table() -> String {
     format!("{}.{}", quote_ident(SCHEMA), quote_ident(RECORD))
 }
 

@@ -6,7 +6,7 @@ use tokio_postgres::Client;
 
 use super::history::{RUNS, SCHEMA};
 use super::preflight::{history_access, HistoryAccess};
-use super::{quote_ident, value, DbError};
+use super::{value, DbError};
 
 /// What is recorded for one tracking table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ const FACTS: &str = "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM p
 /// USAGE on schema `vamsa_migrate` or SELECT on its table).
 pub(crate) async fn record_state(client: &Client, tracking: &str) -> Result<RecordState, DbError> {
     const WHAT: &str = "looking for the recorded schema";
-    let table = format!("{}.{}", quote_ident(SCHEMA), quote_ident("schema_record"));
+    let table = super::schema::record_table();
     let facts = client
         .query_one(FACTS, &[&table])
         .await

@@ -64,7 +64,9 @@ const DESCRIBE: &str = "WITH ext AS MATERIALIZED (SELECT classid, objid FROM pg_
     LEFT JOIN pg_type ty ON ty.oid = a.atttypid \
     LEFT JOIN pg_collation co ON co.oid = a.attcollation AND a.attcollation <> ty.typcollation \
     LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace WHERE rel.relkind IN ('r', 'p', 'v', 'm', 'f') \
-  UNION ALL SELECT 'constraint ' || rel.name || ' ' || format('%I', co.conname), pg_get_constraintdef(co.oid), ARRAY[rel.relname] \
+  UNION ALL SELECT 'constraint ' || rel.name || ' ' || format('%I', co.conname), pg_get_constraintdef(co.oid) \
+      || CASE WHEN EXISTS (SELECT 1 FROM pg_trigger ct WHERE ct.tgconstraint = co.oid AND ct.tgisinternal AND ct.tgenabled = 'D') \
+        THEN ' (ENFORCEMENT TRIGGERS DISABLED)' ELSE '' END, ARRAY[rel.relname] \
     FROM pg_constraint co JOIN rel ON rel.oid = co.conrelid \
   UNION ALL SELECT 'index ' || rel.name, pg_get_indexdef(rel.oid), ARRAY[rel.relname, t.relname::text] \
     FROM rel JOIN pg_index i ON i.indexrelid = rel.oid JOIN pg_class t ON t.oid = i.indrelid WHERE rel.relkind IN ('i', 'I') \

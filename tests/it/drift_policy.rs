@@ -83,7 +83,9 @@ fn every_single_hand_change_after_a_record_is_reported() {
         CREATE TABLE \"par\" (\"x\" integer);\n--> statement-breakpoint\n\
         CREATE TABLE \"kid\" (\"x\" integer);\n--> statement-breakpoint\n\
         CREATE COLLATION \"mycoll\" (provider = libc, locale = 'C');\n--> statement-breakpoint\n\
-        CREATE TABLE \"ct\" (\"s\" text COLLATE \"mycoll\");\n";
+        CREATE TABLE \"ct\" (\"s\" text COLLATE \"mycoll\");\n--> statement-breakpoint\n\
+        CREATE TABLE \"owners\" (\"id\" integer PRIMARY KEY);\n--> statement-breakpoint\n\
+        CREATE TABLE \"pets\" (\"owner\" integer REFERENCES \"owners\"(\"id\"));\n";
     let cases = [
         ("ALTER TABLE persons ADD COLUMN nickname text", "+ column public.persons.nickname text"),
         ("ALTER TABLE persons ALTER COLUMN name DROP NOT NULL", "~ column public.persons.name: text NOT NULL -> text"),
@@ -116,6 +118,7 @@ fn every_single_hand_change_after_a_record_is_reported() {
         ("ALTER TABLE persons REPLICA IDENTITY FULL", "~ table public.persons"),
         ("ALTER TABLE kid INHERIT par", "~ table public.kid:  -> INHERITS (public.par)"),
         ("ALTER COLLATION mycoll RENAME TO othercoll", "~ column public.ct.s: text COLLATE public.mycoll -> text COLLATE public.othercoll"),
+        ("ALTER TABLE pets DISABLE TRIGGER ALL", "~ constraint public.pets pets_owner_fkey"),
         ("DROP TABLE persons CASCADE", "- table public.persons"),
     ];
     let db = Db::new();
